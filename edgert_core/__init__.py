@@ -1,0 +1,88 @@
+"""edge-rt core: run transformer language models on small devices under a strict memory budget.
+
+This module is the public API. Plugins import only from here.
+"""
+
+from edgert_core.backends.base import BackendStatus, KernelBackend, Weight
+from edgert_core.budget import MemoryBudget, format_bytes
+from edgert_core.errors import (
+    BudgetError,
+    ConfigError,
+    EdgeRTError,
+    GenerationError,
+    InfeasibleBudgetError,
+    MemoryPoolError,
+    ModelError,
+    PlanValidationError,
+    PluginError,
+    UnknownNameError,
+)
+from edgert_core.hookspecs import hookimpl
+from edgert_core.layout import (
+    LayerInfo,
+    ModelDims,
+    ModelLayout,
+    TensorInfo,
+    layout_from_dims,
+    synthetic_layout,
+)
+from edgert_core.monitors.base import Reading, SystemMonitor
+from edgert_core.plan import (
+    ExecutionPlan,
+    LayerGroup,
+    PartitionStrategy,
+    PlanningContext,
+    fixed_bytes,
+    make_plan,
+    minimum_budget,
+    predict_peak,
+    validate_plan,
+)
+from edgert_core.planner import AUTO, all_plans, choose_auto, plan_with
+from edgert_core.plugins import PluginInfo, PluginRegistry, load_registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AUTO",
+    "BackendStatus",
+    "BudgetError",
+    "ConfigError",
+    "EdgeRTError",
+    "ExecutionPlan",
+    "GenerationError",
+    "InfeasibleBudgetError",
+    "KernelBackend",
+    "LayerGroup",
+    "LayerInfo",
+    "MemoryBudget",
+    "MemoryPoolError",
+    "ModelDims",
+    "ModelError",
+    "ModelLayout",
+    "PartitionStrategy",
+    "PlanValidationError",
+    "PlanningContext",
+    "PluginError",
+    "PluginInfo",
+    "PluginRegistry",
+    "Reading",
+    "SystemMonitor",
+    "TensorInfo",
+    "UnknownNameError",
+    "Weight",
+    "__version__",
+    "all_plans",
+    "choose_auto",
+    "fixed_bytes",
+    "format_bytes",
+    "hookimpl",
+    "layout_from_dims",
+    "load_registry",
+    "make_plan",
+    "minimum_budget",
+    "plan_with",
+    "predict_peak",
+    "synthetic_layout",
+    "validate_plan",
+]

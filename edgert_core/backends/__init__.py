@@ -1,0 +1,1 @@
+"""Kernel backends: the numpy reference backend lives here; others come from plugins."""

@@ -1,0 +1,92 @@
+"""``edge-rt inspect``: a model's structure and every strategy's plan for a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edgert_core.budget import MemoryBudget, format_bytes
+from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json
+from edgert_core.inspection import compare_plans, describe_layout
+from edgert_core.layout import synthetic_layout
+from edgert_core.plan import DEFAULT_MAX_CONTEXT, PlanningContext
+from edgert_core.plugins import load_registry
+
+
+@app.command("inspect")
+def inspect_command(
+    ctx: typer.Context,
+    model: str = typer.Option(
+        "synthetic-smollm2-135m",
+        "--model",
+        "-m",
+        help="Model to inspect: a synthetic shape (synthetic-smollm2-135m, synthetic-gpt2-small).",
+    ),
+    memory_budget: str | None = typer.Option(
+        None, "--memory-budget", "-b", help="Budget to plan for, e.g. 64M, 1G; none: no budget."
+    ),
+    max_context: int = typer.Option(
+        DEFAULT_MAX_CONTEXT, "--max-context", help="Tokens of context (sizes the KV cache)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Show a model's layers, tensor types and bytes, and each installed strategy's plan."""
+    values = apply_preset(
+        ctx, config, {"model": model, "memory_budget": memory_budget, "max_context": max_context}
+    )
+    shape = str(values["model"]).removeprefix("synthetic-")
+    layout = synthetic_layout(shape)
+    budget = values["memory_budget"]
+    plan_ctx = PlanningContext(
+        budget_bytes=None if budget is None else MemoryBudget.parse(budget).bytes,
+        max_context=int(values["max_context"]),
+    )
+    report: dict[str, Any] = {
+        "model": describe_layout(layout),
+        "planning": compare_plans(load_registry(), layout, plan_ctx),
+    }
+    if as_json:
+        print_json(report)
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    m = report["model"]
+    typer.echo(
+        f"model {m['name']} ({m['architecture']}): {m['n_layers']} layers, hidden "
+        f"{m['hidden']}, heads {m['n_heads']}/{m['n_kv_heads']} kv, vocab {m['vocab']}"
+    )
+    types = ", ".join(f"{k} x{v}" for k, v in m["tensor_types"].items())
+    typer.echo(f"tensor types: {types}")
+    typer.echo(
+        f"weights in memory: {format_bytes(m['total_weight_bytes'])}; per layer "
+        f"{format_bytes(max(m['layer_bytes']))} max; head {format_bytes(m['head_bytes'])}; "
+        f"KV cache {m['kv_bytes_per_token']} bytes/token"
+    )
+    p = report["planning"]
+    budget = "none" if p["budget_bytes"] is None else format_bytes(p["budget_bytes"])
+    typer.echo(
+        f"\nbudget {budget}, context {p['max_context']} tokens: fixed "
+        f"{format_bytes(p['fixed_bytes'])}, minimum budget "
+        f"{format_bytes(p['minimum_budget_bytes'])}"
+    )
+    header = f"{'strategy':<22}{'groups':>7}{'resident':>13}{'streamed/tok':>14}{'prefetch':>9}"
+    typer.echo(header + f"{'peak':>13}")
+    for row in p["plans"]:
+        if row["error"]:
+            typer.echo(f"{row['strategy']:<22}  {row['error']}")
+            continue
+        typer.echo(
+            f"{row['strategy']:<22}{row['n_groups']:>7}{format_bytes(row['resident_bytes']):>13}"
+            f"{format_bytes(row['streamed_bytes_per_token']):>14}"
+            f"{'yes' if row['prefetch'] else 'no':>9}"
+            f"{format_bytes(row['predicted_peak_bytes']):>13}"
+        )
+    if p["auto"]:
+        typer.echo(f"auto picks: {p['auto']}")
+    else:
+        typer.echo(f"auto: {p['auto_error']}")

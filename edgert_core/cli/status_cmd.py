@@ -1,0 +1,53 @@
+"""``edge-rt status``: what the system monitors read on this machine, as a table or JSON."""
+
+from __future__ import annotations
+
+import typer
+
+from edgert_core.cli.app import app, print_json
+from edgert_core.status import SystemStatus, collect_status, format_value
+
+HEADER = ("SECTION", "READING", "VALUE", "NOTE")
+
+
+def status_rows(status: SystemStatus) -> list[tuple[str, str, str, str]]:
+    """One row per reading; a failed monitor is one row with ``error`` as its value."""
+    rows: list[tuple[str, str, str, str]] = []
+    for section in status.sections:
+        if section.error is not None:
+            rows.append((section.name, "(monitor failed)", "error", section.error))
+            continue
+        for reading in section.readings:
+            rows.append((section.name, reading.label, format_value(reading), reading.note))
+    return rows
+
+
+def render_table(rows: list[tuple[str, str, str, str]]) -> str:
+    """Left-aligned columns; the section name is shown on its first row only."""
+    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(3)]
+    lines = []
+    previous = None
+    for row in [HEADER, *rows]:
+        section = row[0] if row[0] != previous else ""
+        previous = row[0]
+        cells = [section.ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+@app.command("status")
+def status(
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="Print one JSON object ({\"sections\": [...]}) instead of a table.",
+        show_default=True,
+    ),
+) -> None:
+    """Show what the system monitors read: CPU, memory, swap, this process, temperatures, the
+    container memory limit and Raspberry Pi throttling. Sensors this machine lacks show as absent."""
+    result = collect_status()
+    if json_output:
+        print_json(result.as_dict())
+        return
+    typer.echo(render_table(status_rows(result)))

@@ -1,0 +1,51 @@
+"""Errors a user can cause. Each carries one clear sentence that says what is wrong and what to do.
+
+The CLI prints ``str(error)`` for any :class:`EdgeRTError` and exits with status 2; it never shows a
+traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class EdgeRTError(Exception):
+    """Base class of every error edge-rt raises for input a user can fix."""
+
+
+class BudgetError(EdgeRTError):
+    """A memory budget string could not be parsed or is not positive."""
+
+
+class InfeasibleBudgetError(EdgeRTError):
+    """No plan fits the budget; the message states the minimum budget."""
+
+    def __init__(self, message: str, minimum_bytes: int) -> None:
+        super().__init__(message)
+        self.minimum_bytes = minimum_bytes
+
+
+class PlanValidationError(EdgeRTError):
+    """A strategy returned a plan that breaks the plan contract; the message names the strategy."""
+
+
+class PluginError(EdgeRTError):
+    """A plugin could not be loaded, or two plugins registered the same name."""
+
+
+class UnknownNameError(EdgeRTError):
+    """An unknown strategy, backend or monitor name; the message lists the installed ones."""
+
+
+class ConfigError(EdgeRTError):
+    """A TOML preset is invalid; the message names the file and the key."""
+
+
+class ModelError(EdgeRTError):
+    """A model file is missing, truncated, corrupt or unsupported; the message names file and tensor."""
+
+
+class GenerationError(EdgeRTError):
+    """Generation was asked for something impossible (empty prompt, prompt longer than the context)."""
+
+
+class MemoryPoolError(EdgeRTError):
+    """A request to the memory pool exceeds the budget."""

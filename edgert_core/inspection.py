@@ -1,0 +1,80 @@
+"""What ``edge-rt inspect`` reports: a model's structure and, for a budget, every installed
+strategy's plan side by side with the one ``auto`` picks. No I/O and no printing here."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from edgert_core.errors import EdgeRTError
+from edgert_core.layout import ModelLayout
+from edgert_core.plan import PlanningContext, fixed_bytes, minimum_budget
+from edgert_core.planner import AUTO, all_plans, plan_with
+from edgert_core.plugins import PluginRegistry
+
+
+def describe_layout(layout: ModelLayout) -> dict[str, Any]:
+    """Structure of a model: dimensions, tensor types, bytes per layer, KV bytes per token."""
+    dtypes: Counter[str] = Counter()
+    for layer in layout.layers:
+        for t in layer.tensors:
+            dtypes[t.dtype] += 1
+    for t in (*layout.embeddings, *layout.head):
+        dtypes[t.dtype] += 1
+    d = layout.dims
+    return {
+        "name": layout.name,
+        "architecture": d.architecture,
+        "n_layers": d.n_layers,
+        "hidden": d.hidden,
+        "n_heads": d.n_heads,
+        "n_kv_heads": d.n_kv_heads,
+        "head_dim": d.head_dim,
+        "intermediate": d.intermediate,
+        "vocab": d.vocab,
+        "tensor_types": dict(sorted(dtypes.items())),
+        "layer_bytes": list(layout.layer_bytes),
+        "layer_file_bytes": [sum(t.nbytes for t in layer.tensors) for layer in layout.layers],
+        "embedding_bytes": layout.embedding_bytes,
+        "head_bytes": layout.head_bytes,
+        "total_weight_bytes": layout.total_weight_bytes,
+        "kv_bytes_per_token": layout.kv_bytes_per_token,
+        "activation_bytes_per_token": layout.activation_bytes_per_token,
+    }
+
+
+def compare_plans(
+    registry: PluginRegistry, layout: ModelLayout, ctx: PlanningContext
+) -> dict[str, Any]:
+    """Every installed strategy's plan for ``ctx`` and the one ``auto`` picks."""
+    rows = []
+    for outcome in all_plans(registry, layout, ctx):
+        plan = outcome.plan
+        rows.append(
+            {
+                "strategy": outcome.strategy,
+                "error": outcome.error,
+                "groups": None if plan is None else [list(g.layers) for g in plan.groups],
+                "n_groups": None if plan is None else plan.n_groups,
+                "resident_bytes": None if plan is None else plan.resident_bytes(layout),
+                "streamed_bytes_per_token": None
+                if plan is None
+                else plan.streamed_bytes_per_token(layout),
+                "prefetch": None if plan is None else plan.prefetch,
+                "predicted_peak_bytes": None if plan is None else plan.predicted_peak_bytes,
+            }
+        )
+    try:
+        auto: str | None = plan_with(registry, AUTO, layout, ctx).strategy
+        auto_error = None
+    except EdgeRTError as exc:
+        auto, auto_error = None, str(exc)
+    return {
+        "budget_bytes": ctx.budget_bytes,
+        "max_context": ctx.max_context,
+        "fixed_bytes": fixed_bytes(layout, ctx),
+        "minimum_budget_bytes": minimum_budget(layout, ctx),
+        "plans": rows,
+        "auto": auto,
+        "auto_error": auto_error,
+    }

@@ -1,0 +1,102 @@
+"""Choosing a plan: a named strategy, or ``auto`` among the installed ones.
+
+The ``auto`` rule: every installed strategy plans for the budget; among the valid plans, pick the one
+that reads the fewest weight bytes per token (resident weights are read once), then the one that
+overlaps loading with compute (``prefetch``), then the lowest predicted peak, then the name. So when
+the whole model fits, ``auto`` keeps it resident; when it does not, ``auto`` prefers prefetching.
+
+Without a budget there is nothing to plan for: ``auto`` then loads the whole model once (the plan
+named ``resident``). A strategy named explicitly plans even without a budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgert_core.errors import EdgeRTError, InfeasibleBudgetError
+from edgert_core.layout import ModelLayout
+from edgert_core.plan import (
+    ExecutionPlan,
+    LayerGroup,
+    PlanningContext,
+    check_feasible,
+    make_plan,
+    validate_plan,
+)
+from edgert_core.plugins import PluginRegistry
+
+AUTO = "auto"
+RESIDENT = "resident"
+
+
+def resident_plan(layout: ModelLayout, ctx: PlanningContext) -> ExecutionPlan:
+    """The whole model loaded once: one resident group and a resident head."""
+    group = LayerGroup(tuple(range(len(layout.layers))), resident=True)
+    return make_plan(RESIDENT, layout, ctx, [group], head_resident=True)
+
+
+def plan_with(
+    registry: PluginRegistry, name: str, layout: ModelLayout, ctx: PlanningContext
+) -> ExecutionPlan:
+    """The validated plan of the strategy ``name`` (or ``auto``)."""
+    if name == AUTO:
+        return choose_auto(registry, layout, ctx)
+    strategy = registry.strategy(name)
+    check_feasible(layout, ctx)
+    plan = strategy.plan(layout, ctx)
+    validate_plan(plan, layout, ctx)
+    return plan
+
+
+def _rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[int, int, int, str]:
+    return (
+        plan.streamed_bytes_per_token(layout),
+        0 if plan.prefetch else 1,
+        plan.predicted_peak_bytes,
+        plan.strategy,
+    )
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """One strategy's answer for ``inspect``: a plan or the error it gave."""
+
+    strategy: str
+    plan: ExecutionPlan | None
+    error: str | None
+
+
+def all_plans(
+    registry: PluginRegistry, layout: ModelLayout, ctx: PlanningContext
+) -> list[PlanOutcome]:
+    """Every installed strategy's plan (or error) for the budget, by strategy name."""
+    out = []
+    for name in registry.names("strategy"):
+        try:
+            out.append(PlanOutcome(name, plan_with(registry, name, layout, ctx), None))
+        except EdgeRTError as exc:
+            out.append(PlanOutcome(name, None, str(exc)))
+    return out
+
+
+def choose_auto(
+    registry: PluginRegistry, layout: ModelLayout, ctx: PlanningContext
+) -> ExecutionPlan:
+    """The plan ``auto`` picks (see the module docstring)."""
+    if ctx.budget_bytes is None:
+        return resident_plan(layout, ctx)
+    check_feasible(layout, ctx)
+    strategies = registry.strategies()
+    plans: list[ExecutionPlan] = []
+    errors: list[str] = []
+    for name in strategies:
+        try:
+            plans.append(plan_with(registry, name, layout, ctx))
+        except EdgeRTError as exc:
+            errors.append(str(exc))
+    if not plans:
+        raise InfeasibleBudgetError(
+            "No installed strategy could plan for this budget: " + " ".join(errors),
+            minimum_bytes=0,
+        )
+    return min(plans, key=lambda p: _rank(p, layout))
