@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 import pluggy
 
 from edgert_core import hookspecs
-from edgert_core.backends.base import KernelBackend
+from edgert_core.backends.base import BackendStatus, KernelBackend
 from edgert_core.errors import PluginError, UnknownNameError
 from edgert_core.monitors.base import SystemMonitor
 from edgert_core.plan import PartitionStrategy
@@ -184,6 +184,18 @@ class PluginRegistry:
         """The plugin that registered ``name``."""
         self._lookup(kind, name)
         return self._by_kind[kind][name][0].plugin
+
+
+def backend_statuses(registry: PluginRegistry) -> dict[str, BackendStatus]:
+    """Every backend's status by name; a backend that cannot be built or whose ``status()`` raises
+    is reported unavailable with the reason, never by raising."""
+    out: dict[str, BackendStatus] = {}
+    for name in registry.names("backend"):
+        try:
+            out[name] = registry.backend(name).status()
+        except Exception as exc:  # a broken backend is shown, not fatal
+            out[name] = BackendStatus(False, "none", f"{type(exc).__name__}: {exc}")
+    return out
 
 
 def _conflict_message(kind: str, name: str, regs: Sequence[Registered[Any]]) -> str:

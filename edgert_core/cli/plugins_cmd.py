@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgert_core.cli.app import app, print_json
-from edgert_core.plugins import load_registry
+from edgert_core.plugins import backend_statuses, load_registry
 
 
 @app.command("plugins")
@@ -14,7 +14,7 @@ def plugins_command(
 ) -> None:
     """List discovered plugins: name, distribution, version, strategies, backends, monitors, errors."""
     registry = load_registry()
-    statuses = {b.name: b.status() for b in registry.backends()}
+    statuses = backend_statuses(registry)
     rows = []
     for info in registry.plugins:
         row = info.as_dict()
