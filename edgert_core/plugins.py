@@ -176,9 +176,18 @@ class PluginRegistry:
         found = [self.backend(n) for n in self.names("backend")]
         return sorted(found, key=lambda b: (-b.priority, b.name))
 
+    def monitor(self, name: str) -> SystemMonitor:
+        """A new instance of the named monitor."""
+        cls: type[SystemMonitor] = self._lookup("monitor", name)
+        return cls()
+
+    def monitor_names(self) -> list[str]:
+        """Monitor names in registration order (built-ins first, as they registered)."""
+        return list(self._by_kind["monitor"])
+
     def monitors(self) -> list[SystemMonitor]:
-        """An instance of every monitor, by registration order of names."""
-        return [self._lookup("monitor", n)() for n in self.names("monitor")]
+        """An instance of every monitor, in registration order."""
+        return [self.monitor(n) for n in self.monitor_names()]
 
     def provider(self, kind: str, name: str) -> PluginInfo:
         """The plugin that registered ``name``."""

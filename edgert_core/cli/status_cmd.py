@@ -40,8 +40,8 @@ def status(
     json_output: bool = typer.Option(
         False,
         "--json",
-        help="Print one JSON object ({\"sections\": [...]}) instead of a table.",
-        show_default=True,
+        help="Print one JSON object ({\"sections\": [...]}) instead of the table. "
+        "Default: off (table).",
     ),
 ) -> None:
     """Show what the system monitors read: CPU, memory, swap, this process, temperatures, the
