@@ -1,0 +1,47 @@
+"""Memory machinery: the budget-enforced buffer pool, positional file reads into pool buffers, and
+the OS's view of the process's memory (RSS)."""
+
+from __future__ import annotations
+
+from edgert_core.memory.pool import (
+    ALIGNMENT,
+    PAGE_BYTES,
+    AllocationInfo,
+    BufferSpec,
+    MemoryPool,
+    PoolBuffer,
+    PoolLeakError,
+    PoolSnapshot,
+    PoolStats,
+    block_bytes,
+    pack_offsets,
+)
+from edgert_core.memory.reader import FileRangeReader, drop_mapped_pages
+from edgert_core.memory.rss import (
+    RssMeter,
+    RssReport,
+    current_rss_bytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
+
+__all__ = [
+    "ALIGNMENT",
+    "PAGE_BYTES",
+    "AllocationInfo",
+    "BufferSpec",
+    "FileRangeReader",
+    "MemoryPool",
+    "PoolBuffer",
+    "PoolLeakError",
+    "PoolSnapshot",
+    "PoolStats",
+    "RssMeter",
+    "RssReport",
+    "block_bytes",
+    "current_rss_bytes",
+    "drop_mapped_pages",
+    "pack_offsets",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+]

@@ -1,0 +1,148 @@
+"""What the operating system says this process holds: current and peak resident set size (RSS).
+
+* Current RSS comes from psutil.
+* Peak RSS is ``VmHWM`` from ``/proc/self/status`` on Linux (kernel's high-water mark of RSS). Elsewhere
+  it is ``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS), or psutil's
+  ``peak_wset`` on Windows.
+* The peak can be reset only on Linux: writing ``5`` to ``/proc/self/clear_refs`` sets ``VmHWM`` back
+  to the current RSS (Linux 4.0+; checked on the dev machine, kernel 6.18; not yet on a Pi).
+  Where that fails, the peak stays the peak since the process started, and :class:`RssReport` says so
+  (``peak_scope == "process"``). The reset is process-wide: two meters in one process interfere.
+
+:class:`RssMeter` gives the figures ``run --json`` reports as ``baseline_rss_bytes`` and
+``peak_rss_bytes``.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import psutil
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_PROCESS: psutil.Process | None = None
+
+
+def _process() -> psutil.Process:
+    global _PROCESS
+    if _PROCESS is None:
+        _PROCESS = psutil.Process()
+    return _PROCESS
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now, in bytes."""
+    return int(_process().memory_info().rss)
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        text = _STATUS.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1])
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Highest RSS of this process since it started or since the last successful
+    :func:`reset_peak_rss`, in bytes."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
+    if sys.platform == "win32":  # pragma: no cover - not a target, kept for completeness
+        return int(getattr(_process().memory_info(), "peak_wset", current_rss_bytes()))
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Set the peak RSS back to the current RSS. Returns False where the OS cannot (then
+    :func:`peak_rss_bytes` keeps counting from the process's start)."""
+    if _status_kib("VmHWM") is None:
+        return False
+    try:
+        with _CLEAR_REFS.open("w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class RssReport:
+    """RSS over a measured window, in bytes.
+
+    ``peak_scope`` is ``"window"`` when the peak was reset at the start, ``"process"`` when it could not
+    be and ``peak_rss_bytes`` may come from before the window.
+    """
+
+    baseline_rss_bytes: int
+    peak_rss_bytes: int
+    end_rss_bytes: int
+    peak_scope: Literal["window", "process"]
+    seconds: float
+
+    @property
+    def peak_over_baseline_bytes(self) -> int:
+        """What the window added at its peak: the figure a memory budget limits."""
+        return max(0, self.peak_rss_bytes - self.baseline_rss_bytes)
+
+
+class RssMeter:
+    """Measures baseline and peak RSS around a run::
+
+        with RssMeter() as meter:
+            run()
+        report = meter.report   # baseline_rss_bytes, peak_rss_bytes, ...
+    """
+
+    def __init__(self) -> None:
+        self._baseline: int | None = None
+        self._scope: Literal["window", "process"] = "process"
+        self._start = 0.0
+        self.report: RssReport | None = None
+
+    def start(self) -> None:
+        """Record the baseline and reset the peak (where the OS allows)."""
+        self._scope = "window" if reset_peak_rss() else "process"
+        self._baseline = current_rss_bytes()
+        self._start = time.monotonic()
+        self.report = None
+
+    def stop(self) -> RssReport:
+        """The figures since :meth:`start`; also kept as :attr:`report`."""
+        if self._baseline is None:
+            raise RuntimeError("RssMeter.stop() called before start()")
+        end = current_rss_bytes()
+        self.report = RssReport(
+            baseline_rss_bytes=self._baseline,
+            peak_rss_bytes=max(peak_rss_bytes(), end, self._baseline),
+            end_rss_bytes=end,
+            peak_scope=self._scope,
+            seconds=time.monotonic() - self._start,
+        )
+        return self.report
+
+    def __enter__(self) -> RssMeter:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

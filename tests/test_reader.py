@@ -1,0 +1,186 @@
+"""FileRangeReader: exact bytes at offsets, clean errors, and reads that stay out of the RSS."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgert_core.errors import ModelError
+from edgert_core.memory import (
+    FileRangeReader,
+    MemoryPool,
+    current_rss_bytes,
+    drop_mapped_pages,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> tuple[Path, bytes]:
+    data = np.random.default_rng(0).integers(0, 256, size=1_000_003, dtype=np.uint8).tobytes()
+    path = tmp_path / "model.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+def test_reads_exact_bytes_at_offsets(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    out = np.zeros(300_000, dtype=np.uint8)
+    with FileRangeReader(path, chunk_bytes=4096) as reader:  # many chunks per read
+        assert reader.size == len(data)
+        for offset, nbytes in [(0, 10), (12_345, 250_000), (len(data) - 7, 7), (500, 0)]:
+            out[:] = 0
+            got = reader.read_into(offset, nbytes, out)
+            assert got.shape == (nbytes,) and got.dtype == np.uint8
+            assert got.tobytes() == data[offset : offset + nbytes]
+            assert np.all(out[nbytes:] == 0)  # nothing past the range is written
+        assert reader.read_bytes(3, 5) == data[3:8]
+
+
+def test_reads_into_a_typed_pool_buffer(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    with (
+        MemoryPool(MiB) as pool,
+        FileRangeReader(path) as reader,
+        pool.allocate((100, 25), np.float32, label="w") as buf,
+    ):
+        reader.read_into(64, 10_000, buf.array)
+        expected = np.frombuffer(data[64:10_064], dtype=np.float32).reshape(100, 25)
+        np.testing.assert_array_equal(buf.array, expected)
+
+
+def test_concurrent_reads_from_two_threads(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    errors: list[BaseException] = []
+
+    def worker(start: int, reader: FileRangeReader) -> None:
+        out = np.empty(1000, dtype=np.uint8)
+        try:
+            for offset in range(start, 900_000, 7919):
+                reader.read_into(offset, 1000, out)
+                assert out.tobytes() == data[offset : offset + 1000]
+        except BaseException as e:
+            errors.append(e)
+
+    with FileRangeReader(path) as reader:
+        threads = [threading.Thread(target=worker, args=(s, reader)) for s in (0, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not any(t.is_alive() for t in threads) and not errors
+
+
+def test_truncated_file_names_the_file_and_range(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    out = np.empty(100, dtype=np.uint8)
+    with FileRangeReader(path) as reader, pytest.raises(ModelError) as info:
+        reader.read_into(len(data) - 50, 100, out, what="tensor 'lm_head.weight'")
+    msg = str(info.value)
+    assert str(path) in msg and "truncated" in msg
+    assert f"bytes {len(data) - 50}..{len(data) + 50} (tensor 'lm_head.weight')" in msg
+    assert f"end at byte {len(data)}" in msg
+
+
+def test_file_truncated_after_open_is_caught(data_file: tuple[Path, bytes]) -> None:
+    path, _ = data_file
+    out = np.empty(100_000, dtype=np.uint8)
+    with FileRangeReader(path) as reader:
+        os.truncate(path, 500_000)
+        with pytest.raises(ModelError, match=r"truncated: bytes 450000..550000 .* byte 500000"):
+            reader.read_into(450_000, 100_000, out)
+
+
+def test_missing_file_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"Cannot open model file .*nope.bin"):
+        FileRangeReader(tmp_path / "nope.bin")
+
+
+def test_bad_arguments(data_file: tuple[Path, bytes]) -> None:
+    path, _ = data_file
+    with FileRangeReader(path) as reader:
+        with pytest.raises(ValueError, match="fewer than"):
+            reader.read_into(0, 10, np.empty(9, dtype=np.uint8))
+        with pytest.raises(ValueError, match="contiguous"):
+            reader.read_into(0, 10, np.empty(40, dtype=np.uint8)[::2])
+        with pytest.raises(ValueError, match="negative"):
+            reader.read_into(-1, 10, np.empty(10, dtype=np.uint8))
+    with pytest.raises(ValueError, match="closed"):
+        reader.read_into(0, 1, np.empty(1, dtype=np.uint8))
+    reader.close()  # twice is fine
+
+
+def test_drop_cache_option_reads_the_same_bytes(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    out = np.empty(len(data), dtype=np.uint8)
+    with FileRangeReader(path, drop_cache=True, chunk_bytes=65536) as reader:
+        assert reader.read_into(0, len(data), out).tobytes() == data
+        reader.drop_page_cache()
+
+
+# -- RSS: positional reads vs a mapping of the whole file ------------------------------------------
+
+BIG = 200 * MiB
+CHUNK = 8 * MiB
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rss") / "big.bin"
+    block = np.arange(CHUNK, dtype=np.uint32).astype(np.uint8)
+    with path.open("wb") as f:
+        for _ in range(BIG // CHUNK):
+            f.write(block.tobytes())
+    return path
+
+
+def test_streaming_200mb_through_a_pool_buffer_keeps_rss_flat(big_file: Path) -> None:
+    """The same 200 MB read two ways: pread into one reused 8 MB pool buffer grows the RSS by about
+    the buffer; copying out of an np.memmap of the file grows it by about the file."""
+    with MemoryPool(2 * CHUNK) as pool, pool.allocate(CHUNK, label="stage") as buf:
+        out = buf.array
+        out.fill(0)  # fault the buffer in before measuring
+        checksum = 0
+        reset_peak_rss()
+        base = current_rss_bytes()
+        with FileRangeReader(big_file) as reader:
+            for offset in range(0, BIG, CHUNK):
+                checksum += int(reader.read_into(offset, CHUNK, out)[::4096].sum())
+        pread_growth = max(peak_rss_bytes(), current_rss_bytes()) - base
+
+        mapped = np.memmap(big_file, dtype=np.uint8, mode="r")
+        reset_peak_rss()
+        base = current_rss_bytes()
+        mapped_checksum = 0
+        for offset in range(0, BIG, CHUNK):
+            np.copyto(out, mapped[offset : offset + CHUNK])
+            mapped_checksum += int(out[::4096].sum())
+        memmap_growth = current_rss_bytes() - base
+        del mapped
+        del out
+
+    assert checksum == mapped_checksum  # both read the same bytes
+    assert pread_growth < 40 * MiB, pread_growth
+    assert memmap_growth > 150 * MiB, memmap_growth
+    assert memmap_growth - pread_growth > 120 * MiB
+
+
+def test_drop_mapped_pages_gives_file_pages_back(big_file: Path) -> None:
+    with big_file.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+        view = np.frombuffer(mapping, dtype=np.uint8)
+        base = current_rss_bytes()
+        assert int(view[::4096].sum()) >= 0  # touch every page
+        touched = current_rss_bytes()
+        assert drop_mapped_pages(mapping, 0, len(mapping)) == BIG
+        dropped = current_rss_bytes()
+        del view
+    assert touched - base > 150 * MiB
+    assert touched - dropped > 150 * MiB
