@@ -1,19 +1,136 @@
-"""``edge-rt benchmark``: not available yet (it needs budgeted execution, a later issue)."""
+"""``edge-rt benchmark``: sweep memory budgets and strategies, each run in a fresh process."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
-from edgert_core.cli.app import app
-from edgert_core.errors import EdgeRTError
+from edgert_core.benchmark import (
+    BenchConfig,
+    BenchResult,
+    plot,
+    run_sweep,
+    summarize,
+    sweep_configs,
+    to_csv,
+)
+from edgert_core.budget import format_bytes
+from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json
+from edgert_core.plan import DEFAULT_MAX_CONTEXT
+
+DEFAULT_SWEEP = "64M,128M,256M,1G"
+DEFAULT_STRATEGIES = "sequential,greedy-grouping,speculative-prefetch"
+
+
+def _split(value: str | list[str]) -> list[str]:
+    if isinstance(value, list):
+        return value
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 @app.command("benchmark")
 def benchmark_command(
-    model: str = typer.Option("smollm2", "--model", "-m", help="Model to benchmark."),
+    ctx: typer.Context,
+    model: str = typer.Option("smollm2", "--model", "-m", help="Model to benchmark (as for run)."),
+    sweep_memory: str = typer.Option(
+        DEFAULT_SWEEP, "--sweep-memory", help="Comma list of budgets; a no-budget baseline runs too."
+    ),
+    strategies: str = typer.Option(DEFAULT_STRATEGIES, "--strategies", help="Comma list of strategies."),
+    backend: str | None = typer.Option(None, "--backend", help="Kernel backend; none: the best installed."),
+    max_tokens: int = typer.Option(32, "--max-tokens", "-n", help="Tokens generated per configuration."),
+    prompt: str = typer.Option(
+        "The ship entered the port of", "--prompt", "-p", help="Prompt for every configuration."
+    ),
+    max_context: int = typer.Option(
+        DEFAULT_MAX_CONTEXT, "--max-context", help="Tokens of context (sizes the KV cache)."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="Compute threads; none: backend default."),
+    as_json: bool = typer.Option(False, "--json", help="Print rows and summary as one JSON object."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Also write the table to this CSV file."),
+    plot_path: Path | None = typer.Option(
+        None, "--plot", help="Also plot tok/s against budget to this PNG (needs matplotlib)."
+    ),
+    config: Path | None = ConfigOption,
 ) -> None:
-    """Sweep memory budgets and strategies (not available yet: needs budgeted execution)."""
-    raise EdgeRTError(
-        "edge-rt benchmark is not available yet: it needs budgeted execution, which is still "
-        f"being built; nothing was run for {model!r}."
+    """Measure decode speed and OS-measured peak memory for each strategy at each budget."""
+    values = apply_preset(
+        ctx,
+        config,
+        {
+            "model": model,
+            "sweep_memory": sweep_memory,
+            "strategies": strategies,
+            "backend": backend,
+            "max_tokens": max_tokens,
+            "prompt": prompt,
+            "max_context": max_context,
+            "threads": threads,
+        },
     )
+    configs = sweep_configs(_split(values["sweep_memory"]), _split(values["strategies"]))
+    options = [
+        "--prompt", str(values["prompt"]),
+        "--max-tokens", str(values["max_tokens"]),
+        "--max-context", str(values["max_context"]),
+        "--temperature", "0",
+    ]  # fmt: skip
+    if values["backend"]:
+        options += ["--backend", str(values["backend"])]
+    if values["threads"]:
+        options += ["--threads", str(values["threads"])]
+
+    def progress(i: int, n: int, cfg: BenchConfig, result: BenchResult | None) -> None:
+        if result is None:
+            typer.echo(f"[{i}/{n}] {cfg.label} ...", err=True)
+        elif result.error:
+            typer.echo(f"[{i}/{n}] {cfg.label}: failed: {result.error}", err=True)
+        else:
+            typer.echo(f"[{i}/{n}] {cfg.label}: {result.decode_tokens_per_s or 0:.1f} tok/s", err=True)
+
+    results = run_sweep(configs, str(values["model"]), options, on_progress=progress)
+    summary = summarize(results)
+    if csv_path is not None:
+        csv_path.write_text(to_csv(results), encoding="utf-8")
+    if plot_path is not None:
+        plot(results, str(plot_path))
+    if as_json:
+        print_json({"rows": [r.as_dict() for r in results], "summary": summary})
+        return
+    _print_table(results, summary)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
+    head = (
+        f"{'strategy':<22}{'budget':>8}{'groups':>7}{'peak MB':>9}{'over base MB':>13}"
+        f"{'ms/tok':>8}{'compute ms':>11}{'load ms':>8}{'hidden':>7}{'tok/s':>7}{'x base':>7}"
+    )
+    typer.echo(head)
+    for r in results:
+        budget = r.budget or "none"
+        if r.error:
+            typer.echo(f"{r.strategy:<22}{budget:>8}  failed: {r.error}")
+            continue
+        peak = None if r.peak_rss_bytes is None else r.peak_rss_bytes / 1e6
+        over = None if r.peak_over_baseline_bytes is None else r.peak_over_baseline_bytes / 1e6
+        flag = "" if r.within_budget in (None, True) else " OVER BUDGET"
+        typer.echo(
+            f"{r.strategy:<22}{budget:>8}{r.groups or 0:>7}{_fmt(peak, '.1f'):>9}{_fmt(over, '.1f'):>13}"
+            f"{_fmt(r.ms_per_token, '.1f'):>8}{_fmt(r.compute_ms_per_token, '.1f'):>11}"
+            f"{_fmt(r.load_ms_per_token, '.1f'):>8}{_fmt(r.hidden_load_fraction, '.0%'):>7}"
+            f"{_fmt(r.decode_tokens_per_s, '.1f'):>7}{_fmt(r.speed_vs_baseline, '.2f'):>7}{flag}"
+        )
+    typer.echo("")
+    typer.echo(f"fastest: {summary['fastest']}")
+    typer.echo(f"most memory-efficient: {summary['most_memory_efficient']}")
+    for budget, ratio in summary["speculative_vs_sequential"].items():
+        typer.echo(f"speculative-prefetch / sequential at {budget}: {ratio:.2f}x")
+    typer.echo(f"peak RSS over baseline within budget for every run: {summary['all_within_budget']}")
+    typer.echo(f"identical generated tokens across runs: {summary['identical_outputs']}")
+    if results and results[0].budget_bytes is None and results[0].peak_rss_bytes:
+        typer.echo(f"(baseline: no budget, peak RSS {format_bytes(results[0].peak_rss_bytes)})")
