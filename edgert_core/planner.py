@@ -1,9 +1,11 @@
 """Choosing a plan: a named strategy, or ``auto`` among the installed ones.
 
 The ``auto`` rule: every installed strategy plans for the budget; among the valid plans, pick the one
-that reads the fewest weight bytes per token (resident weights are read once), then the one that
-overlaps loading with compute (``prefetch``), then the lowest predicted peak, then the name. So when
-the whole model fits, ``auto`` keeps it resident; when it does not, ``auto`` prefers prefetching.
+with the lowest estimated time per token (:func:`edgert_core.plan.estimated_seconds_per_token`: every
+weight is computed once per token, and streamed weights are loaded once more, after the compute or,
+with prefetch, behind it), then the one that reads the fewest bytes per token, then the lowest
+predicted peak, then the name. So when the whole model fits, ``auto`` keeps it resident; when it
+does not, ``auto`` weighs keeping more layers resident against hiding the loads behind compute.
 
 Without a budget there is nothing to plan for: ``auto`` then loads the whole model once (the plan
 named ``resident``). A strategy named explicitly plans even without a budget.
@@ -20,6 +22,7 @@ from edgert_core.plan import (
     LayerGroup,
     PlanningContext,
     check_feasible,
+    estimated_seconds_per_token,
     make_plan,
     validate_plan,
 )
@@ -48,10 +51,10 @@ def plan_with(
     return plan
 
 
-def _rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[int, int, int, str]:
+def _rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[float, int, int, str]:
     return (
+        estimated_seconds_per_token(plan, layout),
         plan.streamed_bytes_per_token(layout),
-        0 if plan.prefetch else 1,
         plan.predicted_peak_bytes,
         plan.strategy,
     )
@@ -89,14 +92,18 @@ def choose_auto(
     strategies = registry.strategies()
     plans: list[ExecutionPlan] = []
     errors: list[str] = []
+    minimums: list[int] = []
     for name in strategies:
         try:
             plans.append(plan_with(registry, name, layout, ctx))
+        except InfeasibleBudgetError as exc:
+            errors.append(str(exc))
+            minimums.append(exc.minimum_bytes)
         except EdgeRTError as exc:
             errors.append(str(exc))
     if not plans:
         raise InfeasibleBudgetError(
             "No installed strategy could plan for this budget: " + " ".join(errors),
-            minimum_bytes=0,
+            minimum_bytes=min(minimums, default=0),
         )
     return min(plans, key=lambda p: _rank(p, layout))

@@ -139,11 +139,12 @@ class PluginRegistry:
         regs = self._by_kind[kind].get(name)
         if not regs:
             installed = ", ".join(self.names(kind)) or "none"
+            plural = {"strategy": "strategies"}.get(kind, kind + "s")
             hint = ""
             if kind == "strategy" and not self.names(kind):
                 hint = " Install one of " + ", ".join(STRATEGY_DISTRIBUTIONS) + "."
             raise UnknownNameError(
-                f"Unknown {kind} {name!r}; installed {kind}s: {installed}.{hint}"
+                f"Unknown {kind} {name!r}; installed {plural}: {installed}.{hint}"
             )
         if len(regs) > 1:
             raise PluginError(_conflict_message(kind, name, regs))

@@ -1,0 +1,128 @@
+"""The sequential strategy on synthetic and hand-made layouts, directly and through the registry."""
+
+from __future__ import annotations
+
+import pytest
+from edgert_sequential import SequentialStrategy
+
+from edgert_core import (
+    InfeasibleBudgetError,
+    LayerInfo,
+    ModelDims,
+    ModelLayout,
+    PlanningContext,
+    TensorInfo,
+    format_bytes,
+    load_registry,
+    minimum_budget,
+    plan_with,
+    synthetic_layout,
+    validate_plan,
+)
+
+MiB = 1024**2
+
+
+def handmade(layer_bytes: list[int], head_bytes: int) -> ModelLayout:
+    """A tiny model whose layers and head weigh exactly the given bytes."""
+    dims = ModelDims("llama", len(layer_bytes), hidden=8, n_heads=2, n_kv_heads=1, head_dim=4,
+                     intermediate=16, vocab=32, max_position=64)
+    layers = tuple(
+        LayerInfo(i, (TensorInfo(f"layers.{i}.w", (n,), "F32", n),))
+        for i, n in enumerate(layer_bytes)
+    )
+    head = (TensorInfo("head.w", (head_bytes,), "F32", head_bytes),) if head_bytes else ()
+    return ModelLayout("handmade", dims, layers, (), head)
+
+
+def small_ctx(budget: int | None) -> PlanningContext:
+    return PlanningContext(budget, max_context=8, prefill_chunk=4)
+
+
+@pytest.mark.parametrize("shape", ["smollm2-135m", "gpt2-small"])
+@pytest.mark.parametrize("budget", [None, 64 * MiB, 128 * MiB, 256 * MiB, 1024 * MiB])
+def test_one_layer_per_group_at_the_minimum_peak(shape: str, budget: int | None) -> None:
+    layout = synthetic_layout(shape)
+    ctx = PlanningContext(budget)
+    if budget is not None and budget < minimum_budget(layout, ctx):  # gpt2-small at 64M
+        with pytest.raises(InfeasibleBudgetError):
+            SequentialStrategy().plan(layout, ctx)
+        return
+    plan = SequentialStrategy().plan(layout, ctx)
+    validate_plan(plan, layout, ctx)
+    assert [g.layers for g in plan.groups] == [(i,) for i in range(len(layout.layers))]
+    assert not any(g.resident for g in plan.groups)
+    assert not plan.prefetch and not plan.head_resident
+    assert plan.head_slice_bytes == max(layout.layer_bytes)
+    assert plan.predicted_peak_bytes == minimum_budget(layout, ctx)
+    assert plan.streamed_bytes_per_token(layout) == sum(layout.layer_bytes) + layout.head_bytes
+
+
+@pytest.mark.parametrize("shape", ["smollm2-135m", "gpt2-small"])
+def test_budget_exactly_at_the_minimum_fits(shape: str) -> None:
+    layout = synthetic_layout(shape)
+    minimum = minimum_budget(layout, PlanningContext(None))
+    ctx = PlanningContext(minimum)
+    plan = SequentialStrategy().plan(layout, ctx)
+    validate_plan(plan, layout, ctx)
+    assert plan.predicted_peak_bytes == minimum
+
+
+@pytest.mark.parametrize("shape", ["smollm2-135m", "gpt2-small"])
+def test_one_byte_below_the_minimum_states_it(shape: str) -> None:
+    layout = synthetic_layout(shape)
+    minimum = minimum_budget(layout, PlanningContext(None))
+    with pytest.raises(InfeasibleBudgetError) as info:
+        SequentialStrategy().plan(layout, PlanningContext(minimum - 1))
+    assert info.value.minimum_bytes == minimum
+    assert str(minimum) in str(info.value)
+    assert format_bytes(minimum) in str(info.value)
+
+
+def test_a_layer_bigger_than_half_the_budget() -> None:
+    layout = handmade([10, 90_000, 10], head_bytes=50)
+    ctx = small_ctx(None)
+    minimum = minimum_budget(layout, ctx)
+    ctx = small_ctx(minimum)
+    plan = SequentialStrategy().plan(layout, ctx)
+    validate_plan(plan, layout, ctx)
+    assert (ctx.budget_bytes or 0) // 2 < 90_000
+    assert plan.groups[1].layers == (1,)
+
+
+def test_many_tiny_layers() -> None:
+    layout = handmade([64] * 500, head_bytes=6400)
+    ctx = small_ctx(minimum_budget(layout, small_ctx(None)))
+    plan = SequentialStrategy().plan(layout, ctx)
+    validate_plan(plan, layout, ctx)
+    assert plan.n_groups == 500
+    # the head streams in slices no larger than a layer: 100 slices of 64 bytes
+    assert plan.head_slice_bytes == 64
+
+
+def test_one_layer() -> None:
+    layout = handmade([1000], head_bytes=3000)
+    ctx = small_ctx(minimum_budget(layout, small_ctx(None)))
+    plan = SequentialStrategy().plan(layout, ctx)
+    validate_plan(plan, layout, ctx)
+    assert [g.layers for g in plan.groups] == [(0,)]
+
+
+def test_registered_through_its_entry_point() -> None:
+    registry = load_registry()
+    assert "sequential" in registry.names("strategy")
+    provider = registry.provider("strategy", "sequential")
+    assert (provider.name, provider.distribution) == ("sequential", "edgert-sequential")
+    assert provider.errors == []
+    layout = synthetic_layout("smollm2-135m")
+    ctx = PlanningContext(64 * MiB)
+    plan = plan_with(registry, "sequential", layout, ctx)
+    assert plan.strategy == "sequential"
+    assert plan.predicted_peak_bytes == minimum_budget(layout, ctx)
+
+
+def test_through_the_registry_below_the_minimum() -> None:
+    layout = synthetic_layout("gpt2-small")
+    minimum = minimum_budget(layout, PlanningContext(None))
+    with pytest.raises(InfeasibleBudgetError, match=str(minimum)):
+        plan_with(load_registry(), "sequential", layout, PlanningContext(minimum - 1))

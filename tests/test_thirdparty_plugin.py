@@ -1,0 +1,142 @@
+"""A real third-party strategy plugin, installed with pip into a fresh virtual environment beside the
+core and the three strategy distributions, then found through its entry point. No monkeypatching.
+
+The plugin in ``tests/thirdparty_strategy/`` is the one printed in ``docs/plugins.md``; a fast test
+here keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "tests" / "thirdparty_strategy"
+DOCS = ROOT / "docs" / "plugins.md"
+DISTRIBUTIONS = {
+    "core": ROOT,
+    "sequential": ROOT / "plugins" / "sequential",
+    "greedy": ROOT / "plugins" / "greedy",
+    "speculative": ROOT / "plugins" / "speculative",
+    "example": EXAMPLE,
+}
+SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", ".*", "tests", "*.so")
+
+PLAN_SCRIPT = """
+import json
+from edgert_core import MemoryBudget, PlanningContext, load_registry, plan_with, synthetic_layout
+
+registry = load_registry()
+layout = synthetic_layout("smollm2-135m")
+ctx = PlanningContext(MemoryBudget.parse("256M").bytes)
+plan = plan_with(registry, "pairs", layout, ctx)
+auto = plan_with(registry, "auto", layout, ctx)
+print(json.dumps({
+    "strategy": plan.strategy,
+    "groups": [list(g.layers) for g in plan.groups],
+    "peak": plan.predicted_peak_bytes,
+    "auto": auto.strategy,
+    "strategies": registry.names("strategy"),
+    "core_file": __import__("edgert_core").__file__,
+}))
+"""
+
+
+def copy_sources(dest: Path) -> list[Path]:
+    """Copy each distribution's sources (no build output, no tests) so that building them never
+    writes into the working tree."""
+    out = []
+    for name, src in DISTRIBUTIONS.items():
+        target = dest / name
+        if name == "core":
+            target.mkdir(parents=True)
+            for item in ("pyproject.toml", "README.md", "LICENSE"):
+                if (src / item).exists():
+                    shutil.copy2(src / item, target / item)
+            shutil.copytree(src / "edgert_core", target / "edgert_core", ignore=SKIP)
+        else:
+            shutil.copytree(src, target, ignore=SKIP)
+        out.append(target)
+    return out
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without edge-rt switches or a PYTHONPATH that could reach the work tree."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("EDGERT_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env or clean_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, f"{args[:3]} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_third_party_strategy_in_a_fresh_venv(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
+    python, edge_rt = venv / "bin" / "python", venv / "bin" / "edge-rt"
+    # Wheels are built here with this interpreter's setuptools (no isolated build environments to
+    # download), then installed into the fresh venv (made without pip, which saves ensurepip) with
+    # their dependencies in one call of this interpreter's pip.
+    sources = copy_sources(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(wheels), *map(str, sources)], cwd=tmp_path)
+    built = sorted(wheels.glob("*.whl"))
+    assert len(built) == len(sources)
+    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+         *map(str, built)], cwd=tmp_path)
+
+    plugins: list[dict[str, Any]] = json.loads(run([str(edge_rt), "plugins", "--json"],
+                                                   cwd=tmp_path))
+    by_name = {p["name"]: p for p in plugins}
+    example = by_name["pairs"]
+    assert example["distribution"] == "edgert-example-strategy"
+    assert example["version"] == "0.1.0"
+    assert example["module"] == "edgert_example_strategy"
+    assert example["strategies"] == ["pairs"]
+    assert example["errors"] == [] and example["blocked"] is False
+    for plugin, dist, strategy in [
+        ("sequential", "edgert-sequential", "sequential"),
+        ("greedy", "edgert-greedy", "greedy-grouping"),
+        ("speculative", "edgert-speculative", "speculative-prefetch"),
+    ]:
+        assert by_name[plugin]["distribution"] == dist
+        assert by_name[plugin]["strategies"] == [strategy]
+
+    result = json.loads(run([str(python), "-c", PLAN_SCRIPT], cwd=tmp_path))
+    assert result["core_file"].startswith(str(venv))  # the installed core, not the work tree
+    assert result["strategy"] == "pairs"
+    assert result["groups"] == [[i, i + 1] for i in range(0, 30, 2)]
+    assert result["peak"] <= 256 * 1024**2
+    assert result["strategies"] == [
+        "greedy-grouping", "pairs", "sequential", "speculative-prefetch"]
+    assert result["auto"] in result["strategies"]
+
+    blocked_env = clean_env() | {"EDGERT_DISABLE_PLUGINS": "pairs"}
+    blocked = json.loads(run([str(edge_rt), "plugins", "--json"], cwd=tmp_path, env=blocked_env))
+    assert next(p for p in blocked if p["name"] == "pairs")["blocked"] is True
+
+
+def doc_examples() -> dict[str, str]:
+    """Code blocks in docs/plugins.md announced by ``<!-- example: FILE -->``."""
+    pattern = re.compile(r"<!-- example: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
+    return dict(pattern.findall(DOCS.read_text()))
+
+
+def test_docs_show_exactly_the_tested_plugin() -> None:
+    examples = doc_examples()
+    assert sorted(examples) == ["edgert_example_strategy.py", "pyproject.toml"]
+    for name, text in examples.items():
+        assert text == (EXAMPLE / name).read_text(), f"docs/plugins.md differs from {name}"
