@@ -3,7 +3,9 @@
 This module is the public API. Plugins import only from here.
 """
 
+from edgert_core.api import ChatSession, Generation, Model, Token, generation_report, load_model, open_source
 from edgert_core.backends.base import BackendStatus, KernelBackend, Weight
+from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.errors import (
     BudgetError,
@@ -17,6 +19,7 @@ from edgert_core.errors import (
     PluginError,
     UnknownNameError,
 )
+from edgert_core.generate import GenerationStats, SamplingParams
 from edgert_core.hookspecs import hookimpl
 from edgert_core.layout import (
     LayerInfo,
@@ -26,6 +29,7 @@ from edgert_core.layout import (
     layout_from_dims,
     synthetic_layout,
 )
+from edgert_core.loaders import ModelSource, ValidatedModel, open_model
 from edgert_core.monitors.base import Reading, SystemMonitor
 from edgert_core.plan import (
     ExecutionPlan,
@@ -43,6 +47,7 @@ from edgert_core.plan import (
 )
 from edgert_core.planner import AUTO, all_plans, choose_auto, plan_with
 from edgert_core.plugins import PluginInfo, PluginRegistry, load_registry
+from edgert_core.pull import pull
 
 __version__ = "0.1.0"
 
@@ -50,19 +55,25 @@ __all__ = [
     "AUTO",
     "BackendStatus",
     "BudgetError",
+    "ChatSession",
     "ConfigError",
     "EdgeRTError",
     "ExecutionPlan",
+    "Generation",
     "GenerationError",
+    "GenerationStats",
     "InfeasibleBudgetError",
     "KernelBackend",
     "LayerGroup",
     "LayerInfo",
     "MemoryBudget",
     "MemoryPoolError",
+    "Model",
     "ModelDims",
     "ModelError",
     "ModelLayout",
+    "ModelSource",
+    "NumpyBackend",
     "PartitionStrategy",
     "PlanValidationError",
     "PlanningContext",
@@ -70,9 +81,12 @@ __all__ = [
     "PluginInfo",
     "PluginRegistry",
     "Reading",
+    "SamplingParams",
     "SystemMonitor",
     "TensorInfo",
+    "Token",
     "UnknownNameError",
+    "ValidatedModel",
     "Weight",
     "__version__",
     "all_plans",
@@ -82,13 +96,18 @@ __all__ = [
     "estimated_seconds_per_token",
     "fixed_bytes",
     "format_bytes",
+    "generation_report",
     "hookimpl",
     "layout_from_dims",
+    "load_model",
     "load_registry",
     "make_plan",
     "minimum_budget",
+    "open_model",
+    "open_source",
     "plan_with",
     "predict_peak",
+    "pull",
     "synthetic_layout",
     "validate_plan",
 ]

@@ -37,9 +37,9 @@ def test_top_level_help_lists_every_command() -> None:
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_option_has_help_and_defaults_show(cmd: str) -> None:
-    from edgert_core.cli import app
-
     import typer.main
+
+    from edgert_core.cli import app
 
     click_cmd = typer.main.get_command(app)
     sub = click_cmd.commands[cmd]  # type: ignore[attr-defined]

@@ -1,0 +1,350 @@
+"""The embedding API: load a model once, generate text from it, synchronously or with asyncio.
+
+::
+
+    import edgert_core as ert
+
+    model = ert.load_model("smollm2", memory_budget="256M")
+    for token in model.generate("The ship entered the port of", max_tokens=32):
+        print(token.text, end="", flush=True)
+
+    async for token in model.agenerate("Once upon a time", max_tokens=32):
+        ...
+
+``model.chat()`` keeps a conversation and applies the model's chat template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.budget import MemoryBudget
+from edgert_core.chat import Conversation
+from edgert_core.engine import Engine
+from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
+from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
+from edgert_core.layout import SYNTHETIC_SHAPES
+from edgert_core.loaders import ModelSource, ValidatedModel, open_model
+from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, ExecutionPlan, PlanningContext
+from edgert_core.planner import AUTO, plan_with
+from edgert_core.plugins import PluginRegistry, load_registry
+from edgert_core.pull import KNOWN_MODELS, resolve_known
+from edgert_core.synthetic import DEFAULT_SHAPE, SyntheticModel
+from edgert_core.tokenizer import BaseTokenizer
+
+SYNTHETIC_PREFIX = "synthetic"
+
+
+def open_source(model: str | Path | None) -> ModelSource:
+    """The model a user named: ``None`` or ``synthetic[-SHAPE]`` gives a synthetic model, a known
+    name (``smollm2``) its pulled file, anything else a path."""
+    if model is None or str(model) == "":
+        return SyntheticModel(DEFAULT_SHAPE)
+    text = str(model)
+    if text == SYNTHETIC_PREFIX or text.startswith(SYNTHETIC_PREFIX + "-"):
+        shape = text.removeprefix(SYNTHETIC_PREFIX).removeprefix("-") or DEFAULT_SHAPE
+        if shape not in SYNTHETIC_SHAPES:
+            known = ", ".join(f"synthetic-{s}" for s in sorted(SYNTHETIC_SHAPES))
+            raise UnknownNameError(f"Unknown synthetic model {text!r}; known: {known}.")
+        return SyntheticModel(shape)
+    if text in KNOWN_MODELS and not Path(text).exists():
+        return open_model(resolve_known(text))
+    return open_model(text)
+
+
+def choose_backend(
+    registry: PluginRegistry, dtypes: frozenset[str], name: str | None = None
+) -> NumpyBackend:
+    """The named backend, or the available one of highest priority that supports ``dtypes``."""
+    if name is not None and name != AUTO:
+        backend = registry.backend(name)
+        status = backend.status()
+        if not status.available:
+            raise EdgeRTError(f"Backend {name!r} cannot run here: {status.reason}")
+        missing = sorted(dtypes - backend.supported_dtypes())
+        if missing:
+            raise ModelError(
+                f"Backend {name!r} cannot load tensor type {missing[0]} used by this model; "
+                "choose another --backend."
+            )
+        if not isinstance(backend, NumpyBackend):
+            raise EdgeRTError(
+                f"Backend {name!r} does not provide the model math ops (subclass NumpyBackend)."
+            )
+        return backend
+    for backend in registry.backends():
+        if (
+            isinstance(backend, NumpyBackend)
+            and backend.status().available
+            and dtypes <= backend.supported_dtypes()
+        ):
+            return backend
+    raise ModelError(
+        f"No installed backend supports this model's tensor types ({', '.join(sorted(dtypes))})."
+    )
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token and the text it completes (may be empty mid-character). A last ``Token``
+    with ``id == -1`` may carry text held back at the end (an incomplete character)."""
+
+    id: int
+    text: str
+
+
+class Generation:
+    """A running generation: iterate it for :class:`Token` objects; afterwards ``ids``, ``text``
+    and ``stats`` hold the result."""
+
+    def __init__(self, model: Model, prompt_ids: list[int], max_tokens: int,
+                 sampling: SamplingParams) -> None:
+        self.model = model
+        self.prompt_ids = prompt_ids
+        self.ids: list[int] = []
+        self.stats = GenerationStats()
+        self._pieces: list[str] = []
+        tok = model.tokenizer
+        self._stream = tok.stream() if tok is not None else None
+        self._ids = generate_ids(
+            model.engine,
+            prompt_ids,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            stop_ids=model.stop_ids,
+            prefill_chunk=model.prefill_chunk,
+            stats=self.stats,
+        )
+        self._finished = False
+        self.on_finish: Callable[[Generation], None] | None = None
+
+    def __iter__(self) -> Iterator[Token]:
+        for token_id in self._ids:
+            self.ids.append(token_id)
+            piece = self._stream.push(token_id) if self._stream is not None else ""
+            self._pieces.append(piece)
+            yield Token(token_id, piece)
+        if self._stream is not None:
+            tail = self._stream.flush()
+            if tail:
+                self._pieces.append(tail)
+                yield Token(-1, tail)
+        self._finished = True
+        if self.on_finish is not None:
+            self.on_finish(self)
+
+    def result(self) -> Generation:
+        """Run to the end (if not yet) and return self."""
+        if not self._finished:
+            for _ in self:
+                pass
+        return self
+
+    @property
+    def text(self) -> str | None:
+        """The generated text (``None`` when the model has no tokenizer)."""
+        return None if self._stream is None else "".join(self._pieces)
+
+
+class Model:
+    """A loaded model ready to generate: validated weights, a backend, a plan and a KV cache."""
+
+    def __init__(
+        self,
+        source: ValidatedModel,
+        backend: NumpyBackend,
+        plan: ExecutionPlan,
+        context: PlanningContext,
+        *,
+        budgeted: bool,
+    ) -> None:
+        self.source = source
+        self.backend = backend
+        self.plan = plan
+        self.context = context
+        self.layout = source.layout().with_memory_bytes(backend.weight_nbytes)
+        self.engine = Engine(source, backend, plan, self.layout, context.max_context)
+        self.tokenizer: BaseTokenizer | None = source.tokenizer()
+        self.prefill_chunk = context.prefill_chunk if budgeted else None
+        self.synthetic = isinstance(source.source, SyntheticModel)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def config(self) -> Any:
+        return self.source.config
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        if self.tokenizer is not None and self.tokenizer.eos_token_ids:
+            return self.tokenizer.eos_token_ids
+        return tuple(self.source.config.eos_token_ids)
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        """Prompt ids: a string through the tokenizer, a sequence of ids as they are."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise GenerationError(
+                    f"Model {self.name} has no tokenizer, so it cannot read a text prompt; "
+                    "pass token ids (--prompt-ids 1,2,3)."
+                )
+            if not prompt:
+                raise GenerationError("The prompt is empty; give a prompt with at least one token.")
+            return self.tokenizer.encode(prompt)
+        return [int(i) for i in prompt]
+
+    def decode(self, ids: Sequence[int]) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode(ids)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Generation:
+        """Start generating after ``prompt``; iterate the result for tokens as they come."""
+        ids = self.encode(prompt)
+        check_request(ids, max_tokens, self.source.config.dims.vocab, self.context.max_context)
+        return Generation(self, ids, max_tokens, SamplingParams(temperature, top_k, top_p, seed))
+
+    async def agenerate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> AsyncIterator[Token]:
+        """Like :meth:`generate`, for asyncio: each step runs in a worker thread, so the event loop
+        stays responsive while the model computes."""
+        gen = self.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed)
+        it = iter(gen)
+        done = object()
+        while True:
+            token = await asyncio.to_thread(next, it, done)
+            if token is done:
+                return
+            assert isinstance(token, Token)
+            yield token
+
+    def logits(self, ids: Sequence[int]) -> NDArray[np.float32]:
+        """Logits of every position of ``ids`` from an empty cache: float32 ``[T, vocab]``."""
+        check_request(ids, 1, self.source.config.dims.vocab, self.context.max_context)
+        self.engine.cached_ids.clear()
+        return self.engine.forward(list(ids), 0, all_logits=True)
+
+    def chat(self, system: str | None = None) -> ChatSession:
+        """A conversation with this model using its chat template."""
+        return ChatSession(self, Conversation(system=system))
+
+
+class ChatSession:
+    """A conversation: :meth:`send` a user message, iterate the reply; the reply joins the history."""
+
+    def __init__(self, model: Model, conversation: Conversation) -> None:
+        self.model = model
+        self.conversation = conversation
+
+    def prompt_text(self) -> str:
+        tok = self.model.tokenizer
+        bos = eos = ""
+        if tok is not None and tok.bos_token_id is not None:
+            bos = tok.decode([tok.bos_token_id])
+        if tok is not None and tok.eos_token_ids:
+            eos = tok.decode([tok.eos_token_ids[0]])
+        return self.conversation.prompt(self.model.source.chat_template, bos_token=bos, eos_token=eos)
+
+    def send(self, message: str, **options: Any) -> Generation:
+        """Add a user message and start the assistant's reply (options as for
+        :meth:`Model.generate`); once the reply has been iterated to its end it joins the history.
+        K/V of the earlier turns stay cached, so only the new turn is prefilled."""
+        if not message.strip():
+            raise GenerationError("The message is empty; type something to send.")
+        self.conversation.add("user", message)
+        try:
+            gen = self.model.generate(self.prompt_text(), **options)
+        except EdgeRTError:
+            self.conversation.messages.pop()
+            raise
+        gen.on_finish = lambda g: self.conversation.add("assistant", g.text or "")
+        return gen
+
+
+def load_model(
+    model: str | Path | None = None,
+    *,
+    backend: str | None = None,
+    memory_budget: str | int | None = None,
+    strategy: str = AUTO,
+    max_context: int = DEFAULT_MAX_CONTEXT,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    registry: PluginRegistry | None = None,
+) -> Model:
+    """Open, validate and plan a model; weights are read on first use.
+
+    ``model``: a ``.gguf`` path, a Hugging Face folder, a known name (``smollm2``, after
+    ``edge-rt pull smollm2``), ``synthetic-smollm2-135m``/``synthetic-gpt2-small``, or ``None`` for
+    the default synthetic model. ``memory_budget``: e.g. ``"256M"``; ``None`` keeps every weight
+    resident. ``strategy``: a partition strategy name or ``auto``.
+    """
+    if max_context < 2:
+        raise GenerationError(f"max_context must be at least 2 tokens, got {max_context}.")
+    if prefill_chunk < 1:
+        raise GenerationError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}.")
+    reg = registry if registry is not None else load_registry()
+    validated = open_source(model).validate()
+    chosen = choose_backend(reg, validated.dtypes, backend)
+    layout = validated.layout().with_memory_bytes(chosen.weight_nbytes)
+    budget = None if memory_budget is None else MemoryBudget.parse(memory_budget).bytes
+    ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk)
+    plan = plan_with(reg, strategy, layout, ctx)
+    return Model(validated, chosen, plan, ctx, budgeted=budget is not None)
+
+
+def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
+    """What ``edge-rt run --json`` prints about a finished generation."""
+    s = gen.stats
+    status = model.backend.status()
+    return {
+        "model": model.name,
+        "model_format": model.source.format,
+        "synthetic": model.synthetic,
+        "backend": model.backend.name,
+        "backend_path": status.path,
+        "strategy": model.plan.strategy,
+        "budget_bytes": model.context.budget_bytes,
+        "max_context": model.context.max_context,
+        "groups": [list(g.layers) for g in model.plan.groups],
+        "resident_groups": [g.resident for g in model.plan.groups],
+        "head_resident": model.plan.head_resident,
+        "predicted_peak_bytes": model.plan.predicted_peak_bytes,
+        "prompt_ids": gen.prompt_ids,
+        "generated_ids": gen.ids,
+        "text": gen.text,
+        "stop_reason": s.stop_reason,
+        "prompt_tokens": s.prompt_tokens,
+        "generated_tokens": s.generated_tokens,
+        "prefill_seconds": s.prefill_seconds,
+        "decode_seconds": s.decode_seconds,
+        "prefill_tokens_per_s": s.prefill_tokens_per_s,
+        "decode_tokens_per_s": s.decode_tokens_per_s,
+        "peak_rss_bytes": s.peak_rss_bytes,
+        "baseline_rss_bytes": s.baseline_rss_bytes,
+    }

@@ -1,0 +1,80 @@
+"""Chat: a model's Jinja chat template applied to a conversation, and the conversation's state.
+
+Templates run in Jinja's sandbox with the conventions of Hugging Face chat templates (``messages``,
+``add_generation_prompt``, ``bos_token``/``eos_token``, ``raise_exception``, ``tojson``, trimmed
+blocks). A model without a template gets ChatML.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgert_core.errors import ModelError
+
+Role = Literal["system", "user", "assistant"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _raise(message: str) -> None:
+    raise ModelError(f"The chat template refused the conversation: {message}")
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals["raise_exception"] = _raise
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent)
+    return env
+
+
+def apply_chat_template(
+    template: str | None,
+    messages: list[dict[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
+    """The prompt text for ``messages`` (``[{"role": ..., "content": ...}]``)."""
+    source = template or CHATML_TEMPLATE
+    try:
+        compiled = _environment().from_string(source)
+        return compiled.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    except jinja2.TemplateError as exc:
+        raise ModelError(f"The model's chat template is invalid: {exc}.") from None
+
+
+@dataclass
+class Conversation:
+    """The messages of one chat, oldest first."""
+
+    system: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, role: Role, content: str) -> None:
+        self.messages.append({"role": role, "content": content})
+
+    def all_messages(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+    def prompt(self, template: str | None, **tokens: Any) -> str:
+        """The prompt that asks the model for the assistant's next message."""
+        return apply_chat_template(template, self.all_messages(), add_generation_prompt=True, **tokens)

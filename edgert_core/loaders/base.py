@@ -1,0 +1,345 @@
+"""What every model source gives: a header-only description, then lazy per-tensor reads.
+
+The lifecycle is ``loaded -> validate() -> validated``:
+
+* A :class:`ModelSource` (``loaded``) has parsed headers only: the config, every tensor's canonical
+  name, logical shape, file type, byte count and place in a file. No weight byte has been read.
+* :meth:`ModelSource.validate` checks the architecture, every expected tensor's presence and shape,
+  unexpected tensors, tensor types and that each tensor lies inside its file (a truncated download),
+  and returns a :class:`ValidatedModel`, the only object that reads weights.
+
+Reads return the tensor's bytes exactly as stored (``uint8 [nbytes]``) in the logical ``[out, in]``
+row order; loaders do no math (dequantization belongs to the kernel backend). A caller may pass its
+own buffer (``out=``), which is filled with ``preadv`` so the file's pages never enter the process's
+resident memory through a mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgert_core.backends.numpy_ref import BLOCK_BYTES, FLOAT_BYTES, SUPPORTED_DTYPES, file_nbytes
+from edgert_core.errors import ModelError
+from edgert_core.layout import LayerInfo, ModelLayout, TensorInfo
+from edgert_core.models.config import (
+    ModelConfig,
+    final_norm_names,
+    layer_prefix,
+    output_name,
+    position_embedding_name,
+    token_embedding_name,
+)
+
+if TYPE_CHECKING:
+    from edgert_core.tokenizer import BaseTokenizer
+
+U8 = NDArray[np.uint8]
+
+#: Tensor types a model file may use (the dequantization lives in the numpy backend).
+LOADABLE_DTYPES = SUPPORTED_DTYPES
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: ``info`` (canonical name, logical shape, type, bytes), the file, the
+    absolute byte offset and the name the file uses. ``transposed``: the file stores ``[in, out]``
+    (GPT-2's Conv1D) and reads transpose it to the logical ``[out, in]``."""
+
+    info: TensorInfo
+    file: Path
+    offset: int
+    file_name: str
+    transposed: bool = False
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> logical shape of every tensor a model of ``config`` must have."""
+    d = config.dims
+    h, hd, f, v = d.hidden, d.head_dim, d.intermediate, d.vocab
+    out: dict[str, tuple[int, ...]] = {token_embedding_name(d.architecture): (v, h)}
+    pos = position_embedding_name(d.architecture)
+    if pos is not None:
+        out[pos] = (d.max_position, h)
+    for i in range(d.n_layers):
+        p = layer_prefix(d.architecture, i)
+        if d.architecture == "llama":
+            layer = {
+                "input_layernorm.weight": (h,),
+                "self_attn.q_proj.weight": (d.n_heads * hd, h),
+                "self_attn.k_proj.weight": (d.n_kv_heads * hd, h),
+                "self_attn.v_proj.weight": (d.n_kv_heads * hd, h),
+                "self_attn.o_proj.weight": (h, d.n_heads * hd),
+                "post_attention_layernorm.weight": (h,),
+                "mlp.gate_proj.weight": (f, h),
+                "mlp.up_proj.weight": (f, h),
+                "mlp.down_proj.weight": (h, f),
+            }
+        else:
+            layer = {
+                "ln_1.weight": (h,),
+                "ln_1.bias": (h,),
+                "attn.c_attn.weight": (3 * h, h),
+                "attn.c_attn.bias": (3 * h,),
+                "attn.c_proj.weight": (h, h),
+                "attn.c_proj.bias": (h,),
+                "ln_2.weight": (h,),
+                "ln_2.bias": (h,),
+                "mlp.c_fc.weight": (f, h),
+                "mlp.c_fc.bias": (f,),
+                "mlp.c_proj.weight": (h, f),
+                "mlp.c_proj.bias": (h,),
+            }
+        out.update({p + k: s for k, s in layer.items()})
+    for name in final_norm_names(d.architecture):
+        out[name] = (h,)
+    out[output_name(config)] = (v, h)
+    return out
+
+
+def _pread_into(fd: int, buf: U8, offset: int, path: Path, name: str) -> None:
+    """Fill ``buf`` from ``fd`` at ``offset`` (loops over short reads)."""
+    view = buf.data.cast("B")
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            n = os.preadv(fd, [view[done:]], offset + done)
+        else:  # pragma: no cover - platforms without preadv
+            os.lseek(fd, offset + done, os.SEEK_SET)
+            n = os.readv(fd, [view[done:]])
+        if n <= 0:
+            raise ModelError(
+                f"{path} ends inside tensor {name}: the file is truncated; download it again."
+            )
+        done += n
+
+
+class ModelSource:
+    """A model whose headers are parsed (the ``loaded`` state). Subclasses fill ``config``,
+    ``entries`` (canonical name -> :class:`TensorEntry`, in file order) and ``ignored``."""
+
+    format: str = ""
+
+    def __init__(self, path: Path, name: str, config: ModelConfig, entries: dict[str, TensorEntry]):
+        self.path = path
+        self.name = name
+        self.config = config
+        self.entries = entries
+        self.chat_template: str | None = None
+
+    # -- header-only facts --------------------------------------------------------------------
+    def layout(self) -> ModelLayout:
+        """The model as the planner sees it, with file types and file bytes (``mem_bytes`` equal to
+        ``nbytes``; convert with ``layout.with_memory_bytes(backend.weight_nbytes)``)."""
+        cfg = self.config
+        d = cfg.dims
+
+        def info(name: str) -> TensorInfo:
+            return self.entries[name].info
+
+        layers = []
+        for i in range(d.n_layers):
+            p = layer_prefix(d.architecture, i)
+            names = [n for n in self.entries if n.startswith(p)]
+            layers.append(LayerInfo(i, tuple(info(n) for n in names)))
+        emb = [token_embedding_name(d.architecture)]
+        pos = position_embedding_name(d.architecture)
+        if pos is not None:
+            emb.append(pos)
+        head = [*final_norm_names(d.architecture), output_name(cfg)]
+        return ModelLayout(
+            name=self.name,
+            dims=d,
+            layers=tuple(layers),
+            embeddings=tuple(info(n) for n in emb if n in self.entries),
+            head=tuple(info(n) for n in head if n in self.entries),
+        )
+
+    @property
+    def dtypes(self) -> frozenset[str]:
+        """Tensor types used by the file."""
+        return frozenset(e.info.dtype for e in self.entries.values())
+
+    def tokenizer(self) -> BaseTokenizer | None:
+        """The model's tokenizer, or ``None`` when its files carry none."""
+        return None
+
+    # -- validation ---------------------------------------------------------------------------
+    def unexpected_ok(self, name: str) -> bool:
+        """Whether an extra tensor may be ignored (buffers some checkpoints carry)."""
+        return False
+
+    def file_sizes(self) -> dict[Path, int]:
+        return {p: p.stat().st_size for p in {e.file for e in self.entries.values()}}
+
+    def validate(self) -> ValidatedModel:
+        """Check the model against its config (see the module docstring); return the readable model."""
+        expected = expected_shapes(self.config)
+        for name, shape in expected.items():
+            entry = self.entries.get(name)
+            if entry is None:
+                raise ModelError(
+                    f"{self.path} has no tensor {self._file_name_hint(name)}, which a "
+                    f"{self.config.architecture} model with these dimensions needs; the file is "
+                    "incomplete or not this kind of model."
+                )
+            if entry.info.shape != shape:
+                raise ModelError(
+                    f"Tensor {entry.file_name} in {entry.file} has shape {list(entry.info.shape)} "
+                    f"but the model's config needs {list(shape)}; the file and its config disagree."
+                )
+        for name, entry in self.entries.items():
+            if name not in expected and not self.unexpected_ok(name):
+                raise ModelError(
+                    f"Tensor {entry.file_name} in {entry.file} is not part of a "
+                    f"{self.config.architecture} model; the file is not a supported model."
+                )
+        for entry in self.entries.values():
+            dtype = entry.info.dtype
+            if dtype not in LOADABLE_DTYPES:
+                raise ModelError(
+                    f"Tensor {entry.file_name} in {entry.file} has type {dtype}, which edge-rt "
+                    f"cannot load; supported types: {', '.join(sorted(LOADABLE_DTYPES))}. Use a "
+                    "file quantized to one of those."
+                )
+            if entry.info.nbytes != file_nbytes(dtype, entry.info.shape):
+                raise ModelError(
+                    f"Tensor {entry.file_name} in {entry.file} declares {entry.info.nbytes} bytes "
+                    f"but a {dtype} tensor of shape {list(entry.info.shape)} takes "
+                    f"{file_nbytes(dtype, entry.info.shape)}; the file is corrupt."
+                )
+        sizes = self.file_sizes()
+        for entry in self.entries.values():
+            end = entry.offset + entry.info.nbytes
+            if end > sizes[entry.file]:
+                raise ModelError(
+                    f"{entry.file} is truncated: tensor {entry.file_name} ends at byte {end} but the "
+                    f"file has {sizes[entry.file]} bytes; download it again."
+                )
+        return ValidatedModel(self)
+
+    def _file_name_hint(self, name: str) -> str:
+        return name
+
+    def unused_names(self) -> Iterable[str]:
+        expected = expected_shapes(self.config)
+        return [n for n in self.entries if n not in expected]
+
+    # -- reads (used through ValidatedModel) ---------------------------------------------------
+    def read_into(self, entry: TensorEntry, out: U8, byte_start: int = 0) -> None:
+        """Fill ``out`` (``uint8``) with the file bytes of ``entry`` from ``byte_start``."""
+        fd = os.open(entry.file, os.O_RDONLY)
+        try:
+            _pread_into(fd, out, entry.offset + byte_start, entry.file, entry.file_name)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Release open files (reads open and close their own)."""
+
+
+class ValidatedModel:
+    """A validated model: its config, layout, tokenizer and lazy reads of its tensors."""
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+        self.path = source.path
+        self.name = source.name
+        self.config = source.config
+        self.chat_template = source.chat_template
+        self._layout: ModelLayout | None = None
+
+    @property
+    def format(self) -> str:
+        return self.source.format
+
+    def layout(self) -> ModelLayout:
+        if self._layout is None:
+            self._layout = self.source.layout()
+        return self._layout
+
+    @property
+    def dtypes(self) -> frozenset[str]:
+        return self.source.dtypes
+
+    def tokenizer(self) -> BaseTokenizer | None:
+        return self.source.tokenizer()
+
+    def info(self, name: str) -> TensorInfo:
+        """The description of tensor ``name`` (canonical name)."""
+        return self._entry(name).info
+
+    def _entry(self, name: str) -> TensorEntry:
+        try:
+            return self.source.entries[name]
+        except KeyError:
+            raise ModelError(f"{self.path} has no tensor {name}.") from None
+
+    def read_tensor(self, name: str, out: U8 | None = None) -> U8:
+        """The stored bytes of tensor ``name``: ``uint8 [nbytes]`` in logical ``[out, in]`` row order.
+
+        ``out``: a caller-owned ``uint8`` buffer of at least ``nbytes``, filled in place and returned
+        (trimmed to ``nbytes``); otherwise a new array."""
+        entry = self._entry(name)
+        n = entry.info.nbytes
+        buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
+        if len(buf) < n:
+            raise ValueError(f"buffer of {len(buf)} bytes is too small for {name} ({n} bytes)")
+        if not entry.transposed:
+            self.source.read_into(entry, buf)
+            return buf
+        # stored [in, out]: read, then write the transpose (a layout change, no arithmetic)
+        rows, cols = entry.info.shape
+        item = FLOAT_BYTES[entry.info.dtype]
+        stored = np.empty(n, dtype=np.uint8)
+        self.source.read_into(entry, stored)
+        dt = np.dtype(f"V{item}")
+        buf.view(dt).reshape(rows, cols)[...] = stored.view(dt).reshape(cols, rows).T
+        return buf
+
+    def read_rows(self, name: str, start: int, stop: int, out: U8 | None = None) -> U8:
+        """The stored bytes of rows ``start..stop-1`` of a 2-D tensor (``uint8 [(stop-start) *
+        row_bytes]``); rows of GGUF block formats are whole blocks, so a row range is contiguous."""
+        entry = self._entry(name)
+        rows = entry.info.shape[0]
+        if not 0 <= start <= stop <= rows:
+            raise ValueError(f"rows {start}:{stop} out of range for {name} with {rows} rows")
+        if entry.transposed:
+            full = self.read_tensor(name)
+            rb = entry.info.nbytes // rows
+            part = full[start * rb : stop * rb]
+            if out is None:
+                return part.copy()
+            out[: len(part)] = part
+            return out[: len(part)]
+        rb = row_nbytes(entry.info)
+        n = (stop - start) * rb
+        buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
+        self.source.read_into(entry, buf, start * rb)
+        return buf
+
+    def read_row_set(self, name: str, ids: NDArray[np.int64]) -> U8:
+        """Bytes of the rows ``ids`` (``int64 [T]``) of a 2-D tensor, in that order:
+        ``uint8 [T, row_bytes]`` (embedding lookups without loading the table)."""
+        entry = self._entry(name)
+        rb = row_nbytes(entry.info)
+        out = np.empty((len(ids), rb), dtype=np.uint8)
+        for j, i in enumerate(ids.tolist()):
+            self.read_rows(name, i, i + 1, out[j])
+        return out
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def row_nbytes(info: TensorInfo) -> int:
+    """File bytes of one row (the last axis) of a tensor."""
+    if info.dtype in BLOCK_BYTES or info.dtype in FLOAT_BYTES:
+        return file_nbytes(info.dtype, (info.shape[-1],))
+    return info.nbytes // max(info.shape[0], 1)

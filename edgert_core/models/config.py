@@ -1,0 +1,57 @@
+"""A model's hyperparameters and the canonical names of its tensors.
+
+Loaders translate every file format to these names (Hugging Face checkpoint names without the
+``transformer.`` prefix of GPT-2), so the math in :mod:`edgert_core.models` never sees a file format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgert_core.layout import ModelDims
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the forward pass needs besides weights.
+
+    ``rope_interleaved``: RoPE rotates adjacent pairs ``(2i, 2i+1)``; true for GGUF files, whose
+    converter permutes the Q/K rows of each head from Hugging Face's half-split layout into that one.
+    Attention scores are identical either way, so the file's rows are used as they are.
+    """
+
+    dims: ModelDims
+    norm_eps: float
+    rope_theta: float = 10000.0
+    rope_interleaved: bool = False
+    tied_embeddings: bool = True
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    @property
+    def architecture(self) -> str:
+        return self.dims.architecture
+
+
+def layer_prefix(architecture: str, index: int) -> str:
+    """Canonical name prefix of block ``index``."""
+    return f"model.layers.{index}." if architecture == "llama" else f"h.{index}."
+
+
+def token_embedding_name(architecture: str) -> str:
+    return "model.embed_tokens.weight" if architecture == "llama" else "wte.weight"
+
+
+def position_embedding_name(architecture: str) -> str | None:
+    return None if architecture == "llama" else "wpe.weight"
+
+
+def output_name(config: ModelConfig) -> str:
+    """The output projection ``[vocab, hidden]``: the token embedding when tied."""
+    if config.tied_embeddings:
+        return token_embedding_name(config.architecture)
+    return "lm_head.weight"
+
+
+def final_norm_names(architecture: str) -> tuple[str, ...]:
+    return ("model.norm.weight",) if architecture == "llama" else ("ln_f.weight", "ln_f.bias")

@@ -1,0 +1,207 @@
+"""The forward pass, in the three pieces a caller walks: embed, layer groups, head.
+
+::
+
+    x = model.embed(token_rows, position_rows)          # [T, hidden]
+    for group in plan.groups:
+        x = model.run_layers(weights_of(group), x, cache, start)
+    logits = model.head(x[-1:], final_norm, output_slices)   # [1, vocab]
+
+The weights of one call are whatever the caller prepared for it, so a caller may load a group's
+weights just before ``run_layers`` and free them right after, and may hand the output projection over
+as row slices (each a :class:`Weight` of shape ``[rows, hidden]``); the logits are their concatenation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgert_core.backends.base import Weight
+from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.models.config import ModelConfig, final_norm_names, layer_prefix
+from edgert_core.models.kv_cache import KVCache
+from edgert_core.models.rope import rope_tables
+
+F32 = NDArray[np.float32]
+
+#: Weights that may be stacked by rows into one matrix, so one ``linear`` call replaces several:
+#: fused name -> the block's tensor names, in row order.
+FUSIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "llama": {
+        "qkv": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        "gate_up": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    },
+    "gpt2": {},
+}
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """The prepared weights of block ``index``, keyed by name without the layer prefix
+    (``self_attn.q_proj.weight``, ``attn.c_attn.bias`` ...). ``fused`` optionally holds stacked
+    weights named as in :data:`FUSIONS` (views of the same memory, used when present)."""
+
+    index: int
+    tensors: Mapping[str, Weight]
+    fused: Mapping[str, Weight] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Weight:
+        return self.tensors[key]
+
+    @classmethod
+    def from_named(
+        cls,
+        architecture: str,
+        index: int,
+        named: Mapping[str, Weight],
+        fuse: Callable[[Sequence[Weight]], Weight | None] | None = None,
+    ) -> LayerWeights:
+        """Build from canonical full names (``model.layers.3.mlp.up_proj.weight``); ``fuse`` (a
+        backend's ``fuse_rows``) stacks the weights of :data:`FUSIONS` when it can."""
+        prefix = layer_prefix(architecture, index)
+        tensors = {k.removeprefix(prefix): w for k, w in named.items()}
+        fused: dict[str, Weight] = {}
+        if fuse is not None:
+            for fused_name, parts in FUSIONS[architecture].items():
+                if all(p in tensors for p in parts):
+                    stacked = fuse([tensors[p] for p in parts])
+                    if stacked is not None:
+                        fused[fused_name] = stacked
+        return cls(index, tensors, fused)
+
+
+class LlamaBlock:
+    """One Llama block: RMSNorm -> GQA attention with RoPE -> residual; RMSNorm -> SwiGLU -> residual."""
+
+    def __init__(self, backend: NumpyBackend, config: ModelConfig, cos: F32, sin: F32) -> None:
+        self.be = backend
+        self.config = config
+        self.cos = cos  # [C, D/2]
+        self.sin = sin
+
+    def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
+        """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""
+        be, d, eps = self.be, self.config.dims, self.config.norm_eps
+        t = x.shape[0]
+        nq, nkv = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
+        h = be.rmsnorm(x, w["input_layernorm.weight"], eps)  # [T, hidden]
+        if "qkv" in w.fused:
+            qkv = be.linear(h, w.fused["qkv"])  # [T, nq + 2*nkv]
+            q_, k_, v_ = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
+        else:
+            q_ = be.linear(h, w["self_attn.q_proj.weight"])  # [T, nq]
+            k_ = be.linear(h, w["self_attn.k_proj.weight"])  # [T, nkv]
+            v_ = be.linear(h, w["self_attn.v_proj.weight"])
+        q = q_.reshape(t, d.n_heads, d.head_dim)
+        k = k_.reshape(t, d.n_kv_heads, d.head_dim)
+        v = v_.reshape(t, d.n_kv_heads, d.head_dim)
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]  # [T, D/2]
+        q = be.rope(q, cos, sin, interleaved=self.config.rope_interleaved)
+        k = be.rope(k, cos, sin, interleaved=self.config.rope_interleaved)
+        keys, values = cache.write(w.index, start, k, v)  # [Hkv, start+T, D]
+        a = be.attention(q, keys, values, start)  # [T, H*D]
+        x = x + be.linear(a, w["self_attn.o_proj.weight"])  # [T, hidden]
+        h = be.rmsnorm(x, w["post_attention_layernorm.weight"], eps)
+        if "gate_up" in w.fused:
+            gate_up = be.linear(h, w.fused["gate_up"])  # [T, 2*inter]
+            gate = be.silu(gate_up[:, : d.intermediate])  # [T, inter]
+            gate *= gate_up[:, d.intermediate :]
+        else:
+            gate = be.silu(be.linear(h, w["mlp.gate_proj.weight"]))  # [T, inter]
+            gate *= be.linear(h, w["mlp.up_proj.weight"])
+        x += be.linear(gate, w["mlp.down_proj.weight"])
+        return x
+
+
+class GPT2Block:
+    """One GPT-2 block: LayerNorm -> attention (fused QKV) -> residual; LayerNorm -> GELU MLP -> residual."""
+
+    def __init__(self, backend: NumpyBackend, config: ModelConfig) -> None:
+        self.be = backend
+        self.config = config
+
+    def _affine(self, x: F32, w: Weight, b: Weight) -> F32:
+        y = self.be.linear(x, w)
+        y += self.be.to_float(b)
+        return y
+
+    def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
+        """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""
+        be, d, eps = self.be, self.config.dims, self.config.norm_eps
+        t, hidden = x.shape
+        h = be.layernorm(x, w["ln_1.weight"], w["ln_1.bias"], eps)
+        qkv = self._affine(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"])  # [T, 3*hidden]
+        q = qkv[:, :hidden].reshape(t, d.n_heads, d.head_dim)
+        k = qkv[:, hidden : 2 * hidden].reshape(t, d.n_kv_heads, d.head_dim)
+        v = qkv[:, 2 * hidden :].reshape(t, d.n_kv_heads, d.head_dim)
+        keys, values = cache.write(w.index, start, k, v)
+        a = be.attention(q, keys, values, start)  # [T, hidden]
+        x = x + self._affine(a, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
+        h = be.layernorm(x, w["ln_2.weight"], w["ln_2.bias"], eps)
+        m = be.gelu_tanh(self._affine(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"]))  # [T, inter]
+        x += self._affine(m, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
+        return x
+
+
+class Transformer:
+    """The forward pass of one model on one backend; RoPE tables sized for ``max_context``."""
+
+    def __init__(self, config: ModelConfig, backend: NumpyBackend, max_context: int) -> None:
+        self.config = config
+        self.backend = backend
+        self.max_context = max_context
+        self.block: LlamaBlock | GPT2Block
+        if config.architecture == "llama":
+            cos, sin = rope_tables(config.dims.head_dim, max_context, config.rope_theta)
+            self.block = LlamaBlock(backend, config, cos, sin)
+        else:
+            self.block = GPT2Block(backend, config)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config, self.max_context)
+
+    def embed(self, token_rows: F32, position_rows: F32 | None = None) -> F32:
+        """Hidden states from embedding rows: ``token_rows`` float32 ``[T, hidden]`` (rows of the
+        token table for the input ids), ``position_rows`` float32 ``[T, hidden]`` (GPT-2's learned
+        positions, ``None`` for Llama) -> float32 ``[T, hidden]`` (a new array)."""
+        x = np.array(token_rows, dtype=np.float32, copy=True)
+        if position_rows is not None:
+            x += position_rows
+        return x
+
+    def run_layers(
+        self, layers: Sequence[LayerWeights], hidden: F32, cache: KVCache, start: int
+    ) -> F32:
+        """Run consecutive blocks: ``hidden`` float32 ``[T, hidden]`` for positions
+        ``start..start+T-1`` -> float32 ``[T, hidden]``; writes those positions of the KV cache."""
+        for w in layers:
+            hidden = self.block(w, hidden, cache, start)
+        return hidden
+
+    def head(
+        self, hidden: F32, final_norm: Mapping[str, Weight], output_slices: Sequence[Weight]
+    ) -> F32:
+        """Logits: ``hidden`` float32 ``[T, hidden]`` -> float32 ``[T, vocab]``.
+
+        ``final_norm`` maps the final norm's canonical names to weights; ``output_slices`` are
+        consecutive row slices of the output projection (``[rows_i, hidden]``, rows summing to vocab).
+        """
+        be, eps = self.backend, self.config.norm_eps
+        names = final_norm_names(self.config.architecture)
+        if self.config.architecture == "llama":
+            h = be.rmsnorm(hidden, final_norm[names[0]], eps)
+        else:
+            h = be.layernorm(hidden, final_norm[names[0]], final_norm[names[1]], eps)
+        if len(output_slices) == 1:
+            return be.linear(h, output_slices[0])
+        out = np.empty((h.shape[0], sum(s.info.shape[0] for s in output_slices)), dtype=np.float32)
+        row = 0
+        for s in output_slices:
+            n = s.info.shape[0]
+            out[:, row : row + n] = be.linear(h, s)
+            row += n
+        return out

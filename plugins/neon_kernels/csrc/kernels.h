@@ -1,0 +1,108 @@
+/* edgert-neon-kernels: quantized matrix products on GGUF weight blocks, used in place.
+ *
+ * Sections: block formats, activation blocks, per-path kernel tables, the matmul driver.
+ *
+ * A weight matrix W is [N rows (outputs), K columns (inputs)], each row stored as K/32 GGUF blocks:
+ *   Q4_0: f16 d, 16 bytes of nibbles             x = (q - 8) * d
+ *   Q4_1: f16 d, f16 m, 16 bytes of nibbles       x = q * d + m
+ *   Q8_0: f16 d, 32 int8                          x = q * d
+ * In a 4-bit block, byte j holds element j in its low nibble and element j + 16 in its high nibble.
+ *
+ * y[T, N] = x[T, K] . W^T, accumulated in fp32. Two activation modes:
+ *   f32: activations stay fp32; each weight is dequantized in registers and multiplied in fp32.
+ *   q8:  each block of 32 activations is first quantized to int8 with one fp32 scale (like
+ *        llama.cpp's Q8_0 activations); the block product is an exact integer dot product,
+ *        scaled once per block. Faster, with an error bounded by the activation rounding.
+ */
+#ifndef EDGERT_KERNELS_H
+#define EDGERT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define EDGERT_QK 32
+
+/* ---- block formats, exactly as stored in GGUF ---------------------------------------------- */
+
+typedef struct {
+    uint16_t d;      /* f16 scale */
+    uint8_t qs[16];  /* nibbles */
+} block_q4_0;        /* 18 bytes */
+
+typedef struct {
+    uint16_t d;      /* f16 scale */
+    uint16_t m;      /* f16 minimum */
+    uint8_t qs[16];  /* nibbles */
+} block_q4_1;        /* 20 bytes */
+
+typedef struct {
+    uint16_t d;      /* f16 scale */
+    int8_t qs[32];
+} block_q8_0;        /* 34 bytes */
+
+enum edgert_wtype { EDGERT_Q4_0 = 0, EDGERT_Q4_1 = 1, EDGERT_Q8_0 = 2, EDGERT_N_WTYPES = 3 };
+
+/* Bytes of one row of K weights (K a multiple of 32), or 0 for an unknown type. */
+size_t edgert_row_bytes(int wtype, int64_t k);
+
+/* ---- activation blocks (internal, never stored in a file) ----------------------------------- */
+
+typedef struct {
+    float d;         /* scale: x ~= q * d */
+    float s;         /* d * sum(q), used by the Q4_0 offset and the Q4_1 minimum */
+    int8_t qs[32];
+} block_q8a;         /* 40 bytes */
+
+/* Quantize k (multiple of 32) fp32 activations into k/32 blocks: d = max|x| / 127, q = round(x / d).
+ * Shared by every path, so SIMD and scalar kernels see identical integer activations. */
+void edgert_quantize_q8a(const float *x, block_q8a *out, int64_t k);
+
+/* f16 bits -> fp32 value, exact for every input (zeros, subnormals, inf, nan). */
+float edgert_f16_to_f32(uint16_t h);
+
+/* ---- kernel tables ----------------------------------------------------------------------- */
+
+/* Dot product of one weight row (nb blocks) with nb activation blocks. */
+typedef float (*edgert_dot_q8_fn)(int64_t nb, const void *wrow, const block_q8a *a);
+/* Dot product of one weight row (nb blocks) with 32 * nb fp32 activations. */
+typedef float (*edgert_dot_f32_fn)(int64_t nb, const void *wrow, const float *x);
+
+typedef struct {
+    const char *name;                       /* "portable", "neon", "neon-dotprod", "x86-avx2" */
+    edgert_dot_q8_fn dot_q8[EDGERT_N_WTYPES];
+    edgert_dot_f32_fn dot_f32[EDGERT_N_WTYPES];
+} edgert_kernel_table;
+
+extern const edgert_kernel_table edgert_kernels_portable;
+#if defined(__aarch64__)
+extern const edgert_kernel_table edgert_kernels_neon;
+extern const edgert_kernel_table edgert_kernels_neon_dotprod;
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EDGERT_HAVE_AVX2 1
+extern const edgert_kernel_table edgert_kernels_avx2;
+#endif
+
+/* Every table compiled into this build, portable first; *n receives the count. */
+const edgert_kernel_table *const *edgert_all_tables(int *n);
+/* Whether this CPU can run the table (runtime checks: getauxval / __builtin_cpu_supports). */
+int edgert_table_supported(const edgert_kernel_table *t);
+/* The fastest supported table. */
+const edgert_kernel_table *edgert_best_table(void);
+/* 1 when the CPU reports the Armv8.2 dot-product instructions (AT_HWCAP & HWCAP_ASIMDDP). */
+int edgert_cpu_has_dotprod(void);
+
+/* ---- the matmul driver ------------------------------------------------------------------- */
+
+/* y[t * N + n] = sum_k x[t * K + k] * W[n, k] for t < T, n < N.
+ * w: N rows of edgert_row_bytes(wtype, K) bytes each, contiguous. K must be a multiple of 32.
+ * threads: worker count including the caller (<= 1 runs on the caller only).
+ * act_q8: 1 quantizes activations to int8 blocks (q8 mode), 0 keeps them fp32.
+ * Returns 0, or -1 for bad arguments (unknown type, K not a multiple of 32), -2 out of memory. */
+int edgert_linear(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t K,
+                  const uint8_t *w, int64_t N, int wtype, float *y, int threads, int act_q8);
+
+/* Stop and join the worker threads (they are started again on the next call that needs them). */
+void edgert_pool_shutdown(void);
+
+#endif

