@@ -7,10 +7,10 @@ from typing import Any
 
 import typer
 
+from edgert_core.api import choose_backend, open_source
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json
 from edgert_core.inspection import compare_plans, describe_layout
-from edgert_core.layout import synthetic_layout
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, PlanningContext
 from edgert_core.plugins import load_registry
 
@@ -19,10 +19,14 @@ from edgert_core.plugins import load_registry
 def inspect_command(
     ctx: typer.Context,
     model: str = typer.Option(
-        "synthetic-smollm2-135m",
+        "smollm2",
         "--model",
         "-m",
-        help="Model to inspect: a synthetic shape (synthetic-smollm2-135m, synthetic-gpt2-small).",
+        help="A .gguf file, a Hugging Face folder, a pulled name (smollm2) or synthetic-smollm2-135m / "
+        "synthetic-gpt2-small.",
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="Backend whose in-memory sizes to plan with; none: the best installed."
     ),
     memory_budget: str | None = typer.Option(
         None, "--memory-budget", "-b", help="Budget to plan for, e.g. 64M, 1G; none: no budget."
@@ -35,10 +39,14 @@ def inspect_command(
 ) -> None:
     """Show a model's layers, tensor types and bytes, and each installed strategy's plan."""
     values = apply_preset(
-        ctx, config, {"model": model, "memory_budget": memory_budget, "max_context": max_context}
+        ctx,
+        config,
+        {"model": model, "memory_budget": memory_budget, "max_context": max_context, "backend": backend},
     )
-    shape = str(values["model"]).removeprefix("synthetic-")
-    layout = synthetic_layout(shape)
+    registry = load_registry()
+    source = open_source(str(values["model"]))
+    chosen = choose_backend(registry, source.dtypes, values["backend"])
+    layout = source.layout().with_memory_bytes(chosen.weight_nbytes)
     budget = values["memory_budget"]
     plan_ctx = PlanningContext(
         budget_bytes=None if budget is None else MemoryBudget.parse(budget).bytes,
@@ -46,7 +54,8 @@ def inspect_command(
     )
     report: dict[str, Any] = {
         "model": describe_layout(layout),
-        "planning": compare_plans(load_registry(), layout, plan_ctx),
+        "backend": chosen.name,
+        "planning": compare_plans(registry, layout, plan_ctx),
     }
     if as_json:
         print_json(report)
@@ -61,7 +70,7 @@ def _print_report(report: dict[str, Any]) -> None:
         f"{m['hidden']}, heads {m['n_heads']}/{m['n_kv_heads']} kv, vocab {m['vocab']}"
     )
     types = ", ".join(f"{k} x{v}" for k, v in m["tensor_types"].items())
-    typer.echo(f"tensor types: {types}")
+    typer.echo(f"tensor types: {types}; in-memory sizes for backend {report['backend']}")
     typer.echo(
         f"weights in memory: {format_bytes(m['total_weight_bytes'])}; per layer "
         f"{format_bytes(max(m['layer_bytes']))} max; head {format_bytes(m['head_bytes'])}; "
