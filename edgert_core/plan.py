@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -76,6 +76,13 @@ class ExecutionPlan:
         sizes = layout.layer_bytes
         total = sum(sizes[i] for g in self.groups if g.resident for i in g.layers)
         return total + (layout.head_bytes if self.head_resident else 0)
+
+    def loads_per_token(self, layout: ModelLayout) -> int:
+        """How many loads a forward pass makes: streamed groups plus head slices."""
+        groups = sum(1 for g in self.groups if not g.resident)
+        if self.head_resident or not layout.head_bytes:
+            return groups
+        return groups + math.ceil(layout.head_bytes / self.head_slice_bytes)
 
     def streamed_bytes_per_token(self, layout: ModelLayout) -> int:
         """Weight bytes loaded for every forward pass."""
@@ -196,6 +203,21 @@ def make_plan(
         head_slice_bytes=slice_bytes,
         predicted_peak_bytes=peak,
     )
+
+
+def largest_fitting(n: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest ``k`` in ``0..n`` with ``fits(k)``, for a ``fits`` that holds up to some ``k``
+    and fails after it (bisection); ``None`` if ``fits(0)`` fails."""
+    if not fits(0):
+        return None
+    lo, hi = 0, n  # fits(lo) holds; the answer is in lo..hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def minimum_budget(layout: ModelLayout, ctx: PlanningContext) -> int:

@@ -7,12 +7,8 @@ import pytest
 from edgert_core import (
     ExecutionPlan,
     LayerGroup,
-    LayerInfo,
-    ModelDims,
-    ModelLayout,
     PlanningContext,
     PlanValidationError,
-    TensorInfo,
     fixed_bytes,
     make_plan,
     minimum_budget,
@@ -20,20 +16,10 @@ from edgert_core import (
     synthetic_layout,
     validate_plan,
 )
+from edgert_core.testing import handmade_layout as handmade
 
 LAYERS = [100, 200, 300]
 HEAD = 250
-
-
-def handmade(layer_bytes: list[int], head_bytes: int) -> ModelLayout:
-    dims = ModelDims("llama", len(layer_bytes), hidden=8, n_heads=2, n_kv_heads=1, head_dim=4,
-                     intermediate=16, vocab=32, max_position=64)
-    layers = tuple(
-        LayerInfo(i, (TensorInfo(f"layers.{i}.w", (n,), "F32", n),))
-        for i, n in enumerate(layer_bytes)
-    )
-    head = (TensorInfo("head.w", (head_bytes,), "F32", head_bytes),) if head_bytes else ()
-    return ModelLayout("handmade", dims, layers, (), head)
 
 
 CTX = PlanningContext(None, max_context=8, prefill_chunk=4)
@@ -178,3 +164,20 @@ def test_a_peak_not_from_the_core_rule_is_rejected() -> None:
     lied = ExecutionPlan("liar", plan.groups, True, False, plan.head_slice_bytes, FIXED + 300)
     with pytest.raises(PlanValidationError, match=r"'liar'.*core's rule gives"):
         validate_plan(lied, LAYOUT, CTX)
+
+
+def test_largest_fitting_bisects_to_the_last_true() -> None:
+    from edgert_core import largest_fitting
+
+    assert largest_fitting(10, lambda k: k <= 7) == 7
+    assert largest_fitting(10, lambda k: True) == 10
+    assert largest_fitting(10, lambda k: k == 0) == 0
+    assert largest_fitting(10, lambda k: False) is None
+
+
+def test_loads_per_token_counts_streamed_groups_and_head_slices() -> None:
+    groups = [LayerGroup((0,), resident=True), LayerGroup((1,)), LayerGroup((2,))]
+    plan = make_plan("t", LAYOUT, CTX, groups, head_slice_bytes=100)
+    assert plan.loads_per_token(LAYOUT) == 2 + 3  # head of 250 bytes in slices of at most 100
+    resident = make_plan("t", LAYOUT, CTX, groups, head_resident=True)
+    assert resident.loads_per_token(LAYOUT) == 2

@@ -7,11 +7,7 @@ from edgert_sequential import SequentialStrategy
 
 from edgert_core import (
     InfeasibleBudgetError,
-    LayerInfo,
-    ModelDims,
-    ModelLayout,
     PlanningContext,
-    TensorInfo,
     format_bytes,
     load_registry,
     minimum_budget,
@@ -19,24 +15,10 @@ from edgert_core import (
     synthetic_layout,
     validate_plan,
 )
+from edgert_core.testing import handmade_layout as handmade
+from edgert_core.testing import small_context as small_ctx
 
 MiB = 1024**2
-
-
-def handmade(layer_bytes: list[int], head_bytes: int) -> ModelLayout:
-    """A tiny model whose layers and head weigh exactly the given bytes."""
-    dims = ModelDims("llama", len(layer_bytes), hidden=8, n_heads=2, n_kv_heads=1, head_dim=4,
-                     intermediate=16, vocab=32, max_position=64)
-    layers = tuple(
-        LayerInfo(i, (TensorInfo(f"layers.{i}.w", (n,), "F32", n),))
-        for i, n in enumerate(layer_bytes)
-    )
-    head = (TensorInfo("head.w", (head_bytes,), "F32", head_bytes),) if head_bytes else ()
-    return ModelLayout("handmade", dims, layers, (), head)
-
-
-def small_ctx(budget: int | None) -> PlanningContext:
-    return PlanningContext(budget, max_context=8, prefill_chunk=4)
 
 
 @pytest.mark.parametrize("shape", ["smollm2-135m", "gpt2-small"])

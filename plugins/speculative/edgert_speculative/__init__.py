@@ -29,7 +29,6 @@ bisection. Every peak comes from :func:`edgert_core.make_plan`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from edgert_core import (
@@ -42,6 +41,7 @@ from edgert_core import (
     fixed_bytes,
     format_bytes,
     hookimpl,
+    largest_fitting,
     make_plan,
     minimum_budget,
 )
@@ -90,7 +90,7 @@ class SpeculativePrefetchStrategy(PartitionStrategy):
         def fits(k: int) -> bool:
             return tightest(layout, ctx, k, head_resident).predicted_peak_bytes <= budget
 
-        return largest_fitting_prefix(len(layout.layers), fits)
+        return largest_fitting(len(layout.layers), fits)
 
 
 def all_resident(layout: ModelLayout, ctx: PlanningContext) -> ExecutionPlan:
@@ -184,34 +184,11 @@ def prefix_group(k: int) -> list[LayerGroup]:
     return [LayerGroup(tuple(range(k)), resident=True)] if k else []
 
 
-def largest_fitting_prefix(n: int, fits: Callable[[int], bool]) -> int | None:
-    """The largest ``k`` in ``0..n`` with ``fits(k)``, for ``fits`` true up to some ``k`` and false
-    after it; ``None`` if ``fits(0)`` is false."""
-    if not fits(0):
-        return None
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def stage_count(plan: ExecutionPlan, layout: ModelLayout) -> int:
-    """How many loads a forward pass makes: streamed groups plus head slices."""
-    groups = sum(1 for g in plan.groups if not g.resident)
-    if plan.head_resident or not layout.head_bytes:
-        return groups
-    return groups + math.ceil(layout.head_bytes / plan.head_slice_bytes)
-
-
 def rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[int, int, int]:
     """Fewest streamed bytes per token, then fewest loads, then the lowest peak."""
     return (
         plan.streamed_bytes_per_token(layout),
-        stage_count(plan, layout),
+        plan.loads_per_token(layout),
         plan.predicted_peak_bytes,
     )
 
