@@ -128,6 +128,17 @@ def test_third_party_strategy_in_a_fresh_venv(tmp_path: Path) -> None:
     blocked = json.loads(run([str(edge_rt), "plugins", "--json"], cwd=tmp_path, env=blocked_env))
     assert next(p for p in blocked if p["name"] == "pairs")["blocked"] is True
 
+    # Uninstalling one plugin leaves the rest working.
+    run([sys.executable, "-m", "pip", "--python", str(python), "uninstall", "--yes", "--quiet",
+         "edgert-greedy"], cwd=tmp_path)
+    after = {p["name"]: p for p in json.loads(run([str(edge_rt), "plugins", "--json"], cwd=tmp_path))}
+    assert "greedy" not in after
+    assert after["pairs"]["strategies"] == ["pairs"]
+    assert after["sequential"]["strategies"] == ["sequential"]
+    result = json.loads(run([str(python), "-c", PLAN_SCRIPT], cwd=tmp_path))
+    assert result["strategies"] == ["pairs", "sequential", "speculative-prefetch"]
+    assert result["groups"] == [[i, i + 1] for i in range(0, 30, 2)]
+
 
 def doc_examples() -> dict[str, str]:
     """Code blocks in docs/plugins.md announced by ``<!-- example: FILE -->``."""
