@@ -14,6 +14,7 @@ from setuptools import Extension, setup
 SOURCES = [
     "csrc/module.c",
     "csrc/dispatch.c",
+    "csrc/ops.c",
     "csrc/kernels_portable.c",
     "csrc/kernels_neon.c",
     "csrc/kernels_avx2.c",

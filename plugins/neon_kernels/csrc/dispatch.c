@@ -276,6 +276,10 @@ void edgert_pool_shutdown(void) {
 
 #endif /* EDGERT_NO_THREADS */
 
+void edgert_parallel(edgert_task_fn fn, void *arg, int n_chunks, int threads) {
+    pool_run(fn, arg, n_chunks, threads);
+}
+
 /* ---- the matmul driver -------------------------------------------------------------------- */
 
 /* A chunk of rows smaller than this many multiply-adds costs more to hand over than to compute. */

@@ -67,10 +67,21 @@ typedef float (*edgert_dot_q8_fn)(int64_t nb, const void *wrow, const block_q8a 
 /* Dot product of one weight row (nb blocks) with 32 * nb fp32 activations. */
 typedef float (*edgert_dot_f32_fn)(int64_t nb, const void *wrow, const float *x);
 
+/* fp32 vector primitives the fused ops (ops.c) are built from; n is any length >= 0.
+ *   vdot:   sum_i a[i] * b[i]
+ *   vaxpy:  y[i] += s * x[i]
+ *   vscale: y[i] = x[i] * s * w[i]      (y may alias x) */
+typedef float (*edgert_vdot_fn)(int64_t n, const float *a, const float *b);
+typedef void (*edgert_vaxpy_fn)(int64_t n, float s, const float *x, float *y);
+typedef void (*edgert_vscale_fn)(int64_t n, float s, const float *x, const float *w, float *y);
+
 typedef struct {
     const char *name;                       /* "portable", "neon", "neon-dotprod", "x86-avx2" */
     edgert_dot_q8_fn dot_q8[EDGERT_N_WTYPES];
     edgert_dot_f32_fn dot_f32[EDGERT_N_WTYPES];
+    edgert_vdot_fn vdot;
+    edgert_vaxpy_fn vaxpy;
+    edgert_vscale_fn vscale;
 } edgert_kernel_table;
 
 extern const edgert_kernel_table edgert_kernels_portable;
@@ -104,5 +115,31 @@ int edgert_linear(const edgert_kernel_table *kt, const float *x, int64_t T, int6
 
 /* Stop and join the worker threads (they are started again on the next call that needs them). */
 void edgert_pool_shutdown(void);
+
+/* Run fn(arg, c, n_chunks) for every chunk c < n_chunks on the caller and threads-1 pool workers;
+ * returns when all are done. Chunks must be independent. */
+typedef void (*edgert_task_fn)(void *arg, int chunk, int n_chunks);
+void edgert_parallel(edgert_task_fn fn, void *arg, int n_chunks, int threads);
+
+/* ---- fused ops of one transformer block (ops.c), fp32 throughout ---------------------------- */
+
+/* y[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w for t < T; x, y [T, n] (y may alias x). */
+void edgert_rmsnorm(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t n,
+                    const float *w, float eps, float *y);
+
+/* Causal attention of T queries at positions start..start+T-1 over a cache of S >= start+T
+ * positions, with grouped KV heads: query head h reads KV head h / (H / Hkv).
+ *   q   [T, H, D] contiguous;  k, v: Hkv heads, head j at k + j * head_stride, each [S, D]
+ *   out [T, H * D]
+ * scores = q . k / sqrt(D), softmax over positions 0..start+t, out = probs . v.
+ * Returns 0, -1 for bad arguments, -2 out of memory. */
+int edgert_attention(const edgert_kernel_table *kt, const float *q, int64_t T, int64_t H, int64_t D,
+                     const float *k, const float *v, int64_t Hkv, int64_t S, int64_t head_stride,
+                     int64_t start, float *out, int threads);
+
+/* Rotary embedding of x [T, H, D] with cos, sin [T, D/2] into y [T, H, D] (y may alias x).
+ * interleaved: pairs (x[2i], x[2i+1]) (GGUF layout); else pairs (x[i], x[i + D/2]). */
+void edgert_rope(const float *x, int64_t T, int64_t H, int64_t D, const float *cos_t,
+                 const float *sin_t, int interleaved, float *y);
 
 #endif

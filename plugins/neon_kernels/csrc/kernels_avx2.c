@@ -149,10 +149,46 @@ AVX2_FN static float dot_q8_0_f32(int64_t nb, const void *wrow, const float *x) 
     return hsum_ps(acc);
 }
 
+/* ---- fp32 vector primitives ---------------------------------------------------------------- */
+
+AVX2_FN static float vdot(int64_t n, const float *a, const float *b) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = hsum_ps(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+AVX2_FN static void vaxpy(int64_t n, float s, const float *x, float *y) {
+    __m256 vs = _mm256_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vs, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += s * x[i];
+}
+
+AVX2_FN static void vscale(int64_t n, float s, const float *x, const float *w, float *y) {
+    __m256 vs = _mm256_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs),
+                                              _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) y[i] = x[i] * s * w[i];
+}
+
 const edgert_kernel_table edgert_kernels_avx2 = {
     "x86-avx2",
     {dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8},
     {dot_q4_0_f32, dot_q4_1_f32, dot_q8_0_f32},
+    vdot,
+    vaxpy,
+    vscale,
 };
 
 #endif /* EDGERT_HAVE_AVX2 */

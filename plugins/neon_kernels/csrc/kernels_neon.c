@@ -170,17 +170,51 @@ static float dot_q8_0_f32(int64_t nb, const void *wrow, const float *x) {
     return vaddvq_f32(acc);
 }
 
+/* ---- fp32 vector primitives ---------------------------------------------------------------- */
+
+static float vdot(int64_t n, const float *a, const float *b) {
+    float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
+        acc1 = vfmaq_f32(acc1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    for (; i + 4 <= n; i += 4) acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
+    float s = vaddvq_f32(vaddq_f32(acc0, acc1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void vaxpy(int64_t n, float s, const float *x, float *y) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), s));
+    for (; i < n; i++) y[i] += s * x[i];
+}
+
+static void vscale(int64_t n, float s, const float *x, const float *w, float *y) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(y + i, vmulq_f32(vmulq_n_f32(vld1q_f32(x + i), s), vld1q_f32(w + i)));
+    for (; i < n; i++) y[i] = x[i] * s * w[i];
+}
+
 const edgert_kernel_table edgert_kernels_neon = {
     "neon",
     {dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8},
     {dot_q4_0_f32, dot_q4_1_f32, dot_q8_0_f32},
+    vdot,
+    vaxpy,
+    vscale,
 };
 
-/* SDOT changes only the integer dots; the fp32-activation kernels are the baseline ones. */
+/* SDOT changes only the integer dots; the fp32 kernels and primitives are the baseline ones. */
 const edgert_kernel_table edgert_kernels_neon_dotprod = {
     "neon-dotprod",
     {dot_q4_0_q8_dp, dot_q4_1_q8_dp, dot_q8_0_q8_dp},
     {dot_q4_0_f32, dot_q4_1_f32, dot_q8_0_f32},
+    vdot,
+    vaxpy,
+    vscale,
 };
 
 #endif /* __aarch64__ */

@@ -145,8 +145,35 @@ static float dot_q8_0_f32(int64_t nb, const void *wrow, const float *x) {
     return acc;
 }
 
+/* ---- fp32 vector primitives ---------------------------------------------------------------- */
+
+/* Four partial sums, so the compiler may keep them in SIMD lanes without reordering a single sum. */
+static float vdot(int64_t n, const float *a, const float *b) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += a[i] * b[i];
+        s1 += a[i + 1] * b[i + 1];
+        s2 += a[i + 2] * b[i + 2];
+        s3 += a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++) s0 += a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static void vaxpy(int64_t n, float s, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] += s * x[i];
+}
+
+static void vscale(int64_t n, float s, const float *x, const float *w, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * s * w[i];
+}
+
 const edgert_kernel_table edgert_kernels_portable = {
     "portable",
     {dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8},
     {dot_q4_0_f32, dot_q4_1_f32, dot_q8_0_f32},
+    vdot,
+    vaxpy,
+    vscale,
 };

@@ -83,6 +83,176 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ---- fused ops -------------------------------------------------------------------------- */
+
+/* Release the GIL around an op only when it is big enough for another Python thread to gain. */
+#define RELEASE_GIL_ELEMENTS 65536
+
+/* A float32 buffer of at least `need` elements; C-contiguous, writable when asked. */
+static int get_f32(PyObject *o, Py_buffer *b, Py_ssize_t need, int writable, const char *what) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, b, flags) < 0) return -1;
+    if (!is_float32_buffer(b)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous float32 buffer", what);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    if (b->len < need * 4) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, needs %zd", what, b->len, need * 4);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(rmsnorm_doc,
+             "rmsnorm(x, w, y, T, n, eps)\n\n"
+             "y[T, n] = x[T, n] / sqrt(mean(x^2) + eps) * w[n], float32 C-contiguous (y may be x).");
+
+static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *wo, *yo;
+    Py_ssize_t T, n;
+    float eps;
+    if (!PyArg_ParseTuple(args, "OOOnnf", &xo, &wo, &yo, &T, &n, &eps)) return NULL;
+    if (T < 0 || n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "rmsnorm: T must be >= 0 and n > 0");
+        return NULL;
+    }
+    Py_buffer x, w, y;
+    if (get_f32(xo, &x, T * n, 0, "rmsnorm x") < 0) return NULL;
+    if (get_f32(wo, &w, n, 0, "rmsnorm w") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (get_f32(yo, &y, T * n, 1, "rmsnorm y") < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    const edgert_kernel_table *kt = active_table();
+    if (T * n >= RELEASE_GIL_ELEMENTS) {
+        Py_BEGIN_ALLOW_THREADS
+        edgert_rmsnorm(kt, (const float *)x.buf, T, n, (const float *)w.buf, eps, (float *)y.buf);
+        Py_END_ALLOW_THREADS
+    } else {
+        edgert_rmsnorm(kt, (const float *)x.buf, T, n, (const float *)w.buf, eps, (float *)y.buf);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&y);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(rope_doc,
+             "rope(x, cos, sin, y, T, H, D, interleaved)\n\n"
+             "Rotary embedding of x [T, H, D] with cos, sin [T, D/2] into y [T, H, D] (may be x),\n"
+             "float32 C-contiguous; interleaved pairs (2i, 2i+1), else (i, i + D/2).");
+
+static PyObject *py_rope(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *co, *so, *yo;
+    Py_ssize_t T, H, D;
+    int interleaved;
+    if (!PyArg_ParseTuple(args, "OOOOnnnp", &xo, &co, &so, &yo, &T, &H, &D, &interleaved))
+        return NULL;
+    if (T < 0 || H < 0 || D <= 0 || D % 2) {
+        PyErr_SetString(PyExc_ValueError, "rope: T, H must be >= 0 and D even and positive");
+        return NULL;
+    }
+    Py_buffer x, c, s, y;
+    if (get_f32(xo, &x, T * H * D, 0, "rope x") < 0) return NULL;
+    if (get_f32(co, &c, T * D / 2, 0, "rope cos") < 0) goto fail_x;
+    if (get_f32(so, &s, T * D / 2, 0, "rope sin") < 0) goto fail_c;
+    if (get_f32(yo, &y, T * H * D, 1, "rope y") < 0) goto fail_s;
+    edgert_rope((const float *)x.buf, T, H, D, (const float *)c.buf, (const float *)s.buf,
+                interleaved, (float *)y.buf);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&s);
+    PyBuffer_Release(&c);
+    PyBuffer_Release(&x);
+    Py_RETURN_NONE;
+fail_s:
+    PyBuffer_Release(&s);
+fail_c:
+    PyBuffer_Release(&c);
+fail_x:
+    PyBuffer_Release(&x);
+    return NULL;
+}
+
+/* A float32 [Hkv, S, D] cache view whose rows are contiguous ([S, D] per head) and whose heads may
+ * be further apart (a slice of a preallocated cache); *head_stride receives that gap in floats. */
+static int get_kv(PyObject *o, Py_buffer *b, Py_ssize_t Hkv, Py_ssize_t S, Py_ssize_t D,
+                  Py_ssize_t *head_stride, const char *what) {
+    if (PyObject_GetBuffer(o, b, PyBUF_STRIDES | PyBUF_FORMAT) < 0) return -1;
+    if (!is_float32_buffer(b) || b->ndim != 3 || b->shape[0] != Hkv || b->shape[1] != S ||
+        b->shape[2] != D || b->strides[2] != 4 || b->strides[1] != 4 * D ||
+        (Hkv > 1 && (b->strides[0] % 4 != 0 || b->strides[0] < 4 * S * D))) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be float32 [%zd, %zd, %zd] with contiguous [S, D] rows per head",
+                     what, Hkv, S, D);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    *head_stride = Hkv > 1 ? b->strides[0] / 4 : S * D;
+    return 0;
+}
+
+PyDoc_STRVAR(attention_doc,
+             "attention(q, k, v, out, T, H, D, Hkv, S, start, threads)\n\n"
+             "Causal attention of q [T, H, D] (positions start..start+T-1) over k, v [Hkv, S, D]\n"
+             "(each head's [S, D] contiguous; heads may be strided) into out [T, H * D]; float32.");
+
+static PyObject *py_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *qo, *ko, *vo, *oo;
+    Py_ssize_t T, H, D, Hkv, S, start;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnni", &qo, &ko, &vo, &oo, &T, &H, &D, &Hkv, &S, &start,
+                          &threads))
+        return NULL;
+    if (T < 0 || H <= 0 || D <= 0 || Hkv <= 0 || H % Hkv || start < 0 || start + T > S) {
+        PyErr_Format(PyExc_ValueError,
+                     "attention: bad sizes T=%zd H=%zd D=%zd Hkv=%zd S=%zd start=%zd", T, H, D, Hkv,
+                     S, start);
+        return NULL;
+    }
+    Py_buffer q, k, v, out;
+    Py_ssize_t ks, vs;
+    if (get_f32(qo, &q, T * H * D, 0, "attention q") < 0) return NULL;
+    if (get_kv(ko, &k, Hkv, S, D, &ks, "attention k") < 0) goto fail_q;
+    if (get_kv(vo, &v, Hkv, S, D, &vs, "attention v") < 0) goto fail_k;
+    if (ks != vs) {
+        PyErr_SetString(PyExc_ValueError, "attention: k and v must have the same head stride");
+        goto fail_v;
+    }
+    if (get_f32(oo, &out, T * H * D, 1, "attention out") < 0) goto fail_v;
+    const edgert_kernel_table *kt = active_table();
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = edgert_attention(kt, (const float *)q.buf, T, H, D, (const float *)k.buf,
+                          (const float *)v.buf, Hkv, S, ks, start, (float *)out.buf, threads);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&v);
+    PyBuffer_Release(&k);
+    PyBuffer_Release(&q);
+    if (rc == -2) return PyErr_NoMemory();
+    if (rc != 0) {
+        PyErr_SetString(PyExc_ValueError, "attention: bad arguments");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+fail_v:
+    PyBuffer_Release(&v);
+fail_k:
+    PyBuffer_Release(&k);
+fail_q:
+    PyBuffer_Release(&q);
+    return NULL;
+}
+
 static PyObject *py_path(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -153,6 +323,9 @@ static PyObject *py_shutdown(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"linear", py_linear, METH_VARARGS, linear_doc},
+    {"rmsnorm", py_rmsnorm, METH_VARARGS, rmsnorm_doc},
+    {"rope", py_rope, METH_VARARGS, rope_doc},
+    {"attention", py_attention, METH_VARARGS, attention_doc},
     {"path", py_path, METH_NOARGS, "The active kernel path: portable, neon, neon-dotprod, x86-avx2."},
     {"paths", py_paths, METH_NOARGS, "Every path compiled in, mapped to whether this CPU runs it."},
     {"set_path", py_set_path, METH_VARARGS, "Choose the kernel path by name (tests, benchmarks)."},

@@ -1,5 +1,7 @@
 """The ``neon`` kernel backend: quantized weights stay as the file's GGUF blocks in memory and
-``linear`` runs the C kernels on them in place; everything else is the numpy reference's.
+``linear`` runs the C kernels on them in place; RMSNorm, RoPE and attention over the KV cache run as
+fused C ops too (one call each instead of several numpy calls per decoded token). SiLU, LayerNorm,
+GELU, softmax and embedding lookups are the numpy reference's.
 
 Q4_0, Q4_1 and Q8_0 matrices are held as ``uint8 [out, row_bytes]`` (their file bytes, about 1/6 to
 1/8 of fp32); float tensors (norms, F16/F32 matrices) are prepared by the numpy backend as fp32.
@@ -8,6 +10,9 @@ with the reason, and would behave exactly like the numpy backend.
 """
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,6 +39,7 @@ class NeonBackend(NumpyBackend):
         activations on AVX2; relative error of order 1/254 of each block's largest activation)."""
         self.threads = threads if threads and threads > 0 else kernels.default_threads()
         self.act_q8 = act_q8
+        self._c = not kernels.load_error()  # False: every op falls back to the numpy backend
 
     def status(self) -> BackendStatus:
         error = kernels.load_error()
@@ -47,7 +53,7 @@ class NeonBackend(NumpyBackend):
             info.dtype in kernels.WTYPE_CODES
             and len(info.shape) == 2
             and info.shape[1] % kernels.QK == 0
-            and not kernels.load_error()
+            and self._c
         )
 
     def weight_nbytes(self, info: TensorInfo) -> int:
@@ -57,20 +63,75 @@ class NeonBackend(NumpyBackend):
 
     def prepare_weight(self, info: TensorInfo, raw: U8, out: U8) -> Weight:
         """Copy a quantized matrix's blocks (``raw``, ``uint8 [info.nbytes]``) into ``out``; the weight's
-        data is ``uint8 [rows, row_bytes]``, a view of ``out``. Other tensors: as the numpy backend."""
+        data is ``uint8 [rows, row_bytes]``, a view of ``out``. When the caller read the file's bytes
+        straight into ``out`` (``raw`` starts where ``out`` does) nothing is copied. Other tensors:
+        as the numpy backend."""
         if not self._in_place(info):
             return super().prepare_weight(info, raw, out)
         rows, k = info.shape
         data = out[: info.nbytes].reshape(rows, kernels.row_nbytes(info.dtype, k))
-        data.reshape(-1)[:] = raw[: info.nbytes]
+        if raw.ctypes.data != out.ctypes.data:
+            data.reshape(-1)[:] = raw[: info.nbytes]
         return Weight(info, data)
+
+    def fuse_rows(self, weights: Sequence[Weight]) -> Weight | None:
+        """One weight ``[sum(out_i), in]`` viewing quantized ``weights`` stacked by rows, when they
+        share the block type and ``in`` and lie back to back in memory (so one ``linear`` call, one
+        activation quantization and one hand-over to the threads serve Q, K and V, or gate and up);
+        ``None`` when they do not. fp32 weights: as the numpy backend. Nothing is copied."""
+        arrays = [w.data for w in weights]
+        if not arrays or any(a.dtype != np.uint8 for a in arrays):
+            return super().fuse_rows(weights)
+        dtype, cols = weights[0].info.dtype, weights[0].info.shape[-1]
+        if any(w.info.dtype != dtype or w.info.shape[-1] != cols for w in weights):
+            return None
+        if any(a.ndim != 2 or not a.flags.c_contiguous for a in arrays):
+            return None
+        for a, b in itertools.pairwise(arrays):
+            if b.ctypes.data != a.ctypes.data + a.nbytes:
+                return None
+        rows = sum(a.shape[0] for a in arrays)
+        rb = arrays[0].shape[1]
+        data = np.lib.stride_tricks.as_strided(arrays[0], shape=(rows, rb), strides=(rb, 1))
+        name = "+".join(w.info.name for w in weights)
+        return Weight(TensorInfo(name, (rows, cols), dtype, rows * rb), data)
 
     def linear(self, x: F32, w: Weight) -> F32:
         """``x @ W.T``: ``x`` float32 ``[T, in]``, ``w`` logical ``[out, in]`` -> float32 ``[T, out]``.
         On quantized blocks the C kernels run in place; fp32 weights go to the numpy backend."""
         if w.data.dtype == np.uint8 and w.info.dtype in kernels.WTYPE_CODES:
             blocks: U8 = w.data  # type: ignore[assignment]
+            if (x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous
+                    and x.shape[1] == w.info.shape[1]):
+                # the decode hot path (121 calls a token for SmolLM2): shapes were checked when
+                # the weight was prepared; the C side still checks every buffer's size
+                out = np.empty((x.shape[0], blocks.shape[0]), dtype=np.float32)
+                kernels.linear_unchecked(x, blocks, kernels.WTYPE_CODES[w.info.dtype], out,
+                                         self.threads, self.act_q8)
+                return out
             return kernels.linear(
                 x, blocks, w.info.dtype, threads=self.threads, act_q8=self.act_q8
             )
         return super().linear(x, w)
+
+    # -- fused ops: C when the extension loaded, else the numpy reference ------------------------
+    def rmsnorm(self, x: F32, w: Weight, eps: float) -> F32:
+        """RMSNorm over the last axis: ``x`` float32 ``[T, n]``, ``w`` ``[n]`` -> float32 ``[T, n]``."""
+        if self._c and x.ndim == 2 and w.data.dtype == np.float32:
+            return kernels.rmsnorm(x, w.data, eps)  # type: ignore[arg-type]
+        return super().rmsnorm(x, w, eps)
+
+    def rope(self, x: F32, cos: F32, sin: F32, *, interleaved: bool) -> F32:
+        """Rotary embedding: ``x`` float32 ``[T, H, D]``, ``cos``/``sin`` float32 ``[T, D/2]`` ->
+        a new float32 ``[T, H, D]`` (see :meth:`NumpyBackend.rope` for the two pair layouts)."""
+        if self._c:
+            return kernels.rope(x, cos, sin, interleaved=interleaved)
+        return super().rope(x, cos, sin, interleaved=interleaved)
+
+    def attention(self, q: F32, k: F32, v: F32, start: int) -> F32:
+        """Causal attention with grouped KV heads: ``q`` float32 ``[T, H, D]`` at positions
+        ``start .. start+T-1``; ``k``, ``v`` float32 ``[Hkv, S, D]`` (``S = start + T``, views into
+        the KV cache) -> float32 ``[T, H * D]``. Heads are split over the kernel threads."""
+        if self._c:
+            return kernels.attention(q, k, v, start, threads=self.threads)
+        return super().attention(q, k, v, start)

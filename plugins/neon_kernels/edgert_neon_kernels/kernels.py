@@ -120,6 +120,89 @@ def linear(
     return out.reshape(n) if vector else out.reshape(t, n)
 
 
+def linear_unchecked(
+    x: NDArray[np.float32],
+    blocks: NDArray[np.uint8],
+    code: int,
+    out: NDArray[np.float32],
+    threads: int,
+    act_q8: bool,
+) -> None:
+    """:func:`linear` without the friendly checks, for the backend's hot path: ``x`` C-contiguous
+    float32 ``[T, K]``, ``blocks`` uint8 ``[N, row_bytes]`` of weight type ``code``
+    (:data:`WTYPE_CODES`), ``out`` C-contiguous float32 ``[T, N]``. The C side still refuses
+    buffers too small for the sizes, so a mistake raises instead of reading out of bounds."""
+    t, k = x.shape
+    _module().linear(x, blocks, out, t, k, blocks.shape[0], code, threads, act_q8)
+
+
+def _f32(a: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``a`` itself when it is C-contiguous float32 (the usual case), else a contiguous copy."""
+    if a.dtype == np.float32 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def rmsnorm(
+    x: NDArray[np.float32], w: NDArray[np.float32], eps: float
+) -> NDArray[np.float32]:
+    """RMSNorm over the last axis: ``x`` float32 ``[T, n]``, ``w`` float32 ``[n]`` -> a new float32
+    ``[T, n]``, ``x / sqrt(mean(x**2) + eps) * w``."""
+    x2, w2 = _f32(x), _f32(w)
+    t, n = x2.shape
+    if w2.size != n:
+        raise ValueError(f"rmsnorm: the weight has {w2.size} elements for rows of {n}.")
+    out = np.empty((t, n), dtype=np.float32)
+    _module().rmsnorm(x2, w2, out, t, n, eps)
+    return out
+
+
+def rope(
+    x: NDArray[np.float32],
+    cos: NDArray[np.float32],
+    sin: NDArray[np.float32],
+    *,
+    interleaved: bool,
+) -> NDArray[np.float32]:
+    """Rotary embedding: ``x`` float32 ``[T, H, D]``, ``cos``/``sin`` float32 ``[T, D/2]`` -> a new
+    float32 ``[T, H, D]``. ``interleaved`` rotates pairs ``(x[2i], x[2i+1])`` (GGUF), otherwise
+    ``(x[i], x[i + D/2])`` (Hugging Face)."""
+    x2, c2, s2 = _f32(x), _f32(cos), _f32(sin)
+    t, h, d = x2.shape
+    if c2.shape != (t, d // 2) or s2.shape != (t, d // 2):
+        raise ValueError(f"rope: cos and sin must be [{t}, {d // 2}], got {c2.shape}, {s2.shape}.")
+    out = np.empty((t, h, d), dtype=np.float32)
+    _module().rope(x2, c2, s2, out, t, h, d, interleaved)
+    return out
+
+
+def attention(
+    q: NDArray[np.float32],
+    k: NDArray[np.float32],
+    v: NDArray[np.float32],
+    start: int,
+    *,
+    threads: int = 1,
+) -> NDArray[np.float32]:
+    """Causal attention of ``T`` new queries over a KV cache, grouped KV heads.
+
+    ``q`` float32 ``[T, H, D]`` at positions ``start .. start+T-1``; ``k``, ``v`` float32
+    ``[Hkv, S, D]`` with ``S >= start + T`` (a view into a larger cache is fine as long as each
+    head's ``[S, D]`` is contiguous). Query head ``h`` reads KV head ``h // (H / Hkv)``; query
+    ``t`` sees positions ``0 .. start+t``. Returns float32 ``[T, H * D]``."""
+    q2 = _f32(q)
+    t, h, d = q2.shape
+    hkv, s, _ = k.shape
+    if k.strides[1:] != (4 * d, 4) or k.dtype != np.float32:
+        k = np.ascontiguousarray(k, dtype=np.float32)
+    if v.strides != k.strides or v.dtype != np.float32:
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        k = np.ascontiguousarray(k)
+    out = np.empty((t, h * d), dtype=np.float32)
+    _module().attention(q2, k, v, out, t, h, d, hkv, s, start, threads)
+    return out
+
+
 def shutdown_pool() -> None:
     """Stop the kernel worker threads (they restart on the next call that needs them)."""
     if _ext is not None:

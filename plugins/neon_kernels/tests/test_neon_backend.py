@@ -81,3 +81,15 @@ def test_missing_extension_is_reported_by_name() -> None:
     available, path, reason = proc.stdout.strip().split("|")
     assert available == "False" and path == "none"
     assert "edgert_neon_kernels._kernels" in reason
+
+
+def test_blocks_read_straight_into_the_weight_buffer_are_not_copied() -> None:
+    """A loader that reads the file's bytes into ``out`` itself passes ``raw`` = ``out``."""
+    be = NeonBackend()
+    raw = random_blocks("Q4_1", 8, 64, np.random.default_rng(3))
+    ti = info("Q4_1", 8, 64)
+    out = np.zeros(ti.nbytes + 64, dtype=np.uint8)
+    out[: ti.nbytes] = raw.reshape(-1)
+    w = be.prepare_weight(ti, out[: ti.nbytes], out)
+    np.testing.assert_array_equal(w.data, raw)
+    assert w.data.ctypes.data == out.ctypes.data

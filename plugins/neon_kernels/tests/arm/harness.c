@@ -9,6 +9,11 @@
  * It also checks that threads give identical bits and that the runtime dot-product check matches
  * what the caller expects (--expect-dotprod=0 for -cpu cortex-a72).
  *
+ * The fused ops (ops.c) run on each table's fp32 primitives and are held to the Python tests'
+ * tolerances (tests/test_neon_ops.py): vdot |y - ref| <= 1e-6 * sum|a b|; vaxpy, vscale within
+ * 2.5e-7 relative per element; RMSNorm 1e-5 of the row's largest output; attention 2e-6 * max|v|
+ * against a double-precision reference, with identical bits for 1 and 3 threads.
+ *
  * Usage: harness [--expect-dotprod=0|1]     Exit status 0 when every case passes. */
 #include <math.h>
 #include <stdio.h>
@@ -177,6 +182,152 @@ static void check_case(const edgert_kernel_table *kt, int wtype, int64_t T, int6
     free(yp);
 }
 
+/* ---- fused ops on the fp32 primitives ------------------------------------------------------ */
+
+static void report(const char *what, const edgert_kernel_table *kt, int bad, double worst) {
+    n_cases++;
+    if (bad) {
+        n_failures++;
+        fprintf(stderr, "MISMATCH %s %s: %d values off, worst error/tolerance %.3g\n", kt->name,
+                what, bad, worst);
+    }
+}
+
+static void check_primitives(const edgert_kernel_table *kt, int64_t n) {
+    float *a = malloc(sizeof(float) * (size_t)n), *b = malloc(sizeof(float) * (size_t)n);
+    float *y = malloc(sizeof(float) * (size_t)n), *y0 = malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        a[i] = (float)normal();
+        b[i] = (float)normal();
+        y0[i] = (float)normal();
+    }
+    double ref = 0.0, mag = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        ref += (double)a[i] * b[i];
+        mag += fabs((double)a[i] * b[i]);
+    }
+    double err = fabs(kt->vdot(n, a, b) - ref);
+    report("vdot", kt, err > 1e-6 * mag, mag > 0 ? err / (1e-6 * mag) : 0);
+
+    int bad = 0;
+    double worst = 0.0;
+    memcpy(y, y0, sizeof(float) * (size_t)n);
+    kt->vaxpy(n, 0.37f, a, y);
+    for (int64_t i = 0; i < n; i++) {
+        double r = y0[i] + (double)0.37f * a[i];
+        double tol = 2.5e-7 * (fabs(y0[i]) + fabs((double)0.37f * a[i]));
+        double e = fabs(y[i] - r);
+        if (e > tol) bad++;
+        if (tol > 0 && e / tol > worst) worst = e / tol;
+    }
+    report("vaxpy", kt, bad, worst);
+
+    bad = 0;
+    worst = 0.0;
+    kt->vscale(n, 1.7f, a, b, y);
+    for (int64_t i = 0; i < n; i++) {
+        double r = (double)a[i] * 1.7f * b[i], tol = 2.5e-7 * fabs(r);
+        double e = fabs(y[i] - r);
+        if (e > tol) bad++;
+        if (tol > 0 && e / tol > worst) worst = e / tol;
+    }
+    report("vscale", kt, bad, worst);
+    free(a);
+    free(b);
+    free(y);
+    free(y0);
+}
+
+static void check_rmsnorm(const edgert_kernel_table *kt, int64_t T, int64_t n) {
+    float *x = malloc(sizeof(float) * (size_t)(T * n)), *w = malloc(sizeof(float) * (size_t)n);
+    float *y = malloc(sizeof(float) * (size_t)(T * n));
+    for (int64_t i = 0; i < T * n; i++) x[i] = (float)(normal() * (i / n == 1 ? 1e3 : 1.0));
+    for (int64_t i = 0; i < n; i++) w[i] = (float)normal();
+    edgert_rmsnorm(kt, x, T, n, w, 1e-5f, y);
+    int bad = 0;
+    double worst = 0.0;
+    for (int64_t t = 0; t < T; t++) {
+        double ss = 0.0, mx = 0.0;
+        for (int64_t i = 0; i < n; i++) ss += (double)x[t * n + i] * x[t * n + i];
+        double r = 1.0 / sqrt(ss / n + (double)1e-5f);
+        for (int64_t i = 0; i < n; i++) mx = fmax(mx, fabs(x[t * n + i] * r * w[i]));
+        for (int64_t i = 0; i < n; i++) {
+            double e = fabs(y[t * n + i] - x[t * n + i] * r * w[i]), tol = 1e-5 * mx;
+            if (!(e <= tol)) bad++;
+            if (tol > 0 && e / tol > worst) worst = e / tol;
+        }
+    }
+    report("rmsnorm", kt, bad, worst);
+    free(x);
+    free(w);
+    free(y);
+}
+
+static void check_attention(const edgert_kernel_table *kt, int64_t T, int64_t H, int64_t Hkv,
+                            int64_t D, int64_t start, int64_t ctx) {
+    int64_t S = start + T, hs = ctx * D; /* views of the first S positions of a ctx-long cache */
+    float *q = malloc(sizeof(float) * (size_t)(T * H * D));
+    float *k = malloc(sizeof(float) * (size_t)(Hkv * hs)), *v = malloc(sizeof(float) * (size_t)(Hkv * hs));
+    float *o1 = malloc(sizeof(float) * (size_t)(T * H * D)), *o3 = malloc(sizeof(float) * (size_t)(T * H * D));
+    double *p = malloc(sizeof(double) * (size_t)S);
+    for (int64_t i = 0; i < T * H * D; i++) q[i] = (float)normal();
+    double vmax = 0.0;
+    for (int64_t i = 0; i < Hkv * hs; i++) {
+        k[i] = (float)normal();
+        v[i] = (float)normal();
+        vmax = fmax(vmax, fabs(v[i]));
+    }
+    int rc1 = edgert_attention(kt, q, T, H, D, k, v, Hkv, S, hs, start, o1, 1);
+    int rc3 = edgert_attention(kt, q, T, H, D, k, v, Hkv, S, hs, start, o3, 3);
+    int bad = rc1 != 0 || rc3 != 0;
+    double worst = 0.0, tol = 2e-6 * vmax;
+    for (int64_t t = 0; t < T && !bad; t++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *K = k + (h / (H / Hkv)) * hs, *V = v + (h / (H / Hkv)) * hs;
+            const float *qh = q + (t * H + h) * D;
+            int64_t n = start + t + 1;
+            double mx = -INFINITY, sum = 0.0;
+            for (int64_t s = 0; s < n; s++) {
+                double sc = 0.0;
+                for (int64_t i = 0; i < D; i++) sc += (double)qh[i] * K[s * D + i];
+                p[s] = sc / sqrt((double)D);
+                mx = fmax(mx, p[s]);
+            }
+            for (int64_t s = 0; s < n; s++) sum += (p[s] = exp(p[s] - mx));
+            for (int64_t i = 0; i < D; i++) {
+                double r = 0.0;
+                for (int64_t s = 0; s < n; s++) r += p[s] / sum * V[s * D + i];
+                size_t at = (size_t)((t * H + h) * D + i);
+                double e = fabs(o1[at] - r);
+                if (!(e <= tol) || memcmp(&o1[at], &o3[at], sizeof(float)) != 0) bad++;
+                if (e / tol > worst) worst = e / tol;
+            }
+        }
+    char what[96];
+    snprintf(what, sizeof what, "attention T=%lld H=%lld Hkv=%lld D=%lld start=%lld", (long long)T,
+             (long long)H, (long long)Hkv, (long long)D, (long long)start);
+    report(what, kt, bad, worst);
+    free(q);
+    free(k);
+    free(v);
+    free(o1);
+    free(o3);
+    free(p);
+}
+
+static void check_ops(const edgert_kernel_table *kt) {
+    static const int64_t lens[] = {1, 7, 64, 100, 576, 1539};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) check_primitives(kt, lens[i]);
+    check_rmsnorm(kt, 1, 576);
+    check_rmsnorm(kt, 3, 1536);
+    check_rmsnorm(kt, 2, 100);
+    check_attention(kt, 1, 9, 3, 64, 0, 16);
+    check_attention(kt, 1, 9, 3, 64, 40, 128);
+    check_attention(kt, 5, 9, 3, 64, 0, 8);
+    check_attention(kt, 3, 4, 4, 36, 7, 12);
+    check_attention(kt, 1, 6, 2, 64, 2100, 2101); /* past the on-stack score buffer */
+}
+
 int main(int argc, char **argv) {
     int expect_dotprod = -1;
     for (int i = 1; i < argc; i++) {
@@ -218,6 +369,7 @@ int main(int argc, char **argv) {
                 for (int regime = SC_TINY; regime < SC_COUNT; regime++)
                     check_case(kt, wtype, 3, 45, 320, regime, act_q8);
             }
+        check_ops(kt);
     }
     edgert_pool_shutdown();
     int ok = setup_ok && n_failures == 0;

@@ -26,7 +26,7 @@ trap 'rm -rf "$OUT"' EXIT
 
 "$CC" -mcpu=cortex-a72 -O2 -std=c11 -Wall -Wextra -Wno-unused-parameter -Werror -pthread \
     -I"$CSRC" "$HERE/harness.c" "$CSRC/kernels_portable.c" "$CSRC/kernels_neon.c" \
-    "$CSRC/dispatch.c" -lm -o "$OUT/harness"
+    "$CSRC/dispatch.c" "$CSRC/ops.c" -lm -o "$OUT/harness"
 
 status=0
 echo "== qemu-aarch64 -cpu cortex-a72 (no dot-product: NEON baseline path)"
