@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +29,13 @@ from numpy.typing import NDArray
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.budget import MemoryBudget
 from edgert_core.chat import Conversation
-from edgert_core.engine import Engine
+from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
 from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
 from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
 from edgert_core.layout import SYNTHETIC_SHAPES
-from edgert_core.loaders import ModelSource, ValidatedModel, open_model
-from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, ExecutionPlan, PlanningContext
-from edgert_core.planner import AUTO, plan_with
+from edgert_core.loaders import ModelSource, open_model
+from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, PlanningContext
+from edgert_core.planner import AUTO
 from edgert_core.plugins import PluginRegistry, load_registry
 from edgert_core.pull import KNOWN_MODELS, resolve_known
 from edgert_core.synthetic import DEFAULT_SHAPE, SyntheticModel
@@ -155,26 +156,59 @@ class Generation:
 
 
 class Model:
-    """A loaded model ready to generate: validated weights, a backend, a plan and a KV cache."""
+    """A loaded model ready to generate: validated weights, a backend, a plan and, from the first
+    generation on, a :class:`~edgert_core.engine.ReadyEngine` (pool, KV cache, resident weights).
+    :meth:`close` gives its memory back; a closed model prepares a fresh engine when used again."""
 
     def __init__(
         self,
-        source: ValidatedModel,
-        backend: NumpyBackend,
-        plan: ExecutionPlan,
-        context: PlanningContext,
+        planned: PlannedEngine,
         *,
         budgeted: bool,
+        weight_cache: bool | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
-        self.source = source
-        self.backend = backend
-        self.plan = plan
-        self.context = context
-        self.layout = source.layout().with_memory_bytes(backend.weight_nbytes)
-        self.engine = Engine(source, backend, plan, self.layout, context.max_context)
-        self.tokenizer: BaseTokenizer | None = source.tokenizer()
-        self.prefill_chunk = context.prefill_chunk if budgeted else None
-        self.synthetic = isinstance(source.source, SyntheticModel)
+        self.source = planned.model
+        self.backend = planned.backend
+        self.plan = planned.plan
+        self.context = planned.context
+        self.layout = planned.layout
+        self._planned: PlannedEngine | None = planned
+        self._engine: ReadyEngine | None = None
+        self.last_engine: ReadyEngine | None = None  # the engine closed last
+        self._weight_cache = weight_cache
+        self._notify = notify
+        self.tokenizer: BaseTokenizer | None = self.source.tokenizer()
+        self.prefill_chunk = self.context.prefill_chunk if budgeted else None
+        self.synthetic = isinstance(self.source.source, SyntheticModel)
+
+    @property
+    def engine(self) -> ReadyEngine:
+        """The ready engine, prepared on first use (that is when the baseline RSS is taken)."""
+        if self._engine is None:
+            planned = self._planned
+            if planned is None:
+                planned = Engine(self.source, self.backend).plan(self.context, self.plan)
+            self._planned = None
+            self._engine = planned.prepare(weight_cache=self._weight_cache, notify=self._notify)
+        return self._engine
+
+    @property
+    def prepared(self) -> bool:
+        return self._engine is not None
+
+    def close(self) -> None:
+        """Release the engine's pool memory, join its prefetch thread, close the model files."""
+        if self._engine is not None:
+            self._engine.close()
+            self.last_engine = self._engine
+            self._engine = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def name(self) -> str:
@@ -250,6 +284,21 @@ class Model:
         self.engine.cached_ids.clear()
         return self.engine.forward(list(ids), 0, all_logits=True)
 
+    def engine_report(self) -> dict[str, Any]:
+        """Facts of the (last) engine for ``run --json``: where weights came from, the pool."""
+        engine = self._engine if self._engine is not None else self.last_engine
+        if engine is None:
+            return {}
+        return {
+            "weight_source": engine.weight_source,
+            "weight_cache_path": engine.weight_cache_path,
+            "weight_cache_built": engine.weight_cache_built,
+            "activation_reserve_bytes": engine.activation_reserve_bytes,
+            "pool_held_bytes": engine.pool.held_bytes,
+            "pool_closed": engine.pool.closed,
+            "peak_scope": engine.peak_scope,
+        }
+
     def chat(self, system: str | None = None) -> ChatSession:
         """A conversation with this model using its chat template."""
         return ChatSession(self, Conversation(system=system))
@@ -287,6 +336,10 @@ class ChatSession:
         return gen
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def load_model(
     model: str | Path | None = None,
     *,
@@ -296,13 +349,19 @@ def load_model(
     max_context: int = DEFAULT_MAX_CONTEXT,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     registry: PluginRegistry | None = None,
+    threads: int | None = None,
+    weight_cache: bool | None = None,
+    notify: Callable[[str], None] | None = _to_stderr,
 ) -> Model:
     """Open, validate and plan a model; weights are read on first use.
 
     ``model``: a ``.gguf`` path, a Hugging Face folder, a known name (``smollm2``, after
     ``edge-rt pull smollm2``), ``synthetic-smollm2-135m``/``synthetic-gpt2-small``, or ``None`` for
     the default synthetic model. ``memory_budget``: e.g. ``"256M"``; ``None`` keeps every weight
-    resident. ``strategy``: a partition strategy name or ``auto``.
+    resident. ``strategy``: a partition strategy name or ``auto``. ``threads``: kernel threads of
+    backends that have them. ``weight_cache``: use the prepared-weights cache when streamed weights
+    need converting (see :mod:`edgert_core.weight_cache`; default: on unless
+    ``EDGERT_WEIGHT_CACHE=0``). ``notify``: where one-line notices go (stderr; ``None``: nowhere).
     """
     if max_context < 2:
         raise GenerationError(f"max_context must be at least 2 tokens, got {max_context}.")
@@ -311,11 +370,15 @@ def load_model(
     reg = registry if registry is not None else load_registry()
     validated = open_source(model).validate()
     chosen = choose_backend(reg, validated.dtypes, backend)
-    layout = validated.layout().with_memory_bytes(chosen.weight_nbytes)
+    if threads is not None:
+        if threads < 1:
+            raise GenerationError(f"--threads must be at least 1, got {threads}.")
+        if hasattr(chosen, "threads"):
+            chosen.threads = threads
     budget = None if memory_budget is None else MemoryBudget.parse(memory_budget).bytes
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk)
-    plan = plan_with(reg, strategy, layout, ctx)
-    return Model(validated, chosen, plan, ctx, budgeted=budget is not None)
+    planned = Engine(validated, chosen).plan(ctx, strategy, reg)
+    return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify)
 
 
 def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
@@ -347,4 +410,12 @@ def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
         "decode_tokens_per_s": s.decode_tokens_per_s,
         "peak_rss_bytes": s.peak_rss_bytes,
         "baseline_rss_bytes": s.baseline_rss_bytes,
+        "decode_load_seconds": s.decode_load_seconds,
+        "decode_compute_seconds": s.decode_compute_seconds,
+        "decode_wait_seconds": s.decode_wait_seconds,
+        "hidden_load_fraction": s.hidden_load_fraction,
+        "prefetch": s.prefetch,
+        "pool_peak_bytes": s.pool_peak_bytes,
+        "threads": getattr(model.backend, "threads", None),
+        **model.engine_report(),
     }

@@ -1,26 +1,74 @@
-"""Runs a validated model on a kernel backend, walking the layer groups of an execution plan.
+"""Runs a validated model on a kernel backend under a memory budget, walking an execution plan.
 
-Resident groups (and a resident head) are read and prepared once, by :meth:`Engine.load`; every other
-group is read, prepared, run and dropped in each forward pass, and a streamed head is read in row
-slices of at most ``plan.head_slice_bytes``. Token embeddings are looked up by row: from the prepared
-table when it is resident (a tied head), otherwise straight from the file.
+The engine's states are three classes, each made by the step before it::
 
-Memory for streamed weights comes from plain numpy allocations here; a budget-enforcing pool replaces
-:meth:`Engine._allocate` later.
+    planned = Engine(model, backend).plan(context, strategy)    # idle -> planned: a plan is made
+    ready = planned.prepare()                                   # planned -> ready: buffers prepared
+    for token in ready.generate(prompt_ids, max_tokens=32): ... # only a ReadyEngine generates
+    ready.close()                                               # every pool byte given back
+
+Calling a step out of order is a type error (``Engine`` has no ``generate``); at run time an object
+that was consumed by its next step refuses further use with :class:`EngineStateError`.
+
+What counts against the budget
+------------------------------
+Every byte the run holds comes from one :class:`~edgert_core.memory.MemoryPool` whose budget is the
+run's budget: the KV cache (sized from ``max_context``), resident groups and head, each streamed stage
+(a group of layers or a row slice of the output projection) while it is loaded, the loader's scratch
+buffer (file bytes waiting to be dequantized), and the activations. numpy's temporaries cannot come
+from the pool, so the activations are an *accounting block*: the pool maps (and never touches) the
+bytes the plan predicts for activations, minus what page rounding and slice rounding cost elsewhere,
+so the pool's held bytes never exceed the plan's predicted peak and the untouched block adds nothing
+to the RSS the operating system measures. The real temporaries are of the same order (one prefill
+chunk's activations) and stay below it: the tests check the OS's peak RSS over the baseline against
+the budget.
+
+Raise or wait
+-------------
+The main thread allocates with ``wait=False``: a plan that fits never needs to wait, so running out
+is a bug or a wrong plan and raises :class:`~edgert_core.MemoryPoolError`. The prefetch thread
+allocates with ``wait=True`` (timeout :data:`PREFETCH_TIMEOUT_S`): it asks for stage ``i+1`` while the
+main thread still computes stage ``i`` and may need the moment it releases ``i-1``.
+
+Walking the plan
+----------------
+Per forward pass (a prefill chunk or one decode token): token embeddings are looked up by row (from
+the resident head when it is the tied table, otherwise read row by row from the file), then each
+group runs (resident groups from memory; streamed ones are loaded into a pool buffer, computed and
+released), then the head: resident, or row slices of at most ``plan.head_slice_bytes``, one at a time.
+With ``plan.prefetch`` a background thread loads the next streamed stage while the current one
+computes; after the last head slice it loads the next token's first stage. Its exceptions surface in
+the main thread when the stage is taken, and :meth:`ReadyEngine.close` joins it.
+
+Where weights come from
+-----------------------
+See :mod:`edgert_core.weight_cache`: the backend's prepared bytes from the prepared-weights cache,
+or the model file, read straight into the pool buffer when the prepared form is the file's bytes and
+otherwise read through the scratch buffer and prepared (dequantized) into the pool buffer row chunk by
+row chunk. All reads are positional reads (no mapping of the model file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edgert_core.backends.base import Weight
-from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.backends.numpy_ref import NumpyBackend, file_nbytes
+from edgert_core.errors import EdgeRTError, MemoryPoolError
 from edgert_core.layout import ModelLayout, TensorInfo
 from edgert_core.loaders.base import ValidatedModel, row_nbytes
-from edgert_core.memory.rss import current_rss_bytes
+from edgert_core.memory.malloc import release_freed_memory_promptly
+from edgert_core.memory.pool import PAGE_BYTES, MemoryPool, PoolBuffer, block_bytes, pack_offsets
+from edgert_core.memory.rss import current_rss_bytes, reset_peak_rss
 from edgert_core.models.config import (
     final_norm_names,
     layer_prefix,
@@ -30,139 +78,706 @@ from edgert_core.models.config import (
 )
 from edgert_core.models.kv_cache import KVCache
 from edgert_core.models.transformer import FUSIONS, LayerWeights, Transformer
-from edgert_core.plan import ExecutionPlan, LayerGroup
+from edgert_core.plan import ExecutionPlan, PlanningContext, fixed_bytes, head_slices
+from edgert_core.weight_cache import (
+    PreparedWeights,
+    cache_path,
+    enabled_by_env,
+    open_prepared,
+    writing,
+)
+
+if TYPE_CHECKING:
+    from edgert_core.generate import GenerationStats, SamplingParams
+    from edgert_core.plugins import PluginRegistry
 
 F32 = NDArray[np.float32]
+U8 = NDArray[np.uint8]
 
-ALIGN = 64
+PREFETCH_TIMEOUT_S = 60.0
+"""How long the prefetch thread waits for pool memory before it gives up (and the run fails)."""
+
+SCRATCH_BYTES = 256 * 1024
+"""The loader's buffer for file bytes that are dequantized row chunk by row chunk."""
+
+BUILD_CHUNK_BYTES = 4 * 1024 * 1024
+"""Prepared bytes per step while the prepared-weights cache is written."""
+
+WeightSource = Literal["prepared-cache", "model-file", "synthetic"]
 
 
-def _aligned(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+class EngineStateError(EdgeRTError):
+    """An engine step was called on an object that was already consumed (or closed)."""
 
 
-class Engine:
-    """One model, one backend, one plan, one KV cache."""
+class _Step:
+    """One state of the engine; :meth:`_consume` hands it on to the next state exactly once."""
 
-    def __init__(
-        self,
-        model: ValidatedModel,
-        backend: NumpyBackend,
-        plan: ExecutionPlan,
-        layout: ModelLayout,
-        max_context: int,
-    ) -> None:
+    _consumed_by: str | None = None
+
+    def _check(self, method: str) -> None:
+        if self._consumed_by is not None:
+            raise EngineStateError(
+                f"Cannot call {type(self).__name__}.{method}(): this engine was already "
+                f"{self._consumed_by}; use the object that call returned."
+            )
+
+    def _consume(self, method: str, done: str) -> None:
+        self._check(method)
+        self._consumed_by = done
+
+
+# -- prepared forms ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorForm:
+    """How the backend holds one tensor in memory: the prepared array's dtype and shape, its bytes,
+    whether they are exactly the file's bytes (``identical``: read straight into the pool buffer),
+    and the prepared bytes of one row (2-D tensors, whose rows are contiguous in both forms)."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    nbytes: int
+    identical: bool
+    row_nbytes: int
+
+
+def probe_form(backend: NumpyBackend, info: TensorInfo, transposed: bool) -> TensorForm:
+    """The backend's prepared form of ``info``, found by preparing one row (or the whole of a 1-D
+    tensor) of made-up bytes."""
+    two_d = len(info.shape) == 2
+    shape = (1, info.shape[1]) if two_d else info.shape
+    pinfo = TensorInfo(info.name, shape, info.dtype, file_nbytes(info.dtype, shape))
+    raw = (np.arange(pinfo.nbytes) % 61).astype(np.uint8)  # finite as any float type
+    out = np.zeros(backend.weight_nbytes(pinfo), dtype=np.uint8)
+    data = backend.prepare_weight(pinfo, raw, out).data
+    if not (data.flags.c_contiguous and data.ctypes.data == out.ctypes.data):
+        raise EdgeRTError(
+            f"Backend {backend.name!r} does not prepare tensor {info.name} in the memory it is "
+            "given, so it cannot run under the engine's memory pool."
+        )
+    identical = (
+        not transposed and data.nbytes == pinfo.nbytes and out[: pinfo.nbytes].tobytes() == raw.tobytes()
+    )
+    if two_d:
+        full = (info.shape[0], *data.shape[1:])
+        nbytes = data.nbytes * info.shape[0]
+        if backend.weight_nbytes(info) != nbytes:
+            raise EdgeRTError(
+                f"Backend {backend.name!r} holds tensor {info.name} in a form whose rows are not "
+                "contiguous; the engine cannot stream it."
+            )
+        return TensorForm(data.dtype, full, nbytes, identical, data.nbytes)
+    return TensorForm(data.dtype, tuple(data.shape), data.nbytes, identical, 0)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A tensor, or rows ``rows[0]..rows[1]-1`` of a 2-D tensor, as one array of a stage."""
+
+    name: str
+    form: TensorForm
+    rows: tuple[int, int] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.rows is None:
+            return self.form.nbytes
+        return (self.rows[1] - self.rows[0]) * self.form.row_nbytes
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.rows is None:
+            return self.form.shape
+        return (self.rows[1] - self.rows[0], *self.form.shape[1:])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What is loaded together into one pool buffer: a group's layers, or a slice of the head (the
+    first slice also holds the final norm)."""
+
+    label: str
+    layers: tuple[int, ...]
+    pieces: tuple[Piece, ...]
+    head: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return pack_offsets([(p.nbytes, np.uint8) for p in self.pieces])[1]
+
+    @property
+    def block_bytes(self) -> int:
+        return block_bytes(self.nbytes)
+
+
+class LoadedStage:
+    """A stage's weights in its pool buffer. :meth:`release` drops every view before giving the
+    buffer back, so the pool can reuse or unmap it."""
+
+    def __init__(self, stage: Stage, buffer: PoolBuffer, weights: dict[str, Weight],
+                 layers: list[LayerWeights]) -> None:
+        self.stage = stage
+        self.buffer = buffer
+        self.weights = weights
+        self.layers = layers
+
+    def release(self) -> None:
+        self.weights = {}
+        self.layers = []
+        self.buffer.release()
+
+
+# -- reading weights into pool memory -----------------------------------------------------------
+
+
+class WeightReader:
+    """Fills pool arrays with prepared tensors, from the prepared-weights cache or the model file."""
+
+    def __init__(self, model: ValidatedModel, backend: NumpyBackend, forms: dict[str, TensorForm],
+                 prepared: PreparedWeights | None, source: WeightSource) -> None:
         self.model = model
         self.backend = backend
-        self.plan = plan
-        self.layout = layout  # in-memory bytes of this backend
-        self.config = model.config
-        self.max_context = max_context
-        self.transformer = Transformer(self.config, backend, max_context)
-        self.cache: KVCache = self.transformer.new_cache()
-        self.cached_ids: list[int] = []  # the tokens whose K/V are in the cache, in order
-        self._resident: dict[int, LayerWeights] = {}
-        self._head: tuple[dict[str, Weight], list[Weight]] | None = None
-        self._scratch = np.empty(0, dtype=np.uint8)
-        self.baseline_rss_bytes: int | None = None
-        self.loaded = False
-        self.on_stage: Callable[[str, int], None] | None = None  # hook for monitors: (kind, index)
+        self.forms = forms
+        self.prepared = prepared
+        self.source: WeightSource = source
+        self.scratch: PoolBuffer | None = None
+        self._scratch_lock = threading.Lock()
 
-    # -- weights -------------------------------------------------------------------------------
-    def _allocate(self, nbytes: int) -> NDArray[np.uint8]:
-        return np.empty(nbytes, dtype=np.uint8)
+    def needs_scratch(self) -> bool:
+        return self.prepared is None and any(not f.identical for f in self.forms.values())
 
-    def _raw(self, nbytes: int) -> NDArray[np.uint8]:
-        """A reusable buffer for the file bytes of one tensor."""
-        if len(self._scratch) < nbytes:
-            self._scratch = np.empty(nbytes, dtype=np.uint8)
-        return self._scratch[:nbytes]
+    def scratch_bytes(self, budget: int | None) -> int:
+        """The scratch buffer's size: :data:`SCRATCH_BYTES`, less under a small budget, at least one
+        file row of every tensor read through it."""
+        rows = [row_nbytes(self.model.info(n)) for n, f in self.forms.items()
+                if not f.identical and f.row_nbytes]
+        size = SCRATCH_BYTES if budget is None else min(SCRATCH_BYTES, budget // 32)
+        return max(size, *rows, 1)
 
-    def _prepare(self, info: TensorInfo) -> Weight:
-        raw = self.model.read_tensor(info.name, out=self._raw(info.nbytes))
-        return self.backend.prepare_weight(info, raw, self._allocate(self.backend.weight_nbytes(info)))
+    def weight(self, piece: Piece, data: U8) -> Weight:
+        """The :class:`Weight` over ``data`` (``uint8``, at least ``piece.nbytes``) once filled."""
+        info = self.model.info(piece.name)
+        if piece.rows is not None:
+            a, b = piece.rows
+            info = TensorInfo(f"{piece.name}[{a}:{b}]", (b - a, info.shape[1]), info.dtype,
+                              (b - a) * row_nbytes(info))
+        arr = data[: piece.nbytes].view(piece.form.dtype).reshape(piece.shape)
+        return Weight(info, arr)
 
-    def _prepare_rows(self, name: str, start: int, stop: int) -> Weight:
-        """Rows ``start..stop-1`` of a 2-D tensor as a weight of shape ``[stop-start, cols]``."""
+    def fill_stage(self, pieces: Sequence[Piece], buffer: PoolBuffer) -> dict[str, Weight]:
+        """Fill ``buffer`` (made by ``allocate_many`` of the pieces' bytes) with ``pieces``."""
+        arrays = buffer.arrays
+        if self.prepared is not None and self._contiguous(pieces):
+            first = self._cache_offset(pieces[0])
+            self.prepared.read_into(first, buffer.nbytes, buffer.raw, what=pieces[0].name)
+        else:
+            for piece, arr in zip(pieces, arrays, strict=True):
+                self.fill(piece, arr)
+        return {p.name: self.weight(p, arr) for p, arr in zip(pieces, arrays, strict=True)}
+
+    def _cache_offset(self, piece: Piece) -> int:
+        assert self.prepared is not None
+        entry = self.prepared.entries[piece.name]
+        return entry.offset + (0 if piece.rows is None else piece.rows[0] * piece.form.row_nbytes)
+
+    def _contiguous(self, pieces: Sequence[Piece]) -> bool:
+        offsets, _ = pack_offsets([(p.nbytes, np.uint8) for p in pieces])
+        first = self._cache_offset(pieces[0])
+        return all(self._cache_offset(p) - first == off for p, off in zip(pieces, offsets, strict=True))
+
+    def fill(self, piece: Piece, out: U8) -> None:
+        """Write the prepared bytes of ``piece`` into ``out`` (``uint8 [piece.nbytes]``)."""
+        form = self.form_of(piece)
+        if self.prepared is not None:
+            self.prepared.read_into(self._cache_offset(piece), piece.nbytes, out, what=piece.name)
+            return
+        rows = piece.rows if piece.rows is not None else (
+            (0, form.shape[0]) if form.row_nbytes else None
+        )
+        entry = self.model.entry(piece.name)
+        if form.identical:
+            if rows is None:
+                self.model.read_tensor(piece.name, out=out)
+            else:
+                self.model.read_rows(piece.name, rows[0], rows[1], out=out)
+            return
+        info = entry.info
+        if rows is None or entry.transposed:
+            self._prepare_whole(info, piece, out)
+            return
+        rb = row_nbytes(info)
+        assert self.scratch is not None
+        step = max(1, self.scratch.nbytes // rb)
+        with self._scratch_lock:
+            scratch = self._scratch_array(min(step, rows[1] - rows[0]) * rb)
+            for a in range(rows[0], rows[1], step):
+                b = min(rows[1], a + step)
+                raw = self.model.read_rows(piece.name, a, b, out=scratch)
+                part = TensorInfo(f"{info.name}[{a}:{b}]", (b - a, info.shape[1]), info.dtype, len(raw))
+                lo = (a - rows[0]) * form.row_nbytes
+                self.backend.prepare_weight(part, raw, out[lo : lo + (b - a) * form.row_nbytes])
+            del scratch, raw
+
+    def form_of(self, piece: Piece) -> TensorForm:
+        return self.forms[piece.name]
+
+    def _scratch_array(self, nbytes: int) -> U8:
+        if self.scratch is None or self.scratch.nbytes < nbytes:
+            raise MemoryPoolError(f"The loader's scratch buffer is missing or smaller than {nbytes} bytes.")
+        arr: U8 = self.scratch.array[:nbytes]
+        return arr
+
+    def _prepare_whole(self, info: TensorInfo, piece: Piece, out: U8) -> None:
+        """A tensor that cannot be prepared row by row (1-D, or stored transposed): its file bytes
+        (and, for a transposed one, the stored layout) go through temporary pool buffers."""
+        pool = self.pool
+        with pool.allocate(info.nbytes, label=f"file bytes of {info.name}") as raw_buf:
+            stored = None
+            if self.model.entry(info.name).transposed:
+                stored = pool.allocate(info.nbytes, label=f"stored bytes of {info.name}")
+            try:
+                raw = self.model.read_tensor(
+                    info.name, out=raw_buf.array, scratch=None if stored is None else stored.array
+                )
+                self.backend.prepare_weight(info, raw, out[: piece.nbytes])
+                del raw
+            finally:
+                if stored is not None:
+                    stored.release()
+
+    pool: MemoryPool  # set by the engine
+
+    def rows(self, name: str, ids: NDArray[np.int64]) -> Weight:
+        """Rows ``ids`` (``int64 [T]``) of a 2-D tensor as a weight ``[T, cols]`` in new (numpy)
+        memory: embedding lookups, which count as activations."""
         info = self.model.info(name)
-        n = (stop - start) * row_nbytes(info)
-        raw = self.model.read_rows(name, start, stop, out=self._raw(n))
-        part = TensorInfo(f"{name}[{start}:{stop}]", (stop - start, info.shape[1]), info.dtype, n)
-        return self.backend.prepare_weight(part, raw, self._allocate(self.backend.weight_nbytes(part)))
+        form = self.forms[name]
+        part = TensorInfo(f"{name}[ids]", (len(ids), info.shape[1]), info.dtype,
+                          len(ids) * row_nbytes(info))
+        if self.prepared is not None:
+            entry = self.prepared.entries[name]
+            out = np.empty((len(ids), form.row_nbytes), dtype=np.uint8)
+            for j, i in enumerate(ids.tolist()):
+                self.prepared.read_into(entry.offset + i * form.row_nbytes, form.row_nbytes, out[j],
+                                        what=name)
+            return Weight(part, out.view(form.dtype).reshape(len(ids), *form.shape[1:]))
+        raw = self.model.read_row_set(name, ids)  # [T, row_bytes]
+        return self.backend.prepare_weight(
+            part, raw.reshape(-1), np.empty(self.backend.weight_nbytes(part), dtype=np.uint8)
+        )
 
-    def layer_weights(self, index: int) -> LayerWeights:
-        """The prepared weights of block ``index`` (resident or freshly read), in one buffer with
-        the weights of each fusion (:data:`FUSIONS`) back to back so the backend can stack them."""
-        if index in self._resident:
-            return self._resident[index]
+
+# -- timing --------------------------------------------------------------------------------------
+
+
+@dataclass
+class EngineTimes:
+    """Where a run's time goes, in seconds: ``load`` is the wall time of streamed loads (in whichever
+    thread ran them), ``wait`` the main thread's time blocked on a load (all of ``load`` without
+    prefetch), ``compute`` the main thread's time computing."""
+
+    load: float = 0.0
+    wait: float = 0.0
+    compute: float = 0.0
+    loads: int = 0
+
+    def minus(self, other: EngineTimes) -> EngineTimes:
+        return EngineTimes(self.load - other.load, self.wait - other.wait,
+                           self.compute - other.compute, self.loads - other.loads)
+
+    def hidden_fraction(self) -> float:
+        """The part of the load time that ran behind compute (0..1)."""
+        if self.load <= 0:
+            return 0.0
+        return min(1.0, max(0.0, 1.0 - self.wait / self.load))
+
+
+class StagePipeline:
+    """Hands out the streamed stages in order, loading them inline or, with prefetch, one stage
+    ahead on a background thread (never more than two stages loaded at once)."""
+
+    def __init__(self, stages: Sequence[Stage], load: Callable[[Stage, bool], LoadedStage],
+                 prefetch: bool, times: EngineTimes, lock: threading.Lock) -> None:
+        self.stages = list(stages)
+        self._load = load
+        self._times = times
+        self._lock = lock
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgert-prefetch")
+            if prefetch and len(self.stages) > 0 else None
+        )
+        self._pending: tuple[int, Future[LoadedStage]] | None = None
+
+    @property
+    def prefetch(self) -> bool:
+        return self._executor is not None
+
+    def _timed_load(self, stage: Stage, background: bool) -> LoadedStage:
+        t0 = time.perf_counter()
+        loaded = self._load(stage, background)
+        with self._lock:
+            self._times.load += time.perf_counter() - t0
+            self._times.loads += 1
+        return loaded
+
+    def take(self, index: int) -> LoadedStage:
+        """Stage ``index`` loaded (the caller releases it); starts loading the next one."""
+        t0 = time.perf_counter()
+        if self._executor is None:
+            loaded = self._timed_load(self.stages[index], False)
+        else:
+            if self._pending is not None and self._pending[0] == index:
+                future = self._pending[1]
+                self._pending = None
+            else:
+                self.drain()
+                future = self._executor.submit(self._timed_load, self.stages[index], True)
+            loaded = future.result()  # a load's exception surfaces here
+        with self._lock:
+            self._times.wait += time.perf_counter() - t0
+        if self._executor is not None:
+            nxt = (index + 1) % len(self.stages)
+            self._pending = (nxt, self._executor.submit(self._timed_load, self.stages[nxt], True))
+        return loaded
+
+    def drain(self) -> None:
+        """Give back a stage loaded ahead (waiting for its load to finish)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        future = pending[1]
+        if future.cancel():
+            return
+        # a failed speculative load was for a step that will not run, and holds nothing
+        with contextlib.suppress(EdgeRTError):
+            future.result().release()
+
+    def close(self) -> None:
+        """Drain and join the prefetch thread."""
+        self.drain()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def _warm_up_blas() -> None:
+    """One small matrix product and one matrix-vector product, so the BLAS library maps and touches
+    its per-thread work buffers (about 1 MiB, once per process, whatever the model) before the
+    baseline RSS is taken: that is library start-up, like importing numpy, not memory of this run."""
+    a = np.ones((8, 64), dtype=np.float32)
+    w = np.ones((256, 64), dtype=np.float32)
+    _ = a @ w.T
+    _ = w @ a[0]
+
+
+# -- the three states -------------------------------------------------------------------------------
+
+
+class Engine(_Step):
+    """The idle engine: a validated model and a backend, no plan yet."""
+
+    def __init__(self, model: ValidatedModel, backend: NumpyBackend) -> None:
+        self.model = model
+        self.backend = backend
+        self.layout = model.layout().with_memory_bytes(backend.weight_nbytes)
+
+    def plan(
+        self,
+        context: PlanningContext,
+        strategy: str | ExecutionPlan = "auto",
+        registry: PluginRegistry | None = None,
+    ) -> PlannedEngine:
+        """Make (or take) the plan: ``strategy`` is a strategy name or ``auto`` (planned with the
+        installed strategies of ``registry``), or a ready :class:`ExecutionPlan`."""
+        self._check("plan")
+        if isinstance(strategy, ExecutionPlan):
+            plan = strategy
+        else:
+            from edgert_core.planner import plan_with
+            from edgert_core.plugins import load_registry
+
+            plan = plan_with(registry or load_registry(), strategy, self.layout, context)
+        self._consume("plan", "planned (Engine.plan was called)")
+        return PlannedEngine(self.model, self.backend, self.layout, plan, context)
+
+
+class PlannedEngine(_Step):
+    """A model with its plan; :meth:`prepare` makes the buffers and returns a :class:`ReadyEngine`."""
+
+    def __init__(self, model: ValidatedModel, backend: NumpyBackend, layout: ModelLayout,
+                 plan: ExecutionPlan, context: PlanningContext) -> None:
+        self.model = model
+        self.backend = backend
+        self.layout = layout
+        self.plan = plan
+        self.context = context
+
+    def prepare(
+        self,
+        *,
+        weight_cache: bool | None = None,
+        notify: Callable[[str], None] | None = None,
+        poison: bool = False,
+    ) -> ReadyEngine:
+        """Record the baseline RSS (and reset the OS's peak), make the pool, write the prepared-weights
+        cache if it is needed and missing, allocate the KV cache and load the resident weights.
+
+        ``weight_cache``: use the prepared-weights cache when the plan streams weights that need
+        converting (default: unless ``EDGERT_WEIGHT_CACHE=0``). ``notify`` gets one-line messages for
+        the user (the cache being written)."""
+        self._consume("prepare", "prepared (PlannedEngine.prepare was called)")
+        return ReadyEngine(self, weight_cache=weight_cache, notify=notify, poison=poison)
+
+
+class ReadyEngine(_Step):
+    """Prepared buffers; :meth:`forward` and :meth:`generate` run the model. :meth:`close` gives
+    every pool byte back and joins the prefetch thread."""
+
+    def __init__(self, planned: PlannedEngine, *, weight_cache: bool | None,
+                 notify: Callable[[str], None] | None, poison: bool) -> None:
+        self.model = planned.model
+        self.backend = planned.backend
+        self.layout = planned.layout
+        self.plan = planned.plan
+        self.context = planned.context
+        self.config = self.model.config
+        self.max_context = self.context.max_context
+        self.transformer = Transformer(self.config, self.backend, self.max_context)
+        self.cached_ids: list[int] = []  # the tokens whose K/V are in the cache, in order
+        self.on_stage: Callable[[str, int], None] | None = None  # hook for monitors: (kind, index)
+        self.times = EngineTimes()
+        self._times_lock = threading.Lock()
+        self._notify = notify
+        self._resident: dict[int, LoadedStage] = {}
+        self._head: LoadedStage | None = None
+        self._reservation: PoolBuffer | None = None
+        self._kv_buffer: PoolBuffer | None = None
+        self.weight_cache_built = False
+        self.weight_cache_path: str | None = None
+
+        release_freed_memory_promptly()  # numpy temporaries go back to the OS when freed
+        _warm_up_blas()
+        self.baseline_rss_bytes = current_rss_bytes()  # just before the first weight is read
+        self.peak_scope = "window" if reset_peak_rss() else "process"
+        self.pool = MemoryPool(self.context.budget_bytes, poison=poison)
+        try:
+            self.reader = self._open_weights(weight_cache)
+            self.reader.pool = self.pool
+            self._stages = self._make_stages()
+            self._allocate()
+        except BaseException:
+            self._teardown()
+            raise
+        self._pipeline = StagePipeline(
+            [s for s, resident in self._stages if not resident], self._load_stage,
+            self.plan.prefetch, self.times, self._times_lock,
+        )
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _tensor_order(self) -> list[str]:
+        """Every tensor in load order: layer by layer (fused weights back to back), then the head,
+        then embeddings that are not the head's."""
+        names: list[str] = []
+        for i in range(len(self.layout.layers)):
+            names += self._layer_tensors(i)
+        names += [*final_norm_names(self.config.architecture), output_name(self.config)]
+        for info in self.layout.embeddings:
+            if info.name not in names:
+                names.append(info.name)
+        return names
+
+    def _layer_tensors(self, index: int) -> list[str]:
         arch = self.config.architecture
-        tensors = list(self.layout.layers[index].tensors)
         prefix = layer_prefix(arch, index)
         order = [prefix + n for parts in FUSIONS[arch].values() for n in parts]
-        tensors.sort(key=lambda t: order.index(t.name) if t.name in order else len(order))
-        sizes = [_aligned(self.backend.weight_nbytes(t)) for t in tensors]
-        buf = self._allocate(sum(sizes))
-        named: dict[str, Weight] = {}
-        offset = 0
-        for t, size in zip(tensors, sizes, strict=True):
-            raw = self.model.read_tensor(t.name, out=self._raw(t.nbytes))
-            named[t.name] = self.backend.prepare_weight(t, raw, buf[offset : offset + size])
-            offset += size
-        return LayerWeights.from_named(arch, index, named, self.backend.fuse_rows)
+        names = [t.name for t in self.layout.layers[index].tensors]
+        names.sort(key=lambda n: order.index(n) if n in order else len(order))
+        return names
 
-    def group_weights(self, group: LayerGroup) -> list[LayerWeights]:
-        return [self.layer_weights(i) for i in group.layers]
+    def _open_weights(self, weight_cache: bool | None) -> WeightReader:
+        forms: dict[str, TensorForm] = {}
+        probes: dict[tuple[object, ...], TensorForm] = {}
+        for name in self._tensor_order():
+            entry = self.model.entry(name)
+            info = entry.info
+            key = (info.dtype, len(info.shape), info.shape[-1] if len(info.shape) == 2 else info.shape,
+                   entry.transposed)
+            probe = probes.get(key)
+            if probe is None:
+                probe = probes[key] = probe_form(self.backend, info, entry.transposed)
+            if len(info.shape) == 2:
+                probe = replace(probe, shape=(info.shape[0], *probe.shape[1:]),
+                                nbytes=probe.row_nbytes * info.shape[0])
+            forms[name] = probe
+        identity = self.model.file_identity()
+        if identity is None:
+            return WeightReader(self.model, self.backend, forms, None, "synthetic")
+        wanted = enabled_by_env() if weight_cache is None else weight_cache
+        converts = any(not f.identical for f in forms.values())
+        streams = self.plan.streamed_bytes_per_token(self.layout) > 0
+        if not (wanted and converts and streams):
+            return WeightReader(self.model, self.backend, forms, None, "model-file")
+        backend_id = f"{self.backend.name}:{type(self.backend).__module__}.{type(self.backend).__qualname__}"
+        path = cache_path(self.model.name, identity, backend_id)
+        self.weight_cache_path = str(path)
+        prepared = open_prepared(path)
+        if prepared is None or set(prepared.entries) != set(forms):
+            if prepared is not None:
+                prepared.close()
+            self._build_cache(path, forms)
+            prepared = open_prepared(path)
+            if prepared is None:
+                raise EdgeRTError(
+                    f"The prepared-weights cache {path} could not be read back after writing it."
+                )
+        return WeightReader(self.model, self.backend, forms, prepared, "prepared-cache")
 
-    def head_weights(self) -> tuple[dict[str, Weight], list[Weight]]:
-        """Final norm weights and the output projection as row slices."""
-        if self._head is not None:
-            return self._head
-        arch = self.config.architecture
-        norm = {n: self._prepare(self.model.info(n)) for n in final_norm_names(arch)}
-        out_name = output_name(self.config)
-        info = self.model.info(out_name)
-        if self.plan.head_resident:
-            return norm, [self._prepare(info)]
-        rows = info.shape[0]
-        row_mem = self.backend.weight_nbytes(
-            TensorInfo(out_name, (1, info.shape[1]), info.dtype, row_nbytes(info))
+    def _build_cache(self, path: Any, forms: dict[str, TensorForm]) -> None:
+        total = sum(f.nbytes for f in forms.values())
+        if self._notify is not None:
+            self._notify(
+                f"edge-rt: writing the {self.backend.name} backend's prepared weights of "
+                f"{self.model.name} ({total / 2**20:.0f} MiB, once) to {path}; later runs read them "
+                "directly. Turn this off with EDGERT_WEIGHT_CACHE=0 or --no-weight-cache."
+            )
+        file_reader = WeightReader(self.model, self.backend, forms, None, "model-file")
+        file_reader.pool = self.pool
+        chunk_bytes = BUILD_CHUNK_BYTES
+        if self.context.budget_bytes is not None:
+            chunk_bytes = max(PAGE_BYTES, min(chunk_bytes, self.context.budget_bytes // 8))
+        scratch = None
+        if file_reader.needs_scratch():
+            scratch = self.pool.allocate(file_reader.scratch_bytes(self.context.budget_bytes),
+                                         label="loader scratch")
+        chunk = self.pool.allocate(chunk_bytes, label="prepared-weights chunk")
+        file_reader.scratch = scratch
+        try:
+            with writing(path) as writer:
+                for name, form in forms.items():
+                    writer.begin(name, form.nbytes, form.dtype, form.shape)
+                    if (form.row_nbytes == 0 or form.nbytes <= chunk_bytes
+                            or self.model.entry(name).transposed):
+                        pieces = [Piece(name, form)]
+                    else:
+                        step = max(1, chunk_bytes // form.row_nbytes)
+                        pieces = [Piece(name, form, (a, min(form.shape[0], a + step)))
+                                  for a in range(0, form.shape[0], step)]
+                    for piece in pieces:
+                        if piece.nbytes <= chunk_bytes:
+                            out = chunk.array[: piece.nbytes]
+                            file_reader.fill(piece, out)
+                            writer.write(out)
+                            del out
+                        else:
+                            with self.pool.allocate(piece.nbytes, label=f"prepared {name}") as big:
+                                file_reader.fill(piece, big.array)
+                                writer.write(big.array)
+        finally:
+            file_reader.scratch = None
+            chunk.release()
+            if scratch is not None:
+                scratch.release()
+            self.pool.trim()
+        self.weight_cache_built = True
+
+    def _make_stages(self) -> list[tuple[Stage, bool]]:
+        """Every stage of a forward pass in order, with whether it is resident."""
+        forms = self.reader.forms
+        stages: list[tuple[Stage, bool]] = []
+        for gi, group in enumerate(self.plan.groups):
+            pieces = tuple(Piece(n, forms[n]) for i in group.layers for n in self._layer_tensors(i))
+            label = f"group {gi} (layers {group.layers[0]}-{group.layers[-1]})"
+            stages.append((Stage(label, group.layers, pieces), group.resident))
+        norms = tuple(Piece(n, forms[n]) for n in final_norm_names(self.config.architecture))
+        out = output_name(self.config)
+        form = forms[out]
+        if self.plan.head_resident or form.row_nbytes == 0:
+            stages.append((Stage("head", (), (*norms, Piece(out, form)), head=True),
+                           self.plan.head_resident))
+            return stages
+        n = len(head_slices(self.layout.head_bytes, self.plan.head_slice_bytes))
+        rows = form.shape[0]
+        n = max(1, min(n, rows))
+        start = 0
+        for k in range(n):
+            count = rows // n + (1 if k < rows % n else 0)
+            piece = Piece(out, form, (start, start + count))
+            stages.append((Stage(f"head slice {k + 1}/{n}", (), (*(norms if k == 0 else ()), piece),
+                                 head=True), False))
+            start += count
+        return stages
+
+    def _allocate(self) -> None:
+        """The KV cache, the loader's scratch, resident weights, and the activations' accounting
+        block sized so the pool's peak equals the plan's predicted peak."""
+        kv_shape = KVCache.shape(self.config, self.max_context)
+        self._kv_buffer = self.pool.allocate_many([(kv_shape, np.float32), (kv_shape, np.float32)],
+                                                  label="KV cache")
+        k, v = self._kv_buffer.arrays
+        self.cache = KVCache(self.config, self.max_context, (k, v))
+        del k, v
+        if self.reader.needs_scratch():
+            self.reader.scratch = self.pool.allocate(
+                self.reader.scratch_bytes(self.context.budget_bytes), label="loader scratch"
+            )
+        for gi, (stage, resident) in enumerate(self._stages):
+            if resident:
+                loaded = self._load_stage(stage, False)
+                if stage.head:
+                    self._head = loaded
+                else:
+                    self._resident[gi] = loaded
+        streamed = [s.block_bytes for s, resident in self._stages if not resident]
+        working = 0
+        for i, size in enumerate(streamed):
+            nxt = streamed[(i + 1) % len(streamed)] if self.plan.prefetch and len(streamed) > 1 else 0
+            working = max(working, size + nxt)
+        fixed_acts = fixed_bytes(self.layout, self.context) - self.cache.nbytes
+        held = self.pool.held_bytes
+        reserve = self.plan.predicted_peak_bytes - held - working
+        reserve = min(reserve, fixed_acts) // PAGE_BYTES * PAGE_BYTES
+        self.activation_reserve_bytes = max(0, reserve)
+        if reserve > 0:
+            self._reservation = self.pool.allocate(reserve, label="activations (accounting)")
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _load_stage(self, stage: Stage, background: bool) -> LoadedStage:
+        buffer = self.pool.allocate_many(
+            [(p.nbytes, np.uint8) for p in stage.pieces], label=stage.label,
+            wait=background, timeout=PREFETCH_TIMEOUT_S if background else None,
         )
-        per_slice = max(1, min(rows, self.plan.head_slice_bytes // max(row_mem, 1)))
-        slices = [self._prepare_rows(out_name, r, min(rows, r + per_slice))
-                  for r in range(0, rows, per_slice)]
-        return norm, slices
+        try:
+            weights = self.reader.fill_stage(stage.pieces, buffer)
+            arch = self.config.architecture
+            layers = [
+                LayerWeights.from_named(
+                    arch, i,
+                    {n: w for n, w in weights.items() if n.startswith(layer_prefix(arch, i))},
+                    self.backend.fuse_rows,
+                )
+                for i in stage.layers
+            ]
+        except BaseException:
+            weights = {}
+            buffer.release()
+            raise
+        return LoadedStage(stage, buffer, weights, layers)
 
-    def load(self) -> None:
-        """Read and prepare every resident weight; records the RSS just before the first read."""
-        if self.loaded:
-            return
-        self.baseline_rss_bytes = current_rss_bytes()
-        for group in self.plan.groups:
-            if group.resident:
-                for i in group.layers:
-                    self._resident[i] = self.layer_weights(i)
-        if self.plan.head_resident:
-            self._head = self.head_weights()
-        self.loaded = True
-
-    # -- embeddings ----------------------------------------------------------------------------
+    # -- embeddings ----------------------------------------------------------------------------------
     def _embedding_rows(self, ids: NDArray[np.int64]) -> F32:
         """Token embedding rows: float32 ``[T, hidden]``."""
         name = token_embedding_name(self.config.architecture)
         if self._head is not None and output_name(self.config) == name:
-            return self.backend.rows(self._head[1][0], ids)
-        raw = self.model.read_row_set(name, ids)  # [T, row_bytes]
-        info = self.model.info(name)
-        part = TensorInfo(f"{name}[ids]", (len(ids), info.shape[1]), info.dtype, raw.size)
-        w = self.backend.prepare_weight(part, raw.reshape(-1),
-                                        self._allocate(self.backend.weight_nbytes(part)))
-        return self.backend.to_float(w)
+            return self.backend.rows(self._head.weights[name], ids)
+        return self.backend.to_float(self.reader.rows(name, ids))
 
     def _position_rows(self, start: int, stop: int) -> F32 | None:
         name = position_embedding_name(self.config.architecture)
         if name is None:
             return None
-        return self.backend.to_float(self._prepare_rows(name, start, stop))
+        return self.backend.to_float(self.reader.rows(name, np.arange(start, stop, dtype=np.int64)))
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, ids: Sequence[int], start: int, *, all_logits: bool = False) -> F32:
@@ -170,19 +785,139 @@ class Engine:
 
         Returns float32 ``[T, vocab]`` logits if ``all_logits`` else ``[1, vocab]`` for the last token.
         """
-        self.load()
+        self._check("forward")
         arr = np.asarray(ids, dtype=np.int64)
         t = len(arr)
+        compute = 0.0
         x = self.transformer.embed(self._embedding_rows(arr), self._position_rows(start, start + t))
+        streamed = 0
         for gi, group in enumerate(self.plan.groups):
             if self.on_stage is not None:
                 self.on_stage("group", gi)
-            x = self.transformer.run_layers(self.group_weights(group), x, self.cache, start)
+            if group.resident:
+                c0 = time.perf_counter()
+                x = self.transformer.run_layers(self._resident[gi].layers, x, self.cache, start)
+                compute += time.perf_counter() - c0
+                continue
+            loaded = self._pipeline.take(streamed)
+            streamed += 1
+            try:
+                c0 = time.perf_counter()
+                x = self.transformer.run_layers(loaded.layers, x, self.cache, start)
+                compute += time.perf_counter() - c0
+            finally:
+                loaded.release()
+            del loaded
         if self.on_stage is not None:
             self.on_stage("head", 0)
-        norm, out = self.head_weights()
-        logits = self.transformer.head(x if all_logits else x[-1:], norm, out)
+        h = x if all_logits else x[-1:]
+        vocab = self.config.dims.vocab
+        extra = None
+        if h.shape[0] > 1:  # more logits rows than the plan's one: count them
+            extra = self.pool.allocate(h.shape[0] * vocab * 4, label="logits of every position")
+        try:
+            logits = np.empty((h.shape[0], vocab), dtype=np.float32)
+            c0 = time.perf_counter()
+            if self._head is not None:
+                normed = self.transformer.final_norm(h, self._head.weights)
+                self.transformer.project(normed, self._head.weights[output_name(self.config)], logits)
+                compute += time.perf_counter() - c0
+            else:
+                compute += time.perf_counter() - c0
+                normed = None
+                out = output_name(self.config)
+                while streamed < len(self._pipeline.stages):
+                    loaded = self._pipeline.take(streamed)
+                    streamed += 1
+                    try:
+                        c0 = time.perf_counter()
+                        if normed is None:
+                            normed = self.transformer.final_norm(h, loaded.weights)
+                        piece = next(p for p in loaded.stage.pieces if p.name == out)
+                        assert piece.rows is not None
+                        a, b = piece.rows
+                        self.transformer.project(normed, loaded.weights[out], logits[:, a:b])
+                        compute += time.perf_counter() - c0
+                    finally:
+                        loaded.release()
+                    del loaded
+        finally:
+            if extra is not None:
+                extra.release()
         self.cache.length = start + t
         del self.cached_ids[start:]
         self.cached_ids.extend(int(i) for i in arr)
+        with self._times_lock:
+            self.times.compute += compute
         return logits
+
+    def end_of_step(self) -> None:
+        """Give back a stage loaded ahead for a forward pass that will not come (end of a
+        generation)."""
+        self._pipeline.drain()
+
+    # -- generation ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_tokens: int,
+        sampling: SamplingParams | None = None,
+        stop_ids: Sequence[int] = (),
+        prefill_chunk: int | None = None,
+        stats: GenerationStats | None = None,
+    ) -> Iterator[int]:
+        """Token ids after ``prompt_ids`` (see :func:`edgert_core.generate.generate_ids`)."""
+        from edgert_core.generate import generate_ids
+
+        self._check("generate")
+        return generate_ids(self, prompt_ids, max_tokens=max_tokens, sampling=sampling,
+                            stop_ids=stop_ids, prefill_chunk=prefill_chunk, stats=stats)
+
+    @property
+    def weight_source(self) -> WeightSource:
+        return self.reader.source
+
+    @property
+    def prefetch(self) -> bool:
+        return self._pipeline.prefetch
+
+    # -- closing -----------------------------------------------------------------------------------
+    def _teardown(self) -> None:
+        pipeline = getattr(self, "_pipeline", None)
+        if pipeline is not None:
+            pipeline.close()
+        for loaded in self._resident.values():
+            loaded.release()
+        self._resident = {}
+        if self._head is not None:
+            self._head.release()
+            self._head = None
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            cache.release()
+        reader: WeightReader | None = getattr(self, "reader", None)
+        for buf in (self._kv_buffer, self._reservation, None if reader is None else reader.scratch):
+            if buf is not None:
+                buf.release()
+        self._kv_buffer = self._reservation = None
+        if reader is not None:
+            reader.scratch = None
+            if reader.prepared is not None:
+                reader.prepared.close()
+        self.model.close()
+        self.pool.close()
+
+    def close(self) -> None:
+        """Join the prefetch thread, release every buffer and close the pool (which then holds zero
+        bytes) and the files. Closing twice is a no-op."""
+        if self._consumed_by is not None:
+            return
+        self._consumed_by = "closed (ReadyEngine.close was called)"
+        self._teardown()
+
+    def __enter__(self) -> ReadyEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.engine import Engine
+from edgert_core.engine import EngineTimes, ReadyEngine
 from edgert_core.errors import GenerationError
 from edgert_core.memory.rss import peak_rss_bytes
 
@@ -81,7 +81,19 @@ class GenerationStats:
     stop_reason: str = ""  # "eos", "max_tokens" or "max_context"
     baseline_rss_bytes: int | None = None
     peak_rss_bytes: int | None = None
+    decode_load_seconds: float = 0.0  # streamed weight loads during decode (any thread)
+    decode_compute_seconds: float = 0.0  # main-thread compute during decode
+    decode_wait_seconds: float = 0.0  # main-thread time blocked on loads during decode
+    prefetch: bool = False
+    pool_peak_bytes: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def hidden_load_fraction(self) -> float | None:
+        """The part of decode's load time that ran behind compute (``None`` without prefetch)."""
+        if not self.prefetch:
+            return None
+        return EngineTimes(self.decode_load_seconds, self.decode_wait_seconds).hidden_fraction()
 
     @property
     def prefill_tokens_per_s(self) -> float | None:
@@ -112,7 +124,7 @@ def check_request(prompt_ids: Sequence[int], max_tokens: int, vocab: int, max_co
 
 
 def generate_ids(
-    engine: Engine,
+    engine: ReadyEngine,
     prompt_ids: Sequence[int],
     *,
     max_tokens: int,
@@ -134,8 +146,8 @@ def generate_ids(
     ids = [int(i) for i in prompt_ids]
     stats.prompt_tokens = len(ids)
 
-    engine.load()
     stats.baseline_rss_bytes = engine.baseline_rss_bytes
+    stats.prefetch = engine.prefetch
     reuse = 0
     # the last prompt token always runs again, for its logits
     for a, b in zip(engine.cached_ids, ids[:-1], strict=False):
@@ -144,19 +156,20 @@ def generate_ids(
         reuse += 1
     stats.reused_tokens = reuse
 
-    t0 = time.perf_counter()
-    chunk = prefill_chunk or len(ids)
-    start = reuse
-    logits = np.empty(0, dtype=np.float32)
-    while start < len(ids):
-        piece = ids[start : start + chunk]
-        logits = engine.forward(piece, start)[-1]
-        start += len(piece)
-    token = sampler(logits)
-    stats.prefill_seconds = time.perf_counter() - t0
-    position = len(ids)
-
+    before = replace(engine.times)
     try:
+        t0 = time.perf_counter()
+        chunk = prefill_chunk or len(ids)
+        start = reuse
+        logits = np.empty(0, dtype=np.float32)
+        while start < len(ids):
+            piece = ids[start : start + chunk]
+            logits = engine.forward(piece, start)[-1]
+            start += len(piece)
+        token = sampler(logits)
+        stats.prefill_seconds = time.perf_counter() - t0
+        position = len(ids)
+        before = replace(engine.times)
         while True:
             if token in stops:
                 stats.stop_reason = "eos"
@@ -176,4 +189,10 @@ def generate_ids(
             stats.decode_steps += 1
             position += 1
     finally:
+        engine.end_of_step()
+        spent = engine.times.minus(before)
+        stats.decode_load_seconds = spent.load
+        stats.decode_wait_seconds = spent.wait
+        stats.decode_compute_seconds = spent.compute
+        stats.pool_peak_bytes = engine.pool.peak_bytes
         stats.peak_rss_bytes = peak_rss_bytes()

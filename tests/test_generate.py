@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgert_core.api import Model, load_model
-from edgert_core.engine import Engine
+from edgert_core.engine import Engine, ReadyEngine
 from edgert_core.generate import GenerationStats, Sampler, SamplingParams, generate_ids
 from edgert_core.layout import ModelLayout
 from edgert_core.plan import LayerGroup, PlanningContext, make_plan
@@ -37,11 +37,11 @@ def test_kv_cache_decode_equals_full_forward(name: str) -> None:
     np.testing.assert_allclose(np.concatenate(step), full, rtol=0, atol=1e-5)
 
 
-def streamed_engine(model: Model, groups: list[LayerGroup], slice_bytes: int) -> Engine:
+def streamed_engine(model: Model, groups: list[LayerGroup], slice_bytes: int) -> ReadyEngine:
     layout: ModelLayout = model.layout
     ctx = PlanningContext(budget_bytes=None, max_context=64)
     plan = make_plan("test", layout, ctx, groups, head_resident=False, head_slice_bytes=slice_bytes)
-    return Engine(model.source, model.backend, plan, layout, 64)
+    return Engine(model.source, model.backend).plan(ctx, plan).prepare()
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
@@ -55,9 +55,13 @@ def test_walking_streamed_groups_and_a_sliced_head_gives_the_same_logits(name: s
     logits = engine.forward(meta["prompt_ids"], 0, all_logits=True)
     np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-4)
     assert seen == [("group", 0), ("group", 1), ("head", 0)]
-    _, out = engine.head_weights()
-    assert len(out) == 8 and sum(w.info.shape[0] for w in out) == 384  # 50 rows per slice
+    slices = [s for s, resident in engine._stages if s.head and not resident]
+    rows = [p.rows for s in slices for p in s.pieces if p.rows is not None]
+    assert len(slices) == 8 and sum(b - a for a, b in rows) == 384  # 48 rows per slice
+    assert all(s.nbytes <= 64 * 4 * 50 for s in slices)
     assert 0 not in engine._resident and 1 in engine._resident
+    engine.close()
+    assert engine.pool.held_bytes == 0
 
 
 def test_chunked_prefill_equals_one_batch() -> None:

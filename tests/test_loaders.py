@@ -106,7 +106,7 @@ def test_bf16_is_converted_exactly_on_load() -> None:
     v = open_model(mh.fixture("tiny_llama_bf16")).validate()
     model = load_model(mh.fixture("tiny_llama_bf16"), backend="numpy", max_context=16)
     name = "model.layers.0.mlp.up_proj.weight"
-    w = model.engine.layer_weights(0)["mlp.up_proj.weight"]
+    w = model.engine._resident[0].layers[0]["mlp.up_proj.weight"]
     expected = mh.load_tensors(mh.fixture("tiny_llama_bf16") / "model.safetensors")[name]
     assert v.info(name).dtype == "BF16" and w.data.dtype == np.float32
     np.testing.assert_array_equal(w.data, expected)

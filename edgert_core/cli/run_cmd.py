@@ -32,7 +32,8 @@ def _parse_ids(text: str) -> list[int]:
         ) from None
 
 
-def _load(values: dict[str, Any]) -> Model:
+def _load(values: dict[str, Any], threads: int | None = None,
+          weight_cache: bool | None = None) -> Model:
     model = load_model(
         values["model"],
         backend=values["backend"],
@@ -40,6 +41,8 @@ def _load(values: dict[str, Any]) -> Model:
         strategy=values["strategy"],
         max_context=values["max_context"],
         prefill_chunk=values["prefill_chunk"],
+        threads=threads,
+        weight_cache=weight_cache,
     )
     if model.synthetic:
         typer.echo(
@@ -86,6 +89,14 @@ def run_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Kernel threads, for backends that have them (neon)."
+    ),
+    weight_cache: bool | None = typer.Option(
+        None, "--weight-cache/--no-weight-cache",
+        help="Stream prepared weights from the user cache (written once) instead of converting "
+        "them on every load; default: on unless EDGERT_WEIGHT_CACHE=0.",
+    ),
     config: Path | None = ConfigOption,
 ) -> None:
     """Generate text from a model, streaming tokens as they are made."""
@@ -97,7 +108,7 @@ def run_command(
     })
     if prompt_ids is not None and values["prompt"] is not None:
         raise GenerationError("Give either --prompt or --prompt-ids, not both.")
-    m = _load(values)
+    m = _load(values, threads, weight_cache)
     options = {k: values[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "seed")}
     if prompt_ids is not None:
         if chat:
@@ -115,6 +126,7 @@ def run_command(
     if gen.text is None:
         sys.stdout.write(" ".join(str(i) for i in gen.ids))
     sys.stdout.write("\n")
+    m.close()  # every pool byte back; the report shows the pool empty
     s = gen.stats
     if as_json:
         print_json(generation_report(m, gen))

@@ -10,13 +10,14 @@ The lifecycle is ``loaded -> validate() -> validated``:
 
 Reads return the tensor's bytes exactly as stored (``uint8 [nbytes]``) in the logical ``[out, in]``
 row order; loaders do no math (dequantization belongs to the kernel backend). A caller may pass its
-own buffer (``out=``), which is filled with ``preadv`` so the file's pages never enter the process's
-resident memory through a mapping.
+own buffer (``out=``), which is filled by a :class:`~edgert_core.memory.reader.FileRangeReader`
+(positional reads, one open file per model file, shared by threads) so the file's pages never enter
+the process's resident memory through a mapping.
 """
 
 from __future__ import annotations
 
-import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from numpy.typing import NDArray
 from edgert_core.backends.numpy_ref import BLOCK_BYTES, FLOAT_BYTES, SUPPORTED_DTYPES, file_nbytes
 from edgert_core.errors import ModelError
 from edgert_core.layout import LayerInfo, ModelLayout, TensorInfo
+from edgert_core.memory.reader import FileRangeReader
 from edgert_core.models.config import (
     ModelConfig,
     final_norm_names,
@@ -103,23 +105,6 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _pread_into(fd: int, buf: U8, offset: int, path: Path, name: str) -> None:
-    """Fill ``buf`` from ``fd`` at ``offset`` (loops over short reads)."""
-    view = buf.data.cast("B")
-    done = 0
-    while done < len(view):
-        if hasattr(os, "preadv"):
-            n = os.preadv(fd, [view[done:]], offset + done)
-        else:  # pragma: no cover - platforms without preadv
-            os.lseek(fd, offset + done, os.SEEK_SET)
-            n = os.readv(fd, [view[done:]])
-        if n <= 0:
-            raise ModelError(
-                f"{path} ends inside tensor {name}: the file is truncated; download it again."
-            )
-        done += n
-
-
 class ModelSource:
     """A model whose headers are parsed (the ``loaded`` state). Subclasses fill ``config``,
     ``entries`` (canonical name -> :class:`TensorEntry`, in file order) and ``ignored``."""
@@ -132,6 +117,8 @@ class ModelSource:
         self.config = config
         self.entries = entries
         self.chat_template: str | None = None
+        self._readers: dict[Path, FileRangeReader] = {}
+        self._readers_lock = threading.Lock()
 
     # -- header-only facts --------------------------------------------------------------------
     def layout(self) -> ModelLayout:
@@ -232,16 +219,38 @@ class ModelSource:
         return [n for n in self.entries if n not in expected]
 
     # -- reads (used through ValidatedModel) ---------------------------------------------------
+    def reader(self, file: Path) -> FileRangeReader:
+        """The open reader of ``file`` (opened on first use, shared by threads)."""
+        with self._readers_lock:
+            reader = self._readers.get(file)
+            if reader is None or reader.closed:
+                reader = self._readers[file] = FileRangeReader(file)
+            return reader
+
     def read_into(self, entry: TensorEntry, out: U8, byte_start: int = 0) -> None:
         """Fill ``out`` (``uint8``) with the file bytes of ``entry`` from ``byte_start``."""
-        fd = os.open(entry.file, os.O_RDONLY)
-        try:
-            _pread_into(fd, out, entry.offset + byte_start, entry.file, entry.file_name)
-        finally:
-            os.close(fd)
+        self.reader(entry.file).read_into(
+            entry.offset + byte_start, len(out), out, what=f"tensor {entry.file_name!r}"
+        )
+
+    def file_identity(self) -> tuple[tuple[str, int, int], ...] | None:
+        """``(path, size, mtime_ns)`` of every file holding tensors (what a prepared-weights cache
+        is keyed by); ``None`` for sources without files (the synthetic model)."""
+        out = []
+        for file in sorted({e.file for e in self.entries.values()}):
+            if not file.is_file():
+                return None
+            st = file.stat()
+            out.append((str(file.resolve()), st.st_size, st.st_mtime_ns))
+        return tuple(out)
 
     def close(self) -> None:
-        """Release open files (reads open and close their own)."""
+        """Close the files opened for reads (they reopen on the next read)."""
+        with self._readers_lock:
+            readers = list(self._readers.values())
+            self._readers.clear()
+        for reader in readers:
+            reader.close()
 
 
 class ValidatedModel:
@@ -281,11 +290,19 @@ class ValidatedModel:
         except KeyError:
             raise ModelError(f"{self.path} has no tensor {name}.") from None
 
-    def read_tensor(self, name: str, out: U8 | None = None) -> U8:
+    def entry(self, name: str) -> TensorEntry:
+        """Where tensor ``name`` (canonical name) lives."""
+        return self._entry(name)
+
+    def file_identity(self) -> tuple[tuple[str, int, int], ...] | None:
+        return self.source.file_identity()
+
+    def read_tensor(self, name: str, out: U8 | None = None, scratch: U8 | None = None) -> U8:
         """The stored bytes of tensor ``name``: ``uint8 [nbytes]`` in logical ``[out, in]`` row order.
 
         ``out``: a caller-owned ``uint8`` buffer of at least ``nbytes``, filled in place and returned
-        (trimmed to ``nbytes``); otherwise a new array."""
+        (trimmed to ``nbytes``); otherwise a new array. ``scratch``: a caller-owned ``uint8`` buffer of
+        at least ``nbytes`` for the stored bytes of a transposed tensor (otherwise a new array)."""
         entry = self._entry(name)
         n = entry.info.nbytes
         buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
@@ -297,7 +314,7 @@ class ValidatedModel:
         # stored [in, out]: read, then write the transpose (a layout change, no arithmetic)
         rows, cols = entry.info.shape
         item = FLOAT_BYTES[entry.info.dtype]
-        stored = np.empty(n, dtype=np.uint8)
+        stored = np.empty(n, dtype=np.uint8) if scratch is None else scratch[:n]
         self.source.read_into(entry, stored)
         dt = np.dtype(f"V{item}")
         buf.view(dt).reshape(rows, cols)[...] = stored.view(dt).reshape(cols, rows).T
@@ -324,12 +341,14 @@ class ValidatedModel:
         self.source.read_into(entry, buf, start * rb)
         return buf
 
-    def read_row_set(self, name: str, ids: NDArray[np.int64]) -> U8:
+    def read_row_set(self, name: str, ids: NDArray[np.int64], out: U8 | None = None) -> U8:
         """Bytes of the rows ``ids`` (``int64 [T]``) of a 2-D tensor, in that order:
-        ``uint8 [T, row_bytes]`` (embedding lookups without loading the table)."""
+        ``uint8 [T, row_bytes]`` (embedding lookups without loading the table); into ``out`` when
+        given (``uint8 [T, row_bytes]``)."""
         entry = self._entry(name)
         rb = row_nbytes(entry.info)
-        out = np.empty((len(ids), rb), dtype=np.uint8)
+        if out is None:
+            out = np.empty((len(ids), rb), dtype=np.uint8)
         for j, i in enumerate(ids.tolist()):
             self.read_rows(name, i, i + 1, out[j])
         return out

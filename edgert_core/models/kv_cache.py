@@ -1,4 +1,8 @@
-"""The KV cache: fp32 keys and values of every layer, preallocated for ``max_context`` tokens."""
+"""The KV cache: fp32 keys and values of every layer, preallocated for ``max_context`` tokens.
+
+The arrays may be handed in (the engine passes pool memory, so the cache counts against the budget);
+they must start zeroed or be written before they are read (positions are written before use).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,32 @@ class KVCache:
     ``length`` counts the positions written by completed forward passes.
     """
 
-    def __init__(self, config: ModelConfig, max_context: int) -> None:
-        d = config.dims
-        shape = (d.n_layers, d.n_kv_heads, max_context, d.head_dim)
-        self.k: NDArray[np.float32] = np.zeros(shape, dtype=np.float32)
-        self.v: NDArray[np.float32] = np.zeros(shape, dtype=np.float32)
+    def __init__(
+        self,
+        config: ModelConfig,
+        max_context: int,
+        arrays: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
+    ) -> None:
+        shape = self.shape(config, max_context)
+        if arrays is None:
+            arrays = (np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32))
+        k, v = arrays
+        if k.shape != shape or v.shape != shape or k.dtype != np.float32 or v.dtype != np.float32:
+            raise ValueError(f"KV cache arrays must be float32 {list(shape)}")
+        self.k: NDArray[np.float32] = k
+        self.v: NDArray[np.float32] = v
         self.max_context = max_context
+        self.length = 0
+
+    @staticmethod
+    def shape(config: ModelConfig, max_context: int) -> tuple[int, int, int, int]:
+        """``(n_layers, n_kv_heads, max_context, head_dim)``: the shape of each of K and V."""
+        d = config.dims
+        return (d.n_layers, d.n_kv_heads, max_context, d.head_dim)
+
+    def release(self) -> None:
+        """Drop the arrays (so pool memory under them can be returned)."""
+        self.k = self.v = np.zeros((0, 0, 0, 0), dtype=np.float32)
         self.length = 0
 
     @property

@@ -10,6 +10,8 @@
 The weights of one call are whatever the caller prepared for it, so a caller may load a group's
 weights just before ``run_layers`` and free them right after, and may hand the output projection over
 as row slices (each a :class:`Weight` of shape ``[rows, hidden]``); the logits are their concatenation.
+A caller that holds one slice at a time calls :meth:`Transformer.final_norm` once and then
+:meth:`Transformer.project` per slice into its columns of the logits.
 """
 
 from __future__ import annotations
@@ -190,12 +192,8 @@ class Transformer:
         ``final_norm`` maps the final norm's canonical names to weights; ``output_slices`` are
         consecutive row slices of the output projection (``[rows_i, hidden]``, rows summing to vocab).
         """
-        be, eps = self.backend, self.config.norm_eps
-        names = final_norm_names(self.config.architecture)
-        if self.config.architecture == "llama":
-            h = be.rmsnorm(hidden, final_norm[names[0]], eps)
-        else:
-            h = be.layernorm(hidden, final_norm[names[0]], final_norm[names[1]], eps)
+        be = self.backend
+        h = self.final_norm(hidden, final_norm)
         if len(output_slices) == 1:
             return be.linear(h, output_slices[0])
         out = np.empty((h.shape[0], sum(s.info.shape[0] for s in output_slices)), dtype=np.float32)
@@ -205,3 +203,17 @@ class Transformer:
             out[:, row : row + n] = be.linear(h, s)
             row += n
         return out
+
+    def final_norm(self, hidden: F32, final_norm: Mapping[str, Weight]) -> F32:
+        """The final norm: ``hidden`` float32 ``[T, hidden]`` -> float32 ``[T, hidden]``."""
+        be, eps = self.backend, self.config.norm_eps
+        names = final_norm_names(self.config.architecture)
+        if self.config.architecture == "llama":
+            return be.rmsnorm(hidden, final_norm[names[0]], eps)
+        return be.layernorm(hidden, final_norm[names[0]], final_norm[names[1]], eps)
+
+    def project(self, normed: F32, output_slice: Weight, out: F32) -> None:
+        """One row slice of the output projection: ``normed`` float32 ``[T, hidden]`` (from
+        :meth:`final_norm`), ``output_slice`` ``[rows, hidden]`` -> written into ``out`` float32
+        ``[T, rows]`` (the slice's columns of the logits)."""
+        out[...] = self.backend.linear(normed, output_slice)

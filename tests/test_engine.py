@@ -1,0 +1,232 @@
+"""The engine under the memory pool: typestate (mypy and run time), identical greedy tokens with and
+without a budget for every installed strategy and weight source, the pool empty after close, the
+prefetch thread's errors and lifetime, the prepared-weights cache, and no RSS growth over a long run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import model_helpers as mh
+import pytest
+
+from edgert_core.api import load_model
+from edgert_core.engine import Engine, EngineStateError, ReadyEngine
+from edgert_core.errors import InfeasibleBudgetError, ModelError
+from edgert_core.memory.rss import current_rss_bytes
+from edgert_core.plan import PlanningContext, minimum_budget
+from edgert_core.plugins import load_registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGERT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def q8_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("m") / "t.gguf", "Q8_0")
+
+
+def greedy(model_path: Path | str, budget: int | None, strategy: str, backend: str = "numpy",
+           **kw: object) -> tuple[list[int], ReadyEngine]:
+    model = load_model(model_path, backend=backend, memory_budget=budget, strategy=strategy,
+                       max_context=64, prefill_chunk=4, notify=None, **kw)  # type: ignore[arg-type]
+    ids = model.generate([5, 6, 7, 8, 9, 10, 11], max_tokens=12).result().ids
+    engine = model.engine
+    model.close()
+    return ids, engine
+
+
+def budgets_for(model_path: Path, backend: str) -> list[int]:
+    model = load_model(model_path, backend=backend, max_context=64, prefill_chunk=4, notify=None)
+    ctx = PlanningContext(None, max_context=64, prefill_chunk=4)
+    low = minimum_budget(model.layout, ctx)
+    return [low, low * 5 // 4, low * 2, low * 8]
+
+
+def prefetch_budget(model_path: Path, max_context: int = 64) -> int:
+    """A budget at which speculative-prefetch streams (and prefetches) most of the model."""
+    from edgert_speculative import prefetch_minimum
+
+    model = load_model(model_path, backend="numpy", max_context=max_context, notify=None)
+    ctx = PlanningContext(None, max_context=max_context)
+    return prefetch_minimum(model.layout, ctx) * 11 // 10
+
+
+@pytest.mark.parametrize("backend", ["numpy", "neon"])
+@pytest.mark.parametrize("source", ["gguf", "hf-gpt2"])
+def test_greedy_tokens_do_not_depend_on_budget_or_strategy(
+    backend: str, source: str, q8_gguf: Path, cache_dir: Path
+) -> None:
+    path = q8_gguf if source == "gguf" else mh.fixture("tiny_gpt2")
+    reference, _ = greedy(path, None, "auto", backend)
+    ran = 0
+    for strategy in load_registry().names("strategy"):
+        for budget in budgets_for(path, backend):
+            try:
+                ids, engine = greedy(path, budget, strategy, backend)
+            except InfeasibleBudgetError:
+                continue
+            ran += 1
+            assert ids == reference, (strategy, budget, engine.weight_source)
+            assert engine.pool.held_bytes == 0 and engine.pool.closed
+            assert engine.pool.peak_bytes <= budget
+    assert ran >= 9
+
+
+def test_dequantize_on_load_and_prepared_cache_agree(q8_gguf: Path, cache_dir: Path) -> None:
+    budget = budgets_for(q8_gguf, "numpy")[2]
+    on_load, e1 = greedy(q8_gguf, budget, "sequential", weight_cache=False)
+    assert e1.weight_source == "model-file" and not list(cache_dir.glob("prepared/*"))
+    cached, e2 = greedy(q8_gguf, budget, "sequential")
+    assert e2.weight_source == "prepared-cache" and e2.weight_cache_built
+    again, e3 = greedy(q8_gguf, budget, "speculative-prefetch")
+    assert e3.weight_source == "prepared-cache" and not e3.weight_cache_built
+    assert on_load == cached == again
+    files = list((cache_dir / "prepared").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".edgert-prepared"  # no temporary left
+
+
+def test_weight_cache_can_be_turned_off_by_env(q8_gguf: Path, cache_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGERT_WEIGHT_CACHE", "0")
+    _, engine = greedy(q8_gguf, budgets_for(q8_gguf, "numpy")[1], "sequential")
+    assert engine.weight_source == "model-file"
+
+
+def test_steps_out_of_order_fail_at_run_time(q8_gguf: Path) -> None:
+    model = load_model(q8_gguf, backend="numpy", max_context=32, notify=None)
+    idle = Engine(model.source, model.backend)
+    ctx = PlanningContext(None, max_context=32)
+    planned = idle.plan(ctx)
+    with pytest.raises(EngineStateError, match=r"Engine\.plan"):
+        idle.plan(ctx)
+    ready = planned.prepare()
+    with pytest.raises(EngineStateError, match="prepare"):
+        planned.prepare()
+    assert list(ready.generate([1, 2, 3], max_tokens=2))
+    ready.close()
+    with pytest.raises(EngineStateError, match="closed"):
+        ready.forward([1], 0)
+    with pytest.raises(EngineStateError, match="closed"):
+        ready.generate([1, 2], max_tokens=1)
+    assert ready.pool.held_bytes == 0
+
+
+def test_steps_out_of_order_are_type_errors(tmp_path: Path) -> None:
+    snippet = tmp_path / "out_of_order.py"
+    snippet.write_text(textwrap.dedent("""
+        from edgert_core.engine import Engine
+        from edgert_core.plan import PlanningContext
+
+        def run(engine: Engine, ctx: PlanningContext) -> None:
+            engine.generate([1, 2], max_tokens=3)
+            planned = engine.plan(ctx)
+            planned.forward([1], 0)
+            planned.prepare().prepare()
+            planned.prepare().generate([1], max_tokens=1)
+    """))
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--follow-imports=silent",
+         "--cache-dir", str(REPO / ".mypy_cache"), str(snippet)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert any('"Engine" has no attribute "generate"' in line for line in lines), lines
+    assert any('"PlannedEngine" has no attribute "forward"' in line for line in lines), lines
+    assert any('"ReadyEngine" has no attribute "prepare"' in line for line in lines), lines
+    assert len(lines) == 3, lines  # the last call, in order, type-checks
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("edgert-prefetch")]
+
+
+def test_a_prefetch_error_surfaces_and_the_thread_ends(q8_gguf: Path, cache_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = prefetch_budget(q8_gguf)
+    model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
+                       max_context=64, notify=None)
+    engine = model.engine
+    assert engine.prefetch
+    calls = {"n": 0}
+    original = engine.reader.fill_stage
+
+    def failing(pieces, buffer):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 4:
+            assert threading.current_thread().name.startswith("edgert-prefetch")
+            raise ModelError("disk on fire")
+        return original(pieces, buffer)
+
+    monkeypatch.setattr(engine.reader, "fill_stage", failing)
+    with pytest.raises(ModelError, match="disk on fire"):
+        list(engine.generate([5, 6, 7], max_tokens=8))
+    model.close()
+    assert engine.pool.held_bytes == 0
+    assert not prefetch_threads()
+
+
+def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path) -> None:
+    budget = prefetch_budget(q8_gguf)
+    model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
+                       max_context=64, notify=None)
+    gen = model.generate([5, 6, 7], max_tokens=6).result()
+    s = gen.stats
+    assert s.prefetch and s.hidden_load_fraction is not None and 0 <= s.hidden_load_fraction <= 1
+    assert s.decode_load_seconds > 0 and s.decode_compute_seconds > 0
+    assert s.pool_peak_bytes is not None and s.pool_peak_bytes <= budget
+    model.close()
+    assert not prefetch_threads()
+    seq = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="sequential",
+                     max_context=64, notify=None)
+    s2 = seq.generate([5, 6, 7], max_tokens=6).result().stats
+    assert not s2.prefetch and s2.hidden_load_fraction is None
+    seq.close()
+
+
+def test_no_rss_growth_over_a_long_run(q8_gguf: Path, cache_dir: Path) -> None:
+    budget = prefetch_budget(q8_gguf, 600)
+    model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
+                       max_context=600, notify=None)
+    rss: list[int] = []
+    for i, _ in enumerate(model.engine.generate([5, 6, 7], max_tokens=500)):  # no stop ids
+        if i in (50, 499):
+            rss.append(current_rss_bytes())
+    assert len(rss) == 2
+    kv_growth = model.engine.cache.nbytes * 450 // 600  # cache pages touched by the later tokens
+    assert rss[1] - rss[0] <= kv_growth + 512 * 1024, (rss, kv_growth)
+    engine = model.engine
+    model.close()
+    assert engine.pool.held_bytes == 0
+
+
+def test_run_json_reports_the_engine(q8_gguf: Path, cache_dir: Path) -> None:
+    budget = prefetch_budget(q8_gguf)
+    env = {**os.environ, "EDGERT_CACHE": str(cache_dir)}
+    out = subprocess.run(
+        [sys.executable, "-m", "edgert_core", "run", "--model", str(q8_gguf), "--backend", "numpy",
+         "--prompt-ids", "5,6,7", "-n", "4", "--max-context", "64", "--json", "--memory-budget",
+         str(budget), "--strategy", "speculative-prefetch", "--threads", "1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("decode_load_seconds", "decode_compute_seconds", "hidden_load_fraction",
+                "pool_peak_bytes", "weight_source", "peak_rss_bytes", "baseline_rss_bytes"):
+        assert key in report, key
+    assert report["weight_source"] == "prepared-cache" and "prepared weights" in out.stderr
+    assert report["pool_held_bytes"] == 0 and report["pool_closed"]
+    assert 0 <= report["hidden_load_fraction"] <= 1
+    assert report["pool_peak_bytes"] <= budget  # OS figures: tests/test_budget_run.py, real sizes
