@@ -7,6 +7,7 @@ from edgert_core.api import ChatSession, Generation, Model, Token, generation_re
 from edgert_core.backends.base import BackendStatus, KernelBackend, Weight
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.budget import MemoryBudget, format_bytes
+from edgert_core.engine import Engine, EngineStateError, PlannedEngine, ReadyEngine
 from edgert_core.errors import (
     BudgetError,
     ConfigError,
@@ -59,6 +60,8 @@ __all__ = [
     "ChatSession",
     "ConfigError",
     "EdgeRTError",
+    "Engine",
+    "EngineStateError",
     "ExecutionPlan",
     "Generation",
     "GenerationError",
@@ -77,11 +80,13 @@ __all__ = [
     "NumpyBackend",
     "PartitionStrategy",
     "PlanValidationError",
+    "PlannedEngine",
     "PlanningContext",
     "PluginError",
     "PluginInfo",
     "PluginRegistry",
     "Reading",
+    "ReadyEngine",
     "SamplingParams",
     "SystemMonitor",
     "TensorInfo",
