@@ -51,6 +51,8 @@ row chunk. All reads are positional reads (no mapping of the model file).
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -462,6 +464,23 @@ class StagePipeline:
             self._executor = None
 
 
+def _limit_blas_threads(threads: int) -> Callable[[], None] | None:
+    """Limit the BLAS library to ``threads`` threads until the returned function is called; ``None``
+    when ``threadpoolctl`` is not installed (then nothing changes).
+
+    With prefetch the loader thread copies weights while the main thread computes. Both are
+    memory-bound, and on a device with few cores BLAS threads that spin-wait for a core held by the
+    loader slow every matrix product down (on two cores the compute time about doubled): one core
+    fewer for BLAS lets the copy run beside the compute instead of against it."""
+    try:
+        threadpoolctl: Any = importlib.import_module("threadpoolctl")
+    except ImportError:
+        return None
+    limiter = threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
+    restore: Callable[[], None] = limiter.restore_original_limits
+    return restore
+
+
 def _warm_up_blas() -> None:
     """One small matrix product and one matrix-vector product, so the BLAS library maps and touches
     its per-thread work buffers (about 1 MiB, once per process, whatever the model) before the
@@ -554,6 +573,8 @@ class ReadyEngine(_Step):
         self._head: LoadedStage | None = None
         self._reservation: PoolBuffer | None = None
         self._kv_buffer: PoolBuffer | None = None
+        self._stage_class = 0  # block bytes of every streamed stage (0: each its own size)
+        self._restore_blas: Callable[[], None] | None = None
         self.weight_cache_built = False
         self.weight_cache_path: str | None = None
 
@@ -574,6 +595,8 @@ class ReadyEngine(_Step):
             [s for s, resident in self._stages if not resident], self._load_stage,
             self.plan.prefetch, self.times, self._times_lock,
         )
+        if self._pipeline.prefetch:
+            self._restore_blas = _limit_blas_threads(max(1, (os.cpu_count() or 1) - 1))
 
     # -- setup ------------------------------------------------------------------------------------
     def _tensor_order(self) -> list[str]:
@@ -741,12 +764,23 @@ class ReadyEngine(_Step):
         self.activation_reserve_bytes = max(0, reserve)
         if reserve > 0:
             self._reservation = self.pool.allocate(reserve, label="activations (accounting)")
+        # One size class for every streamed stage when the budget has room for it: each load then
+        # reuses a block that is already mapped and faulted in. With stages of different sizes
+        # (layer groups and head slices) in a budget that cannot cache every class, the pool would
+        # otherwise unmap one class to map the other, and every load would fault its pages in anew.
+        if streamed:
+            largest = max(streamed)
+            uniform = largest * (2 if self.plan.prefetch and len(streamed) > 1 else 1)
+            budget = self.context.budget_bytes
+            if budget is None or self.pool.held_bytes + uniform <= budget:
+                self._stage_class = largest
 
     # -- loading ----------------------------------------------------------------------------------
     def _load_stage(self, stage: Stage, background: bool) -> LoadedStage:
         buffer = self.pool.allocate_many(
             [(p.nbytes, np.uint8) for p in stage.pieces], label=stage.label,
             wait=background, timeout=PREFETCH_TIMEOUT_S if background else None,
+            size_class=self._stage_class if self._stage_class >= stage.block_bytes else None,
         )
         try:
             weights = self.reader.fill_stage(stage.pieces, buffer)
@@ -887,6 +921,9 @@ class ReadyEngine(_Step):
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is not None:
             pipeline.close()
+        restore, self._restore_blas = getattr(self, "_restore_blas", None), None
+        if restore is not None:
+            restore()
         for loaded in self._resident.values():
             loaded.release()
         self._resident = {}

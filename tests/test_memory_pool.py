@@ -176,6 +176,21 @@ def test_trimming_makes_room_for_a_different_size_class() -> None:
         assert pool.held_bytes == 0
 
 
+def test_an_explicit_size_class_lets_different_sizes_share_one_block() -> None:
+    with MemoryPool(4 * MiB) as pool:
+        # without a class, a layer (3 MiB) and a head slice (2 MiB) evict each other in this budget
+        specs = {"layer": 3 * MiB, "head slice": 2 * MiB}
+        for label in ["layer", "head slice", "layer", "head slice"]:
+            with pool.allocate_many([(specs[label], np.uint8)], label=label,
+                                    size_class=3 * MiB) as buf:
+                assert buf.block_bytes == 3 * MiB and buf.nbytes == specs[label]
+                assert pool.in_use_bytes == 3 * MiB  # counted for the whole class
+        s = pool.stats()
+        assert (s.fresh_blocks, s.reuses, s.unmapped_blocks) == (1, 3, 0)
+        with pytest.raises(ValueError, match="smaller than"):
+            pool.allocate_many([(3 * MiB, np.uint8)], size_class=2 * MiB)
+
+
 def test_trim_keeps_requested_bytes_and_frees_oldest_first() -> None:
     with MemoryPool(None) as pool:
         for size in (MiB, 2 * MiB, 3 * MiB):

@@ -15,7 +15,9 @@ pool causes. A fresh block counts in full from the moment it is mapped, even bef
 touched. Requests are rounded up to whole pages (:func:`block_bytes`): that rounding is the size-class
 scheme. Blocks of the same class are reused exactly (a transformer's layers repeat the same tensor
 sizes); the pool never hands out a larger cached block for a smaller request, so ``in use`` is the sum
-of page-rounded requests. :meth:`MemoryPool.allocate_many` packs several arrays into one block at
+of page-rounded requests. A caller that wants buffers of different sizes to share blocks asks for one
+class explicitly (``allocate_many(..., size_class=...)``) and is counted for the whole class.
+:meth:`MemoryPool.allocate_many` packs several arrays into one block at
 64-byte aligned offsets, which keeps rounding to less than a page per group.
 
 Raise or wait
@@ -389,16 +391,26 @@ class MemoryPool:
         label: str = "",
         wait: bool = False,
         timeout: float | None = None,
+        size_class: int | None = None,
     ) -> PoolBuffer:
         """Several arrays in one block (e.g. all tensors of a layer group), as ``PoolBuffer.arrays``.
 
         Each array starts at a 64-byte aligned offset (:func:`pack_offsets`); all are released
-        together. Budget behaviour as in :meth:`allocate`.
+        together. Budget behaviour as in :meth:`allocate`. ``size_class`` (bytes, at least the packed
+        total) makes the block that large instead, and counts it in full: buffers of different sizes
+        that share a class reuse each other's blocks instead of mapping (and faulting in) new ones.
         """
         if not specs:
             raise ValueError("allocate_many needs at least one (shape, dtype)")
         offsets, total, parsed = _pack(specs)
-        block, serial = self._acquire(block_bytes(total), label, wait, timeout)
+        size = block_bytes(total)
+        if size_class is not None:
+            if size_class < total:
+                raise ValueError(
+                    f"size_class {size_class} is smaller than the {total} bytes of {label!r}"
+                )
+            size = block_bytes(size_class)
+        block, serial = self._acquire(size, label, wait, timeout)
         data = block.data
         assert data is not None
         arrays = tuple(
