@@ -45,6 +45,8 @@ from edgert_core.plan import (
     make_plan,
     minimum_budget,
     predict_peak,
+    resident_prefix,
+    streaming_rank,
     validate_plan,
 )
 from edgert_core.planner import AUTO, all_plans, choose_auto, plan_with
@@ -115,6 +117,8 @@ __all__ = [
     "plan_with",
     "predict_peak",
     "pull",
+    "resident_prefix",
+    "streaming_rank",
     "synthetic_layout",
     "validate_plan",
 ]

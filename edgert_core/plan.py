@@ -205,6 +205,21 @@ def make_plan(
     )
 
 
+def resident_prefix(k: int) -> list[LayerGroup]:
+    """Layers ``0..k-1`` as one resident group (none when ``k`` is 0)."""
+    return [LayerGroup(tuple(range(k)), resident=True)] if k else []
+
+
+def streaming_rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[int, int, int]:
+    """A key for choosing among candidate plans: fewest streamed bytes per token, then fewest
+    loads, then the lowest peak."""
+    return (
+        plan.streamed_bytes_per_token(layout),
+        plan.loads_per_token(layout),
+        plan.predicted_peak_bytes,
+    )
+
+
 def largest_fitting(n: int, fits: Callable[[int], bool]) -> int | None:
     """The largest ``k`` in ``0..n`` with ``fits(k)``, for a ``fits`` that holds up to some ``k``
     and fails after it (bisection); ``None`` if ``fits(0)`` fails."""

@@ -42,6 +42,8 @@ from edgert_core import (
     largest_fitting,
     make_plan,
     minimum_budget,
+    resident_prefix,
+    streaming_rank,
 )
 
 __all__ = ["GreedyGroupingStrategy", "edgert_register_strategies"]
@@ -75,7 +77,7 @@ class GreedyGroupingStrategy(PartitionStrategy):
                 "--max-context.",
                 minimum_bytes=minimum,
             )
-        return min(candidates, key=lambda p: rank(p, layout))
+        return min(candidates, key=lambda p: streaming_rank(p, layout))
 
     def _largest_prefix(
         self, layout: ModelLayout, ctx: PlanningContext, head_resident: bool, budget: int
@@ -96,7 +98,7 @@ class GreedyGroupingStrategy(PartitionStrategy):
         """Layers ``0..k-1`` resident, the others streamed one by one, the head (if streamed) in
         the core's default slices: the lowest peak with this resident part."""
         n = len(layout.layers)
-        groups = prefix_group(k) + [LayerGroup((i,)) for i in range(k, n)]
+        groups = resident_prefix(k) + [LayerGroup((i,)) for i in range(k, n)]
         return make_plan(self.name, layout, ctx, groups, head_resident=head_resident)
 
     def _grouped(
@@ -123,27 +125,13 @@ class GreedyGroupingStrategy(PartitionStrategy):
             self.name,
             layout,
             ctx,
-            prefix_group(k) + streamed,
+            resident_prefix(k) + streamed,
             head_resident=head_resident,
             head_slice_bytes=slice_bytes,
         )
         if plan.predicted_peak_bytes > budget:  # cannot happen by the rule above; stay safe
             return self._tightest(layout, ctx, k, head_resident)
         return plan
-
-
-def prefix_group(k: int) -> list[LayerGroup]:
-    """Layers ``0..k-1`` as one resident group (none when ``k`` is 0)."""
-    return [LayerGroup(tuple(range(k)), resident=True)] if k else []
-
-
-def rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[int, int, int]:
-    """Fewest streamed bytes per token, then fewest loads, then the lowest peak."""
-    return (
-        plan.streamed_bytes_per_token(layout),
-        plan.loads_per_token(layout),
-        plan.predicted_peak_bytes,
-    )
 
 
 @hookimpl

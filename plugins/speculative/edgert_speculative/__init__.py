@@ -44,6 +44,8 @@ from edgert_core import (
     largest_fitting,
     make_plan,
     minimum_budget,
+    resident_prefix,
+    streaming_rank,
 )
 
 __all__ = ["SpeculativePrefetchStrategy", "edgert_register_strategies", "prefetch_minimum"]
@@ -81,7 +83,7 @@ class SpeculativePrefetchStrategy(PartitionStrategy):
             k = self._largest_prefix(layout, ctx, head_resident, budget)
             if k is not None:
                 candidates.append(pipeline(layout, ctx, k, head_resident, budget))
-        return min(candidates, key=lambda p: rank(p, layout))
+        return min(candidates, key=lambda p: streaming_rank(p, layout))
 
     @staticmethod
     def _largest_prefix(
@@ -104,7 +106,7 @@ def tightest(
 ) -> ExecutionPlan:
     """Layers ``0..k-1`` resident, the others one per prefetched stage, the head (if streamed) in
     the core's default slices: the lowest prefetching peak with this resident part."""
-    groups = prefix_group(k) + [LayerGroup((i,)) for i in range(k, len(layout.layers))]
+    groups = resident_prefix(k) + [LayerGroup((i,)) for i in range(k, len(layout.layers))]
     return make_plan(NAME, layout, ctx, groups, prefetch=True, head_resident=head_resident)
 
 
@@ -147,7 +149,7 @@ def pipeline(
     if current:
         stages.append(current)
 
-    groups = prefix_group(k) + [LayerGroup(tuple(s)) for s in stages]
+    groups = resident_prefix(k) + [LayerGroup(tuple(s)) for s in stages]
     plan = make_plan(
         NAME,
         layout,
@@ -177,20 +179,6 @@ def fits_beside(size: int, before: int, after: int, half: int, window: int) -> b
     """Whether a stage of ``size`` bytes keeps to half the window and fits beside both
     neighbours."""
     return size <= half and before + size <= window and size + after <= window
-
-
-def prefix_group(k: int) -> list[LayerGroup]:
-    """Layers ``0..k-1`` as one resident group (none when ``k`` is 0)."""
-    return [LayerGroup(tuple(range(k)), resident=True)] if k else []
-
-
-def rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[int, int, int]:
-    """Fewest streamed bytes per token, then fewest loads, then the lowest peak."""
-    return (
-        plan.streamed_bytes_per_token(layout),
-        plan.loads_per_token(layout),
-        plan.predicted_peak_bytes,
-    )
 
 
 @hookimpl
