@@ -2,8 +2,11 @@
 process, so that its peak memory, read from the OS, is its own.
 
 The sweep always starts with a baseline row, the same backend with no budget, so that every other
-row's speed is a ratio against a run made on the same machine by the same command. This module runs
-subprocesses and turns their JSON into rows; it does no printing (the CLI does).
+row's speed is a ratio against a run made on the same machine by the same command. With
+``repeat > 1`` the whole sweep runs that many rounds, configurations interleaved, so that a noisy
+spell on a shared machine slows every configuration alike; each row is then the run with the median
+decode speed, with the highest peak of its rounds (the budget must hold in every round). This module
+runs subprocesses and turns their JSON into rows; it does no printing (the CLI does).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgert_core.budget import MemoryBudget
@@ -57,6 +60,9 @@ class BenchResult:
     speed_vs_baseline: float | None = None
     generated_ids: list[int] = field(default_factory=list)
     error: str | None = None
+    runs: int = 1
+    decode_tokens_per_s_runs: list[float] = field(default_factory=list)
+    outputs_agree: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,32 +130,70 @@ def run_sweep(
     model: str,
     run_options: Sequence[str],
     *,
+    repeat: int = 1,
     on_progress: Callable[[int, int, BenchConfig, BenchResult | None], None] | None = None,
     timeout: float = 1800.0,
 ) -> list[BenchResult]:
-    """Run every configuration in its own process; ``on_progress(i, n, config, result)`` is called
-    before (``result=None``) and after each one."""
-    results: list[BenchResult] = []
-    for i, config in enumerate(configs, 1):
-        if on_progress:
-            on_progress(i, len(configs), config, None)
-        try:
-            proc = subprocess.run(
-                run_args(config, model, run_options),
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-            result = parse_run(config, proc.returncode, proc.stdout, proc.stderr)
-        except subprocess.TimeoutExpired:
-            result = BenchResult(config.strategy, config.budget, None, error=f"timed out after {timeout}s")
-        results.append(result)
-        if on_progress:
-            on_progress(i, len(configs), config, result)
+    """Run every configuration in its own process, ``repeat`` rounds of the whole sweep, and return
+    one row per configuration (see :func:`combine`); ``on_progress(i, n, config, result)`` is called
+    before (``result=None``) and after each process, ``i`` counting from 1 to ``n`` over all rounds."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    runs: list[list[BenchResult]] = [[] for _ in configs]
+    total = len(configs) * repeat
+    i = 0
+    for _ in range(repeat):
+        for k, config in enumerate(configs):
+            i += 1
+            if on_progress:
+                on_progress(i, total, config, None)
+            result = _run_one(config, model, run_options, timeout)
+            runs[k].append(result)
+            if on_progress:
+                on_progress(i, total, config, result)
+    results = [combine(r) for r in runs]
     _add_ratios(results)
     return results
+
+
+def _run_one(config: BenchConfig, model: str, run_options: Sequence[str], timeout: float) -> BenchResult:
+    try:
+        proc = subprocess.run(
+            run_args(config, model, run_options),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return BenchResult(config.strategy, config.budget, None, error=f"timed out after {timeout}s")
+    return parse_run(config, proc.returncode, proc.stdout, proc.stderr)
+
+
+def combine(runs: Sequence[BenchResult]) -> BenchResult:
+    """One row from a configuration's rounds: the run with the median decode speed (the lower of
+    the middle two for an even count), with the highest peak RSS of all rounds, ``within_budget``
+    only if every round stayed within it, every round's speed, and whether all rounds generated the
+    same tokens. A failed round makes the row a failure (its error)."""
+    if not runs:
+        raise ValueError("combine needs at least one run")
+    failed = next((r for r in runs if r.error is not None), None)
+    if failed is not None:
+        row = replace(failed)
+    else:
+        ordered = sorted(runs, key=lambda r: r.decode_tokens_per_s or 0.0)
+        row = replace(ordered[(len(ordered) - 1) // 2])
+        worst = max(runs, key=lambda r: r.peak_over_baseline_bytes or 0)
+        row.peak_rss_bytes = worst.peak_rss_bytes
+        row.baseline_rss_bytes = worst.baseline_rss_bytes
+        row.peak_over_baseline_bytes = worst.peak_over_baseline_bytes
+        if row.budget_bytes is not None:
+            row.within_budget = all(r.within_budget for r in runs)
+    row.runs = len(runs)
+    row.decode_tokens_per_s_runs = [r.decode_tokens_per_s or 0.0 for r in runs if r.error is None]
+    row.outputs_agree = len({tuple(r.generated_ids) for r in runs if r.error is None}) <= 1
+    return row
 
 
 def _add_ratios(results: list[BenchResult]) -> None:
@@ -163,23 +207,31 @@ def _add_ratios(results: list[BenchResult]) -> None:
 
 def summarize(results: Sequence[BenchResult]) -> dict[str, Any]:
     """Fastest and most memory-efficient configurations, the prefetch-vs-sequential ratio at each
-    budget, whether every run stayed within its budget, and whether all outputs agree."""
+    budget (of the rows' median speeds, and round by round when there are several rounds), whether
+    every run stayed within its budget, and whether all outputs agree."""
     ok = [r for r in results if r.error is None and r.budget is not None]
     fastest = max(ok, key=lambda r: r.decode_tokens_per_s or 0.0, default=None)
     leanest = min(ok, key=lambda r: r.peak_over_baseline_bytes or 2**62, default=None)
     prefetch_gain: dict[str, float] = {}
+    per_round: dict[str, list[float]] = {}
     for budget in dict.fromkeys(r.budget for r in ok):
         by = {r.strategy: r for r in ok if r.budget == budget}
         spec, seq = by.get("speculative-prefetch"), by.get("sequential")
         if spec and seq and spec.decode_tokens_per_s and seq.decode_tokens_per_s:
             prefetch_gain[str(budget)] = spec.decode_tokens_per_s / seq.decode_tokens_per_s
+            pairs = zip(spec.decode_tokens_per_s_runs, seq.decode_tokens_per_s_runs, strict=False)
+            if spec.runs > 1 and len(spec.decode_tokens_per_s_runs) == len(seq.decode_tokens_per_s_runs):
+                per_round[str(budget)] = [a / b for a, b in pairs if b > 0]
     outputs = {tuple(r.generated_ids) for r in results if r.error is None}
+    agree = all(r.outputs_agree for r in results)
     return {
         "fastest": None if fastest is None else fastest.strategy + " @ " + str(fastest.budget),
         "most_memory_efficient": None if leanest is None else leanest.strategy + " @ " + str(leanest.budget),
         "speculative_vs_sequential": prefetch_gain,
+        "speculative_vs_sequential_by_round": per_round,
         "all_within_budget": all(r.within_budget for r in ok) if ok else None,
-        "identical_outputs": len(outputs) <= 1,
+        "identical_outputs": len(outputs) <= 1 and agree,
+        "rounds": max((r.runs for r in results), default=0),
         "failed": [f"{r.strategy} @ {r.budget}: {r.error}" for r in results if r.error],
     }
 
@@ -201,6 +253,7 @@ CSV_FIELDS = [
     "decode_tokens_per_s",
     "prefill_tokens_per_s",
     "speed_vs_baseline",
+    "runs",
     "error",
 ]
 

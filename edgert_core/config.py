@@ -35,6 +35,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "prefill_chunk": ((int,), "prompt tokens per prefill chunk"),
     "sweep_memory": ((list,), 'benchmark budgets, e.g. ["64M", "1G"]'),
     "strategies": ((list,), "benchmark strategies"),
+    "repeat": ((int,), "benchmark rounds (each row is its median run)"),
     "prompt": ((str,), "default prompt"),
 }
 

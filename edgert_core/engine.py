@@ -481,14 +481,19 @@ def _limit_blas_threads(threads: int) -> Callable[[], None] | None:
     return restore
 
 
-def _warm_up_blas() -> None:
-    """One small matrix product and one matrix-vector product, so the BLAS library maps and touches
-    its per-thread work buffers (about 1 MiB, once per process, whatever the model) before the
-    baseline RSS is taken: that is library start-up, like importing numpy, not memory of this run."""
+def _warm_up_libraries() -> None:
+    """Library start-up that a run would otherwise do after the baseline RSS is taken, done before
+    it: that is start-up, like importing numpy, not memory of this run.
+
+    - One small matrix product and one matrix-vector product, so the BLAS library maps and touches
+      its per-thread work buffers (about 1 MiB, once per process, whatever the model).
+    - ``numpy.random``, which numpy imports on first use and sampling uses (about 2 MiB of
+      extension modules)."""
     a = np.ones((8, 64), dtype=np.float32)
     w = np.ones((256, 64), dtype=np.float32)
     _ = a @ w.T
     _ = w @ a[0]
+    importlib.import_module("numpy.random")
 
 
 # -- the three states -------------------------------------------------------------------------------
@@ -579,7 +584,7 @@ class ReadyEngine(_Step):
         self.weight_cache_path: str | None = None
 
         release_freed_memory_promptly()  # numpy temporaries go back to the OS when freed
-        _warm_up_blas()
+        _warm_up_libraries()
         self.baseline_rss_bytes = current_rss_bytes()  # just before the first weight is read
         self.peak_scope = "window" if reset_peak_rss() else "process"
         self.pool = MemoryPool(self.context.budget_bytes, poison=poison)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
+import model_helpers as mh
 import pytest
 
 from edgert_core.benchmark import (
     BenchConfig,
     _add_ratios,
+    combine,
     parse_run,
     run_args,
     summarize,
@@ -95,3 +102,79 @@ def test_ratios_and_summary() -> None:
     spec.generated_ids = [6]
     assert summarize(rows)["identical_outputs"] is False
     assert to_csv(rows).splitlines()[0].startswith("strategy,budget,budget_bytes")
+
+
+def _run(tps: float, over_mib: int, ids: list[int], budget: str = "128M",
+         strategy: str = "sequential") -> object:
+    return parse_run(BenchConfig(strategy, budget), 0,
+                     _report(tps, (30 + over_mib) * 2**20, 30 * 2**20, ids, strategy=strategy), "")
+
+
+def test_combine_takes_the_median_run_and_the_worst_peak() -> None:
+    runs = [_run(9.0, 60, [1]), _run(12.0, 70, [1]), _run(10.0, 130, [1])]
+    row = combine(runs)  # type: ignore[arg-type]
+    assert row.decode_tokens_per_s == 10.0  # the median run's speed, not the mean or the best
+    assert row.peak_over_baseline_bytes == 130 * 2**20  # the highest peak of the three rounds
+    assert row.within_budget is False  # one round went over 128 MiB
+    assert row.runs == 3 and row.decode_tokens_per_s_runs == [9.0, 12.0, 10.0]
+    assert row.outputs_agree is True
+    two = combine([_run(8.0, 10, [1]), _run(12.0, 20, [2])])  # type: ignore[list-item]
+    assert two.decode_tokens_per_s == 8.0  # the lower of the middle two
+    assert two.outputs_agree is False
+    assert two.within_budget is True
+
+
+def test_combine_a_failed_round_fails_the_row() -> None:
+    bad = parse_run(BenchConfig("sequential", "128M"), 2, "", "error: out of memory")
+    row = combine([_run(9.0, 60, [1]), bad])  # type: ignore[list-item]
+    assert row.error is not None and "out of memory" in row.error
+
+
+def test_summary_ratios_round_by_round() -> None:
+    seq = combine([_run(10.0, 20, [5]), _run(8.0, 20, [5])])  # type: ignore[list-item]
+    spec = combine([_run(13.0, 90, [5], strategy="speculative-prefetch"),  # type: ignore[list-item]
+                    _run(12.0, 90, [5], strategy="speculative-prefetch")])
+    summary = summarize([seq, spec])
+    assert summary["speculative_vs_sequential"] == {"128M": pytest.approx(12.0 / 8.0)}
+    assert summary["speculative_vs_sequential_by_round"] == {
+        "128M": [pytest.approx(1.3), pytest.approx(1.5)]
+    }
+    assert summary["rounds"] == 2
+
+
+def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
+    """``edge-rt benchmark`` on a tiny model: every configuration runs in its own process, twice;
+    the JSON rows carry OS-measured peaks; the CSV has one line per configuration."""
+    out_csv = tmp_path / "sweep.csv"
+    cmd = [sys.executable, "-m", "edgert_core", "benchmark", "--model", str(mh.fixture("tiny_llama")),
+           "--backend", "numpy", "--sweep-memory", "2M,8M", "--strategies", "sequential,speculative-prefetch",
+           "--max-tokens", "4", "--max-context", "64", "--repeat", "2", "--json", "--csv", str(out_csv)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = data["rows"]
+    assert [(r["strategy"], r["budget"]) for r in rows] == [
+        ("resident", None), ("sequential", "2M"), ("speculative-prefetch", "2M"),
+        ("sequential", "8M"), ("speculative-prefetch", "8M"),
+    ]
+    for row in rows:
+        assert row["error"] is None and row["runs"] == 2
+        assert len(row["decode_tokens_per_s_runs"]) == 2
+        assert row["peak_rss_bytes"] > row["baseline_rss_bytes"] > 0
+        if row["budget"] is not None:
+            assert row["within_budget"] is True
+    assert data["summary"]["identical_outputs"] is True
+    assert data["summary"]["rounds"] == 2
+    assert set(data["summary"]["speculative_vs_sequential_by_round"]) == {"2M", "8M"}
+    assert "[10/10]" in proc.stderr  # progress counts every process of both rounds
+    table = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert len(table) == 5 and table[1]["strategy"] == "sequential" and table[1]["runs"] == "2"
+
+
+def test_benchmark_repeat_zero_in_a_preset_is_one_clear_error(tmp_path: Path) -> None:
+    preset = tmp_path / "bench.toml"
+    preset.write_text("repeat = 0\n")
+    proc = subprocess.run([sys.executable, "-m", "edgert_core", "benchmark", "-c", str(preset)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "repeat must be at least 1" in proc.stderr

@@ -18,6 +18,7 @@ from edgert_core.benchmark import (
 )
 from edgert_core.budget import format_bytes
 from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json
+from edgert_core.errors import ConfigError
 from edgert_core.plan import DEFAULT_MAX_CONTEXT
 
 DEFAULT_SWEEP = "64M,128M,256M,1G"
@@ -47,6 +48,10 @@ def benchmark_command(
         DEFAULT_MAX_CONTEXT, "--max-context", help="Tokens of context (sizes the KV cache)."
     ),
     threads: int | None = typer.Option(None, "--threads", help="Compute threads; none: backend default."),
+    repeat: int = typer.Option(
+        1, "--repeat", "-r", min=1,
+        help="Rounds of the whole sweep, interleaved; each row is its median run (for noisy machines).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print rows and summary as one JSON object."),
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the table to this CSV file."),
     plot_path: Path | None = typer.Option(
@@ -67,8 +72,11 @@ def benchmark_command(
             "prompt": prompt,
             "max_context": max_context,
             "threads": threads,
+            "repeat": repeat,
         },
     )
+    if int(values["repeat"]) < 1:
+        raise ConfigError(f"repeat must be at least 1, got {values['repeat']}.")
     configs = sweep_configs(_split(values["sweep_memory"]), _split(values["strategies"]))
     options = [
         "--prompt", str(values["prompt"]),
@@ -89,7 +97,8 @@ def benchmark_command(
         else:
             typer.echo(f"[{i}/{n}] {cfg.label}: {result.decode_tokens_per_s or 0:.1f} tok/s", err=True)
 
-    results = run_sweep(configs, str(values["model"]), options, on_progress=progress)
+    results = run_sweep(configs, str(values["model"]), options, repeat=int(values["repeat"]),
+                        on_progress=progress)
     summary = summarize(results)
     if csv_path is not None:
         csv_path.write_text(to_csv(results), encoding="utf-8")
@@ -128,9 +137,15 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
     typer.echo("")
     typer.echo(f"fastest: {summary['fastest']}")
     typer.echo(f"most memory-efficient: {summary['most_memory_efficient']}")
+    rounds = summary["speculative_vs_sequential_by_round"]
     for budget, ratio in summary["speculative_vs_sequential"].items():
-        typer.echo(f"speculative-prefetch / sequential at {budget}: {ratio:.2f}x")
+        by_round = rounds.get(budget)
+        detail = "" if not by_round else " (round by round: " + ", ".join(f"{r:.2f}" for r in by_round) + ")"
+        typer.echo(f"speculative-prefetch / sequential at {budget}: {ratio:.2f}x{detail}")
     typer.echo(f"peak RSS over baseline within budget for every run: {summary['all_within_budget']}")
     typer.echo(f"identical generated tokens across runs: {summary['identical_outputs']}")
+    if summary["rounds"] > 1:
+        typer.echo(f"({summary['rounds']} rounds: each row is its configuration's median-speed run, "
+                   "with the highest peak of its rounds)")
     if results and results[0].budget_bytes is None and results[0].peak_rss_bytes:
         typer.echo(f"(baseline: no budget, peak RSS {format_bytes(results[0].peak_rss_bytes)})")
