@@ -741,8 +741,10 @@ class ReadyEngine(_Step):
         """The KV cache, the loader's scratch, resident weights, and the activations' accounting
         block sized so the pool's peak equals the plan's predicted peak."""
         kv_shape = KVCache.shape(self.config, self.max_context)
+        # no huge pages: the cache is written a position at a time, and its RSS should grow with the
+        # tokens cached, not jump to the whole cache on the first token
         self._kv_buffer = self.pool.allocate_many([(kv_shape, np.float32), (kv_shape, np.float32)],
-                                                  label="KV cache")
+                                                  label="KV cache", hugepages=False)
         k, v = self._kv_buffer.arrays
         self.cache = KVCache(self.config, self.max_context, (k, v))
         del k, v

@@ -24,6 +24,21 @@ def fixture(name: str) -> Path:
     return FIXTURES / name
 
 
+def vm_flags(address: int) -> list[str]:
+    """The kernel's ``VmFlags`` of the mapping holding ``address`` in this process
+    (``/proc/self/smaps``; ``hg``: advised for transparent huge pages)."""
+    inside = False
+    with open("/proc/self/smaps", encoding="ascii") as smaps:
+        for line in smaps:
+            parts = line.split()
+            if parts and "-" in parts[0] and not parts[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                inside = lo <= address < hi
+            elif inside and parts and parts[0] == "VmFlags:":
+                return parts[1:]
+    raise LookupError(f"no mapping holds address {address:#x}")
+
+
 def reference(name: str) -> tuple[dict[str, Any], NDArray[np.float32] | None]:
     """The recorded transformers outputs of a fixture model: metadata and ``[T, vocab]`` logits."""
     meta = json.loads((REFERENCE / f"{name}.json").read_text())

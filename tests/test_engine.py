@@ -199,15 +199,32 @@ def test_no_rss_growth_over_a_long_run(q8_gguf: Path, cache_dir: Path) -> None:
     model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
                        max_context=600, notify=None)
     rss: list[int] = []
+    mapped: list[int] = []
     for i, _ in enumerate(model.engine.generate([5, 6, 7], max_tokens=500)):  # no stop ids
         if i in (50, 499):
             rss.append(current_rss_bytes())
+            mapped.append(model.engine.pool.stats().fresh_blocks)
     assert len(rss) == 2
+    assert mapped[0] == mapped[1], "decode mapped new pool blocks instead of reusing its own"
     kv_growth = model.engine.cache.nbytes * 450 // 600  # cache pages touched by the later tokens
     assert rss[1] - rss[0] <= kv_growth + 512 * 1024, (rss, kv_growth)
     engine = model.engine
     model.close()
     assert engine.pool.held_bytes == 0
+
+
+def test_kv_cache_is_not_advised_for_huge_pages(q8_gguf: Path, cache_dir: Path) -> None:
+    """The KV cache is written a position at a time: its mapping carries no huge-page advice, so its
+    RSS grows with the tokens cached (with it, a kernel granting huge pages would make the whole
+    cache resident at the first token)."""
+    from edgert_core.memory.pool import HUGEPAGE_MIN_BYTES
+
+    model = load_model(q8_gguf, backend="numpy", memory_budget=64 * 2**20, strategy="sequential",
+                       max_context=16384, notify=None)
+    engine = model.engine
+    assert engine.cache.nbytes >= 2 * HUGEPAGE_MIN_BYTES  # large enough to have been advised
+    assert "hg" not in mh.vm_flags(engine.cache.k.ctypes.data)
+    model.close()
 
 
 def test_run_json_reports_the_engine(q8_gguf: Path, cache_dir: Path) -> None:

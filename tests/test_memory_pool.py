@@ -24,6 +24,7 @@ from edgert_core.memory import (
     current_rss_bytes,
     pack_offsets,
 )
+from edgert_core.memory.pool import HUGEPAGE_MIN_BYTES
 
 MiB = 1024 * 1024
 JOIN_TIMEOUT = 10.0
@@ -149,6 +150,26 @@ def test_same_size_class_reuses_the_same_memory(pool: MemoryPool) -> None:
     with pool.allocate(PAGE_BYTES + 1) as buf:  # another class: a new block
         assert address(buf.array) != first
     assert pool.stats().fresh_blocks == 2
+
+
+def test_huge_page_advice_only_where_asked_and_blocks_reused_by_kind() -> None:
+    """Large blocks are advised for transparent huge pages (the kernel shows ``hg`` in the
+    mapping's VmFlags) unless the caller says ``hugepages=False``; a free block is handed out again
+    only to a request of the same kind."""
+    import model_helpers as mh
+
+    size = HUGEPAGE_MIN_BYTES
+    with MemoryPool(8 * size) as pool:
+        with pool.allocate(size) as weights:
+            weights_at = address(weights.array)
+            assert "hg" in mh.vm_flags(weights_at)
+        with pool.allocate_many([(size, np.uint8)], hugepages=False) as cache:
+            assert address(cache.arrays[0]) != weights_at  # not the advised block
+            assert "hg" not in mh.vm_flags(address(cache.arrays[0]))
+        with pool.allocate(size) as again:
+            assert address(again.array) == weights_at
+        with pool.allocate(PAGE_BYTES) as small:
+            assert "hg" not in mh.vm_flags(address(small.array))
 
 
 def test_cached_block_with_a_live_view_is_not_handed_out_again(pool: MemoryPool) -> None:

@@ -138,13 +138,14 @@ def _parse(shape: Shape, dtype: DTypeLike) -> _Spec:
 class _Block:
     """One anonymous mapping of ``nbytes`` (whole pages) and the uint8 array over all of it."""
 
-    __slots__ = ("data", "mapping", "nbytes", "serial")
+    __slots__ = ("data", "hugepages", "mapping", "nbytes", "serial")
 
-    def __init__(self, nbytes: int, serial: int) -> None:
+    def __init__(self, nbytes: int, serial: int, hugepages: bool = True) -> None:
         self.nbytes = nbytes
         self.serial = serial
+        self.hugepages = hugepages
         self.mapping: mmap.mmap = mmap.mmap(-1, nbytes)
-        if nbytes >= HUGEPAGE_MIN_BYTES and _MADV_HUGEPAGE is not None:
+        if hugepages and nbytes >= HUGEPAGE_MIN_BYTES and _MADV_HUGEPAGE is not None:
             # fewer TLB misses in matmuls over large weights, as numpy does for its own arrays
             with contextlib.suppress(OSError):
                 self.mapping.madvise(_MADV_HUGEPAGE)
@@ -392,6 +393,7 @@ class MemoryPool:
         wait: bool = False,
         timeout: float | None = None,
         size_class: int | None = None,
+        hugepages: bool = True,
     ) -> PoolBuffer:
         """Several arrays in one block (e.g. all tensors of a layer group), as ``PoolBuffer.arrays``.
 
@@ -399,6 +401,9 @@ class MemoryPool:
         together. Budget behaviour as in :meth:`allocate`. ``size_class`` (bytes, at least the packed
         total) makes the block that large instead, and counts it in full: buffers of different sizes
         that share a class reuse each other's blocks instead of mapping (and faulting in) new ones.
+        ``hugepages=False`` keeps the block off transparent huge pages (asked for blocks of at least
+        :data:`HUGEPAGE_MIN_BYTES` otherwise): for a buffer filled a little at a time, such as the KV
+        cache, whose RSS should grow with what is written rather than 2 MiB at a time.
         """
         if not specs:
             raise ValueError("allocate_many needs at least one (shape, dtype)")
@@ -410,7 +415,7 @@ class MemoryPool:
                     f"size_class {size_class} is smaller than the {total} bytes of {label!r}"
                 )
             size = block_bytes(size_class)
-        block, serial = self._acquire(size, label, wait, timeout)
+        block, serial = self._acquire(size, label, wait, timeout, hugepages)
         data = block.data
         assert data is not None
         arrays = tuple(
@@ -424,7 +429,7 @@ class MemoryPool:
         return buf
 
     def _acquire(
-        self, size: int, label: str, wait: bool, timeout: float | None
+        self, size: int, label: str, wait: bool, timeout: float | None, hugepages: bool = True
     ) -> tuple[_Block, int]:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -440,11 +445,11 @@ class MemoryPool:
                 )
             waited = False
             while True:
-                block = self._take_cached(size)
+                block = self._take_cached(size, hugepages)
                 if block is None and not self._fits(size) and self._trimming_helps(size):
                     self._make_room(size)
                 if block is None and self._fits(size):
-                    block = self._map(size, label)
+                    block = self._map(size, label, hugepages)
                 if block is not None:
                     break
                 if not wait:
@@ -470,13 +475,13 @@ class MemoryPool:
             self._peak = max(self._peak, self._held())
             return block, self._serial
 
-    def _take_cached(self, size: int) -> _Block | None:
+    def _take_cached(self, size: int, hugepages: bool = True) -> _Block | None:
         blocks = self._free.get(size)
         if not blocks:
             return None
         for i in range(len(blocks) - 1, -1, -1):  # most recently released first: warm pages
             block = blocks[i]
-            if block.live_views() == 0:
+            if block.live_views() == 0 and block.hugepages == hugepages:
                 del blocks[i]
                 del self._lru[block.serial]
                 self._cached -= size
@@ -484,10 +489,10 @@ class MemoryPool:
                 return block
         return None
 
-    def _map(self, size: int, label: str) -> _Block:
+    def _map(self, size: int, label: str, hugepages: bool = True) -> _Block:
         self._serial += 1
         try:
-            block = _Block(size, self._serial)
+            block = _Block(size, self._serial, hugepages)
         except OSError as err:
             self._failures += 1
             raise MemoryPoolError(
