@@ -51,6 +51,7 @@ row chunk. All reads are positional reads (no mapping of the model file).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import threading
@@ -205,9 +206,14 @@ class Stage:
     pieces: tuple[Piece, ...]
     head: bool = False
 
-    @property
+    @functools.cached_property
+    def specs(self) -> tuple[tuple[int, type[np.uint8]], ...]:
+        """The pool specs of the stage's buffer: one byte array per piece (computed once)."""
+        return tuple((p.nbytes, np.uint8) for p in self.pieces)
+
+    @functools.cached_property
     def nbytes(self) -> int:
-        return pack_offsets([(p.nbytes, np.uint8) for p in self.pieces])[1]
+        return pack_offsets(self.specs)[1]
 
     @property
     def block_bytes(self) -> int:
@@ -246,6 +252,9 @@ class WeightReader:
         self.source: WeightSource = source
         self.scratch: PoolBuffer | None = None
         self._scratch_lock = threading.Lock()
+        # per-stage facts worked out on the first load, not on every one
+        self._infos: dict[Piece, TensorInfo] = {}
+        self._contiguous_stages: dict[tuple[Piece, ...], bool] = {}
 
     def needs_scratch(self) -> bool:
         return self.prepared is None and any(not f.identical for f in self.forms.values())
@@ -260,18 +269,26 @@ class WeightReader:
 
     def weight(self, piece: Piece, data: U8) -> Weight:
         """The :class:`Weight` over ``data`` (``uint8``, at least ``piece.nbytes``) once filled."""
-        info = self.model.info(piece.name)
-        if piece.rows is not None:
-            a, b = piece.rows
-            info = TensorInfo(f"{piece.name}[{a}:{b}]", (b - a, info.shape[1]), info.dtype,
-                              (b - a) * row_nbytes(info))
+        info = self._infos.get(piece)
+        if info is None:
+            info = self.model.info(piece.name)
+            if piece.rows is not None:
+                a, b = piece.rows
+                info = TensorInfo(f"{piece.name}[{a}:{b}]", (b - a, info.shape[1]), info.dtype,
+                                  (b - a) * row_nbytes(info))
+            self._infos[piece] = info
         arr = data[: piece.nbytes].view(piece.form.dtype).reshape(piece.shape)
         return Weight(info, arr)
 
-    def fill_stage(self, pieces: Sequence[Piece], buffer: PoolBuffer) -> dict[str, Weight]:
+    def fill_stage(self, pieces: tuple[Piece, ...], buffer: PoolBuffer) -> dict[str, Weight]:
         """Fill ``buffer`` (made by ``allocate_many`` of the pieces' bytes) with ``pieces``."""
         arrays = buffer.arrays
-        if self.prepared is not None and self._contiguous(pieces):
+        contiguous = self._contiguous_stages.get(pieces)
+        if contiguous is None:
+            contiguous = self._contiguous_stages[pieces] = (
+                self.prepared is not None and self._contiguous(pieces)
+            )
+        if self.prepared is not None and contiguous:
             first = self._cache_offset(pieces[0])
             self.prepared.read_into(first, buffer.nbytes, buffer.raw, what=pieces[0].name)
         else:
@@ -785,7 +802,7 @@ class ReadyEngine(_Step):
     # -- loading ----------------------------------------------------------------------------------
     def _load_stage(self, stage: Stage, background: bool) -> LoadedStage:
         buffer = self.pool.allocate_many(
-            [(p.nbytes, np.uint8) for p in stage.pieces], label=stage.label,
+            stage.specs, label=stage.label,
             wait=background, timeout=PREFETCH_TIMEOUT_S if background else None,
             size_class=self._stage_class if self._stage_class >= stage.block_bytes else None,
         )

@@ -202,7 +202,13 @@ class NumpyBackend(KernelBackend):
         if not all(a.flags.c_contiguous for a in arrays):
             return None
         rows = sum(a.shape[0] for a in arrays)
-        data = np.lib.stride_tricks.as_strided(arrays[0], shape=(rows, cols), strides=(cols * 4, 4))
+        base = arrays[0].base
+        if isinstance(base, np.ndarray) and base.ndim == 1 and base.dtype == np.uint8:
+            # the usual case, weights in one pool block: a plain slice of it (as_strided is slow)
+            start = arrays[0].ctypes.data - base.ctypes.data
+            data = base[start : start + rows * cols * 4].view(np.float32).reshape(rows, cols)
+        else:
+            data = np.lib.stride_tricks.as_strided(arrays[0], shape=(rows, cols), strides=(cols * 4, 4))
         name = "+".join(w.info.name for w in weights)
         return Weight(TensorInfo(name, (rows, cols), "F32", rows * cols * 4), data)
 

@@ -51,6 +51,7 @@ and released from any thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import mmap
@@ -113,6 +114,20 @@ _Spec: TypeAlias = tuple[tuple[int, ...], np.dtype[Any], int]  # shape, dtype, b
 
 
 def _pack(specs: Sequence[BufferSpec]) -> tuple[list[int], int, list[_Spec]]:
+    if isinstance(specs, tuple):  # the engine's fixed stage specs: worked out once
+        with contextlib.suppress(TypeError):  # unhashable specs are packed every time
+            offsets, end, parsed = _pack_fixed(specs)
+            return list(offsets), end, list(parsed)
+    return _pack_list(specs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pack_fixed(specs: tuple[BufferSpec, ...]) -> tuple[tuple[int, ...], int, tuple[_Spec, ...]]:
+    offsets, end, parsed = _pack_list(specs)
+    return tuple(offsets), end, tuple(parsed)
+
+
+def _pack_list(specs: Sequence[BufferSpec]) -> tuple[list[int], int, list[_Spec]]:
     offsets: list[int] = []
     parsed: list[_Spec] = []
     end = 0
