@@ -290,15 +290,16 @@ class Model:
         engine = self._engine if self._engine is not None else self.last_engine
         if engine is None:
             return {}
+        pool = engine.pool.stats()
         return {
             "weight_source": engine.weight_source,
             "weight_cache_path": engine.weight_cache_path,
             "weight_cache_built": engine.weight_cache_built,
             "activation_reserve_bytes": engine.activation_reserve_bytes,
-            "pool_held_bytes": engine.pool.held_bytes,
+            "pool_held_bytes": pool.held_bytes,
             "pool_closed": engine.pool.closed,
-            "pool_fresh_blocks": engine.pool.stats().fresh_blocks,
-            "pool_reuses": engine.pool.stats().reuses,
+            "pool_fresh_blocks": pool.fresh_blocks,
+            "pool_reuses": pool.reuses,
             "peak_scope": engine.peak_scope,
         }
 

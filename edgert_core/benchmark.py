@@ -219,9 +219,9 @@ def summarize(results: Sequence[BenchResult]) -> dict[str, Any]:
         spec, seq = by.get("speculative-prefetch"), by.get("sequential")
         if spec and seq and spec.decode_tokens_per_s and seq.decode_tokens_per_s:
             prefetch_gain[str(budget)] = spec.decode_tokens_per_s / seq.decode_tokens_per_s
-            pairs = zip(spec.decode_tokens_per_s_runs, seq.decode_tokens_per_s_runs, strict=False)
-            if spec.runs > 1 and len(spec.decode_tokens_per_s_runs) == len(seq.decode_tokens_per_s_runs):
-                per_round[str(budget)] = [a / b for a, b in pairs if b > 0]
+            spec_runs, seq_runs = spec.decode_tokens_per_s_runs, seq.decode_tokens_per_s_runs
+            if spec.runs > 1 and len(spec_runs) == len(seq_runs):
+                per_round[str(budget)] = [a / b for a, b in zip(spec_runs, seq_runs, strict=True) if b > 0]
     outputs = {tuple(r.generated_ids) for r in results if r.error is None}
     agree = all(r.outputs_agree for r in results)
     return {

@@ -285,10 +285,9 @@ class WeightReader:
         arrays = buffer.arrays
         contiguous = self._contiguous_stages.get(pieces)
         if contiguous is None:
-            contiguous = self._contiguous_stages[pieces] = (
-                self.prepared is not None and self._contiguous(pieces)
-            )
-        if self.prepared is not None and contiguous:
+            contiguous = self._contiguous_stages[pieces] = self._contiguous(pieces)
+        if contiguous:
+            assert self.prepared is not None
             first = self._cache_offset(pieces[0])
             self.prepared.read_into(first, buffer.nbytes, buffer.raw, what=pieces[0].name)
         else:
@@ -302,6 +301,10 @@ class WeightReader:
         return entry.offset + (0 if piece.rows is None else piece.rows[0] * piece.form.row_nbytes)
 
     def _contiguous(self, pieces: Sequence[Piece]) -> bool:
+        """Whether ``pieces`` lie in the prepared-weights file exactly as a pool buffer packs them
+        (then one read fills the whole buffer)."""
+        if self.prepared is None:
+            return False
         offsets, _ = pack_offsets([(p.nbytes, np.uint8) for p in pieces])
         first = self._cache_offset(pieces[0])
         return all(self._cache_offset(p) - first == off for p, off in zip(pieces, offsets, strict=True))

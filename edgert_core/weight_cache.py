@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgert_core.errors import ModelError
-from edgert_core.memory.pool import ALIGNMENT
+from edgert_core.memory.pool import align_up
 from edgert_core.memory.reader import FileRangeReader
 
 FORMAT_VERSION = 1
@@ -79,10 +79,6 @@ class PreparedEntry:
     nbytes: int
     dtype: str
     shape: tuple[int, ...]
-
-
-def aligned(n: int) -> int:
-    return -(-n // ALIGNMENT) * ALIGNMENT
 
 
 class PreparedWeights:
@@ -147,7 +143,7 @@ class PreparedWriter:
 
     def begin(self, name: str, nbytes: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
         self._finish()
-        start = aligned(self._pos)
+        start = align_up(self._pos)
         self._file.write(b"\0" * (start - self._pos))
         self._pos = start
         self._open = PreparedEntry(name, start, nbytes, dtype.str, shape)

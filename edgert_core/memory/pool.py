@@ -101,6 +101,12 @@ def block_bytes(nbytes: int) -> int:
     return max(PAGE_BYTES, -(-nbytes // PAGE_BYTES) * PAGE_BYTES)
 
 
+def align_up(nbytes: int) -> int:
+    """``nbytes`` rounded up to a multiple of :data:`ALIGNMENT` (where packed arrays start, in a pool
+    block and in a prepared-weights file alike)."""
+    return -(-nbytes // ALIGNMENT) * ALIGNMENT
+
+
 def pack_offsets(specs: Sequence[BufferSpec]) -> tuple[list[int], int]:
     """Byte offsets of ``specs`` packed one after another at :data:`ALIGNMENT`, and the total bytes.
 
@@ -133,7 +139,7 @@ def _pack_list(specs: Sequence[BufferSpec]) -> tuple[list[int], int, list[_Spec]
     end = 0
     for shape, dtype in specs:
         spec = _parse(shape, dtype)
-        start = -(-end // ALIGNMENT) * ALIGNMENT
+        start = align_up(end)
         offsets.append(start)
         parsed.append(spec)
         end = start + spec[2]
