@@ -23,6 +23,7 @@ from edgert_core.errors import (
 from edgert_core.generate import GenerationStats, SamplingParams
 from edgert_core.hookspecs import hookimpl
 from edgert_core.layout import (
+    BLOCK_PARTS,
     LayerInfo,
     ModelDims,
     ModelLayout,
@@ -33,6 +34,8 @@ from edgert_core.layout import (
 from edgert_core.loaders import ModelSource, ValidatedModel, open_model
 from edgert_core.monitors.base import Reading, SystemMonitor
 from edgert_core.plan import (
+    DEFAULT_STAGE_BYTES,
+    PREFETCH_DEPTH,
     ExecutionPlan,
     LayerGroup,
     PartitionStrategy,
@@ -41,11 +44,13 @@ from edgert_core.plan import (
     default_head_slice,
     estimated_seconds_per_token,
     fixed_bytes,
+    group_stages,
     largest_fitting,
     make_plan,
     minimum_budget,
     predict_peak,
     resident_prefix,
+    streamed_stages,
     streaming_rank,
     validate_plan,
 )
@@ -57,6 +62,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AUTO",
+    "BLOCK_PARTS",
+    "DEFAULT_STAGE_BYTES",
+    "PREFETCH_DEPTH",
     "BackendStatus",
     "BudgetError",
     "ChatSession",
@@ -105,6 +113,7 @@ __all__ = [
     "fixed_bytes",
     "format_bytes",
     "generation_report",
+    "group_stages",
     "hookimpl",
     "largest_fitting",
     "layout_from_dims",
@@ -118,6 +127,7 @@ __all__ = [
     "predict_peak",
     "pull",
     "resident_prefix",
+    "streamed_stages",
     "streaming_rank",
     "synthetic_layout",
     "validate_plan",

@@ -60,6 +60,8 @@ def compare_plans(
                 "streamed_bytes_per_token": None
                 if plan is None
                 else plan.streamed_bytes_per_token(layout),
+                "stages_per_token": None if plan is None else plan.loads_per_token(layout),
+                "stage_slots": None if plan is None else plan.stage_slots(layout),
                 "prefetch": None if plan is None else plan.prefetch,
                 "predicted_peak_bytes": None if plan is None else plan.predicted_peak_bytes,
             }

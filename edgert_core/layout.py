@@ -12,11 +12,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Literal
 
 Architecture = Literal["llama", "gpt2"]
 
 FP32_BYTES = 4
+
+#: A block's tensors in the order its forward pass uses them, in parts that run one after another
+#: with only the hidden state (and, from ``mlp_in`` to ``mlp_out``, the MLP's inner activation) carried
+#: between them, so a streamed layer can be loaded part by part. Names are without the layer prefix.
+BLOCK_PARTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "llama": (
+        ("attention", ("input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                       "self_attn.v_proj.weight", "self_attn.o_proj.weight")),
+        ("mlp_in", ("post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight")),
+        ("mlp_out", ("mlp.down_proj.weight",)),
+    ),
+    "gpt2": (
+        ("attention", ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                       "attn.c_proj.weight", "attn.c_proj.bias")),
+        ("mlp_in", ("ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias")),
+        ("mlp_out", ("mlp.c_proj.weight", "mlp.c_proj.bias")),
+    ),
+}
+
+
+def block_part(architecture: str, name: str) -> int:
+    """The index in :data:`BLOCK_PARTS` of the part that uses tensor ``name`` (a full name); a tensor
+    no part names goes with the first part."""
+    for index, (_, suffixes) in enumerate(BLOCK_PARTS[architecture]):
+        if any(name == s or name.endswith("." + s) for s in suffixes):
+            return index
+    return 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +81,13 @@ class LayerInfo:
     def weight_bytes(self) -> int:
         """Bytes in memory of all this layer's weights."""
         return sum(t.mem_bytes for t in self.tensors)
+
+    def part_bytes(self, architecture: str) -> tuple[int, ...]:
+        """Bytes in memory of each of the block's :data:`BLOCK_PARTS`, in order."""
+        sizes = [0] * len(BLOCK_PARTS[architecture])
+        for t in self.tensors:
+            sizes[block_part(architecture, t.name)] += t.mem_bytes
+        return tuple(sizes)
 
 
 @dataclass(frozen=True)
@@ -98,9 +133,14 @@ class ModelLayout:
         qkv = (d.n_heads + 2 * d.n_kv_heads) * d.head_dim
         return (3 * d.hidden + qkv + 2 * d.intermediate) * FP32_BYTES
 
-    @property
+    @cached_property
     def layer_bytes(self) -> tuple[int, ...]:
         return tuple(layer.weight_bytes for layer in self.layers)
+
+    @cached_property
+    def part_bytes(self) -> tuple[tuple[int, ...], ...]:
+        """Bytes in memory of each layer's :data:`BLOCK_PARTS`, layer by layer."""
+        return tuple(layer.part_bytes(self.dims.architecture) for layer in self.layers)
 
     @property
     def head_bytes(self) -> int:

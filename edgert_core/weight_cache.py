@@ -15,8 +15,9 @@ named by a hash of the model files' identity (path, size, mtime), the backend's 
 :data:`FORMAT_VERSION`. Layout: ``MAGIC``, the header's offset and length (two little-endian
 ``u64``), the tensors' bytes, then the header (JSON: per tensor its offset, bytes, numpy dtype and
 shape of the prepared array). Tensors follow each other at :data:`~edgert_core.memory.pool.ALIGNMENT`
-byte offsets in the engine's load order, so the tensors of consecutive layers lie exactly as
-:meth:`~edgert_core.memory.MemoryPool.allocate_many` packs them and a whole group is one read.
+byte offsets in the engine's load order (layer by layer, each layer block part by block part), so the
+tensors of consecutive parts and layers lie exactly as the engine packs a stage and a whole stage is
+one read. Version 2 changed that order from layer order to block-part order.
 
 The file is written to a temporary name in the same folder and renamed into place (atomic); the
 model file is only ever read. ``EDGERT_WEIGHT_CACHE=0`` (or ``load_model(weight_cache=False)``,
@@ -43,7 +44,7 @@ from edgert_core.errors import ModelError
 from edgert_core.memory.pool import align_up
 from edgert_core.memory.reader import FileRangeReader
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"EDGERTPW"
 _PREAMBLE = struct.Struct("<8sQQ")
 ENV_CACHE_DIR = "EDGERT_CACHE"

@@ -84,6 +84,8 @@ def test_inspect_plans_side_by_side_json() -> None:
     for row in report["planning"]["plans"]:
         if row["error"] is None:
             assert row["predicted_peak_bytes"] <= 64 * 1024**2
+            assert row["stage_slots"] == (3 if row["prefetch"] else 1)  # everything streams
+            assert row["stages_per_token"] >= row["n_groups"] - 1
     assert report["planning"]["auto"] in strategies
 
 

@@ -161,12 +161,12 @@ def test_a_prefetch_error_surfaces_and_the_thread_ends(q8_gguf: Path, cache_dir:
     calls = {"n": 0}
     original = engine.reader.fill_stage
 
-    def failing(pieces, buffer):  # type: ignore[no-untyped-def]
+    def failing(stage, raw):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 4:
             assert threading.current_thread().name.startswith("edgert-prefetch")
             raise ModelError("disk on fire")
-        return original(pieces, buffer)
+        return original(stage, raw)
 
     monkeypatch.setattr(engine.reader, "fill_stage", failing)
     with pytest.raises(ModelError, match="disk on fire"):

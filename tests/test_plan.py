@@ -5,17 +5,21 @@ from __future__ import annotations
 import pytest
 
 from edgert_core import (
+    BLOCK_PARTS,
+    PREFETCH_DEPTH,
     ExecutionPlan,
     LayerGroup,
     PlanningContext,
     PlanValidationError,
     fixed_bytes,
+    group_stages,
     make_plan,
     minimum_budget,
     predict_peak,
     synthetic_layout,
     validate_plan,
 )
+from edgert_core.plan import head_slices
 from edgert_core.testing import handmade_layout as handmade
 
 LAYERS = [100, 200, 300]
@@ -58,14 +62,25 @@ def test_streamed_one_by_one_peaks_at_the_largest_stage() -> None:
     assert plan.streamed_bytes_per_token(LAYOUT) == 850 and plan.resident_bytes(LAYOUT) == 0
 
 
-def test_prefetch_charges_two_consecutive_stages_with_wraparound() -> None:
+def test_prefetch_charges_a_slot_per_stage_in_flight() -> None:
     plan = make_plan("t", LAYOUT, CTX, SINGLES, prefetch=True)
-    # stages 100, 200, 300, head 250 -> pairs 300, 500, 550, and 250 + 100 across the wrap
-    assert plan.predicted_peak_bytes == FIXED + 550
+    # stages 100, 200, 300, head 250: the one computing and PREFETCH_DEPTH (2) ahead, each slot as
+    # large as the largest stage
+    assert PREFETCH_DEPTH == 2
+    assert plan.predicted_peak_bytes == FIXED + 3 * 300
+    assert plan.stage_slots(LAYOUT) == 3
     wrap = handmade([400, 10, 10], 50)
     peak = predict_peak(wrap, CTX, SINGLES, prefetch=True, head_resident=False,
                         head_slice_bytes=400)
-    assert peak == fixed_bytes(wrap, CTX) + 450  # head 50 then the next token's layer 0 (400)
+    assert peak == fixed_bytes(wrap, CTX) + 3 * 400
+
+
+def test_no_more_slots_than_streamed_stages() -> None:
+    two = make_plan("t", LAYOUT, CTX, [LayerGroup((0, 1), resident=True), LayerGroup((2,))],
+                    prefetch=True)
+    assert two.loads_per_token(LAYOUT) == 2 and two.stage_slots(LAYOUT) == 2
+    assert two.predicted_peak_bytes == FIXED + 300 + 2 * 300
+    assert make_plan("t", LAYOUT, CTX, SINGLES).stage_slots(LAYOUT) == 1  # no prefetch: one slot
 
 
 def test_head_slices_are_even_pieces() -> None:
@@ -73,10 +88,18 @@ def test_head_slices_are_even_pieces() -> None:
     everything = [LayerGroup((0, 1, 2), resident=True)]
     peak = predict_peak(LAYOUT, CTX, everything, prefetch=True, head_resident=False,
                         head_slice_bytes=100)
-    assert peak == FIXED + 600 + 84 + 83
+    assert peak == FIXED + 600 + 3 * 84
     peak = predict_peak(LAYOUT, CTX, everything, prefetch=False, head_resident=False,
                         head_slice_bytes=100)
     assert peak == FIXED + 600 + 84
+
+
+def test_head_slices_are_whole_rows() -> None:
+    # a slice is at least one row of the output projection: never more slices than rows
+    assert head_slices(250, 100, rows=32) == [84, 83, 83]
+    assert head_slices(3_200, 1, rows=32) == [100] * 32
+    assert head_slices(0, 1, rows=32) == []
+    assert len(head_slices(SMOL.head_bytes, 1, SMOL.dims.vocab)) == SMOL.dims.vocab
 
 
 def test_resident_groups_and_head_count_once() -> None:
@@ -118,6 +141,51 @@ def test_context_rejects_non_positive_sizes() -> None:
         PlanningContext(None, max_context=0)
     with pytest.raises(ValueError):
         PlanningContext(None, prefill_chunk=0)
+    with pytest.raises(ValueError):
+        PlanningContext(None, stage_bytes=0)
+
+
+# -- stages cut between block parts ---------------------------------------------------------------
+
+SMOL = synthetic_layout("smollm2-135m")
+MiB = 2**20
+
+
+def test_smollm2_block_parts_by_hand() -> None:
+    attention = 576 * 4 + (576 + 192 + 192) * 576 * 4 + 576 * 576 * 4
+    mlp_in = 576 * 4 + 2 * 1536 * 576 * 4
+    mlp_out = 576 * 1536 * 4
+    assert SMOL.layers[3].part_bytes("llama") == (attention, mlp_in, mlp_out)
+    assert sum((attention, mlp_in, mlp_out)) == SMOL.layer_bytes[3]
+    assert [name for name, _ in BLOCK_PARTS["llama"]] == ["attention", "mlp_in", "mlp_out"]
+    gpt2 = synthetic_layout("gpt2-small")
+    assert sum(gpt2.layers[0].part_bytes("gpt2")) == gpt2.layer_bytes[0]
+
+
+def test_group_stages_cut_between_parts() -> None:
+    # 4 MiB: each part of about 3.4, 6.8 and 3.4 MiB is a stage (the middle one above the size)
+    stages = group_stages(SMOL, (0, 1), 4 * MiB)
+    assert stages == [[(0, 0)], [(0, 1)], [(0, 2)], [(1, 0)], [(1, 1)], [(1, 2)]]
+    # 11 MiB: consecutive parts while they add up to at most that, across layers
+    assert group_stages(SMOL, (0, 1), 11 * MiB) == [[(0, 0), (0, 1)], [(0, 2), (1, 0)],
+                                                    [(1, 1), (1, 2)]]
+    assert group_stages(SMOL, (0, 1), 0) == [[(i, p) for i in (0, 1) for p in range(3)]]
+
+
+def test_stage_bytes_in_the_plan() -> None:
+    groups = [LayerGroup(tuple(range(30)))]
+    plan = make_plan("t", SMOL, PlanningContext(None), groups, prefetch=True, stage_bytes=4 * MiB)
+    parts = SMOL.layers[0].part_bytes("llama")
+    assert plan.stage_bytes == 4 * MiB and plan.head_slice_bytes == 4 * MiB  # the head's default
+    head_slices = -(-SMOL.head_bytes // (4 * MiB))
+    assert plan.loads_per_token(SMOL) == 30 * 3 + head_slices
+    fixed = fixed_bytes(SMOL, PlanningContext(None))
+    assert plan.predicted_peak_bytes == fixed + 3 * max(parts)
+    whole = make_plan("t", SMOL, PlanningContext(None), groups, prefetch=True)
+    assert whole.stage_bytes == 0 and whole.loads_per_token(SMOL) == 1 + -(-SMOL.head_bytes
+                                                                           // max(SMOL.layer_bytes))
+    with pytest.raises(ValueError, match="stage_bytes"):
+        make_plan("t", SMOL, PlanningContext(None), groups, stage_bytes=-1)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -156,6 +224,14 @@ def test_streamed_head_needs_a_positive_slice() -> None:
     plan = make_plan("t", LAYOUT, CTX, SINGLES)
     broken = ExecutionPlan("bad", plan.groups, False, False, 0, plan.predicted_peak_bytes)
     with pytest.raises(PlanValidationError, match="head_slice_bytes is not positive"):
+        validate_plan(broken, LAYOUT, CTX)
+
+
+def test_a_negative_stage_size_is_rejected() -> None:
+    plan = make_plan("t", LAYOUT, CTX, SINGLES)
+    broken = ExecutionPlan("bad", plan.groups, False, False, plan.head_slice_bytes,
+                           plan.predicted_peak_bytes, stage_bytes=-5)
+    with pytest.raises(PlanValidationError, match="stage_bytes is negative"):
         validate_plan(broken, LAYOUT, CTX)
 
 

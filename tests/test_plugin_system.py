@@ -20,6 +20,7 @@ import pytest
 
 import edgert_core
 from edgert_core import (
+    PREFETCH_DEPTH,
     ExecutionPlan,
     InfeasibleBudgetError,
     KernelBackend,
@@ -486,11 +487,13 @@ def test_auto_keeps_the_whole_model_resident_when_it_fits() -> None:
 
 def test_auto_prefers_prefetch_on_a_tight_budget() -> None:
     layout = synthetic_layout("smollm2-135m")
-    two_layers = fixed_bytes(layout, PlanningContext(None)) + 2 * layout.layer_bytes[0]
-    plan = plan_with(auto_registry(), "auto", layout, PlanningContext(two_layers))
+    # one layer computing and PREFETCH_DEPTH loading ahead
+    in_flight = (1 + PREFETCH_DEPTH) * layout.layer_bytes[0]
+    needed = fixed_bytes(layout, PlanningContext(None)) + in_flight
+    plan = plan_with(auto_registry(), "auto", layout, PlanningContext(needed))
     assert plan.strategy == "stream-prefetch" and plan.prefetch
-    # below two layers side by side only the plain stream fits
-    plan = plan_with(auto_registry(), "auto", layout, PlanningContext(two_layers - 1))
+    # below that only the plain stream fits
+    plan = plan_with(auto_registry(), "auto", layout, PlanningContext(needed - 1))
     assert plan.strategy == "stream" and not plan.prefetch
 
 

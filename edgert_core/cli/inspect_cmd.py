@@ -83,7 +83,8 @@ def _print_report(report: dict[str, Any]) -> None:
         f"{format_bytes(p['fixed_bytes'])}, minimum budget "
         f"{format_bytes(p['minimum_budget_bytes'])}"
     )
-    header = f"{'strategy':<22}{'groups':>7}{'resident':>13}{'streamed/tok':>14}{'prefetch':>9}"
+    header = (f"{'strategy':<22}{'groups':>7}{'resident':>13}{'streamed/tok':>14}"
+              f"{'stages/tok':>11}{'slots':>6}{'prefetch':>9}")
     typer.echo(header + f"{'peak':>13}")
     for row in p["plans"]:
         if row["error"]:
@@ -92,6 +93,7 @@ def _print_report(report: dict[str, Any]) -> None:
         typer.echo(
             f"{row['strategy']:<22}{row['n_groups']:>7}{format_bytes(row['resident_bytes']):>13}"
             f"{format_bytes(row['streamed_bytes_per_token']):>14}"
+            f"{row['stages_per_token']:>11}{row['stage_slots']:>6}"
             f"{'yes' if row['prefetch'] else 'no':>9}"
             f"{format_bytes(row['predicted_peak_bytes']):>13}"
         )

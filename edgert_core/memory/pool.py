@@ -25,14 +25,14 @@ Raise or wait
 When a request does not fit, the pool first unmaps cached blocks, least recently released first, if
 that makes room. If it still does not fit:
 
-* ``allocate(..., wait=False)`` (the default) raises :class:`MemoryPoolError` at once. The engine's
-  main thread uses this: a plan that fits its budget never needs to wait, so a failure means the plan
-  or the budget is wrong, and the message says what is held and what to do.
-* ``allocate(..., wait=True, timeout=...)`` blocks until other threads release enough. The prefetch
-  thread uses this: it may ask for the next stage a moment before the main thread releases the one
-  before. It raises at once when the request is larger than the whole budget (it can never fit), on
-  timeout, and when the pool is closed while it waits. It cannot see a deadlock where the waiting
-  thread itself holds what it waits for: pass a timeout.
+* ``allocate(..., wait=False)`` (the default) raises :class:`MemoryPoolError` at once. The engine
+  uses only this: it allocates all of a run's memory (stage slots included) when it gets ready, and a
+  plan that fits its budget never needs to wait, so a failure means the plan or the budget is wrong;
+  the message says what is held and what to do.
+* ``allocate(..., wait=True, timeout=...)`` blocks until other threads release enough, for callers
+  whose threads hand memory to each other. It raises at once when the request is larger than the
+  whole budget (it can never fit), on timeout, and when the pool is closed while it waits. It cannot
+  see a deadlock where the waiting thread itself holds what it waits for: pass a timeout.
 
 Views
 -----

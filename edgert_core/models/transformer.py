@@ -5,6 +5,7 @@
     x = model.embed(token_rows, position_rows)          # [T, hidden]
     for group in plan.groups:
         x = model.run_layers(weights_of(group), x, cache, start)
+        # or, part by part: state = model.run_parts([(weights, part), ...], state, cache, start)
     logits = model.head(x[-1:], final_norm, output_slices)   # [1, vocab]
 
 The weights of one call are whatever the caller prepared for it, so a caller may load a group's
@@ -24,6 +25,7 @@ from numpy.typing import NDArray
 
 from edgert_core.backends.base import Weight
 from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.layout import BLOCK_PARTS
 from edgert_core.models.config import ModelConfig, final_norm_names, layer_prefix
 from edgert_core.models.kv_cache import KVCache
 from edgert_core.models.rope import rope_tables
@@ -76,6 +78,15 @@ class LayerWeights:
         return cls(index, tensors, fused)
 
 
+@dataclass(frozen=True)
+class BlockState:
+    """What is carried from one block part to the next: the hidden state float32 ``[T, hidden]``
+    and, between ``mlp_in`` and ``mlp_out``, the MLP's inner activation float32 ``[T, inter]``."""
+
+    hidden: F32
+    inner: F32 | None = None
+
+
 class LlamaBlock:
     """One Llama block: RMSNorm -> GQA attention with RoPE -> residual; RMSNorm -> SwiGLU -> residual."""
 
@@ -85,8 +96,9 @@ class LlamaBlock:
         self.cos = cos  # [C, D/2]
         self.sin = sin
 
-    def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
-        """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""
+    def attention(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
+        """RMSNorm -> GQA attention with RoPE -> residual: ``x`` float32 ``[T, hidden]`` at positions
+        ``start..start+T-1`` -> float32 ``[T, hidden]`` (a new array)."""
         be, d, eps = self.be, self.config.dims, self.config.norm_eps
         t = x.shape[0]
         nq, nkv = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
@@ -106,7 +118,12 @@ class LlamaBlock:
         k = be.rope(k, cos, sin, interleaved=self.config.rope_interleaved)
         keys, values = cache.write(w.index, start, k, v)  # [Hkv, start+T, D]
         a = be.attention(q, keys, values, start)  # [T, H*D]
-        x = x + be.linear(a, w["self_attn.o_proj.weight"])  # [T, hidden]
+        return x + be.linear(a, w["self_attn.o_proj.weight"])  # [T, hidden]
+
+    def mlp_in(self, w: LayerWeights, x: F32) -> F32:
+        """RMSNorm -> SwiGLU's gate and up products: ``x`` float32 ``[T, hidden]`` -> the inner
+        activation float32 ``[T, intermediate]``."""
+        be, d, eps = self.be, self.config.dims, self.config.norm_eps
         h = be.rmsnorm(x, w["post_attention_layernorm.weight"], eps)
         if "gate_up" in w.fused:
             gate_up = be.linear(h, w.fused["gate_up"])  # [T, 2*inter]
@@ -115,8 +132,18 @@ class LlamaBlock:
         else:
             gate = be.silu(be.linear(h, w["mlp.gate_proj.weight"]))  # [T, inter]
             gate *= be.linear(h, w["mlp.up_proj.weight"])
-        x += be.linear(gate, w["mlp.down_proj.weight"])
+        return gate
+
+    def mlp_out(self, w: LayerWeights, x: F32, inner: F32) -> F32:
+        """The down product added to the residual: ``x`` float32 ``[T, hidden]`` (updated in place
+        and returned), ``inner`` float32 ``[T, intermediate]`` from :meth:`mlp_in`."""
+        x += self.be.linear(inner, w["mlp.down_proj.weight"])
         return x
+
+    def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
+        """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""
+        x = self.attention(w, x, cache, start)
+        return self.mlp_out(w, x, self.mlp_in(w, x))
 
 
 class GPT2Block:
@@ -131,8 +158,9 @@ class GPT2Block:
         y += self.be.to_float(b)
         return y
 
-    def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
-        """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""
+    def attention(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
+        """LayerNorm -> attention (fused QKV) -> residual: ``x`` float32 ``[T, hidden]`` at positions
+        ``start..start+T-1`` -> float32 ``[T, hidden]`` (a new array)."""
         be, d, eps = self.be, self.config.dims, self.config.norm_eps
         t, hidden = x.shape
         h = be.layernorm(x, w["ln_1.weight"], w["ln_1.bias"], eps)
@@ -142,11 +170,23 @@ class GPT2Block:
         v = qkv[:, 2 * hidden :].reshape(t, d.n_kv_heads, d.head_dim)
         keys, values = cache.write(w.index, start, k, v)
         a = be.attention(q, keys, values, start)  # [T, hidden]
-        x = x + self._affine(a, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
-        h = be.layernorm(x, w["ln_2.weight"], w["ln_2.bias"], eps)
-        m = be.gelu_tanh(self._affine(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"]))  # [T, inter]
-        x += self._affine(m, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
+        return x + self._affine(a, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
+
+    def mlp_in(self, w: LayerWeights, x: F32) -> F32:
+        """LayerNorm -> the GELU MLP's first product: ``x`` float32 ``[T, hidden]`` -> float32
+        ``[T, intermediate]``."""
+        h = self.be.layernorm(x, w["ln_2.weight"], w["ln_2.bias"], self.config.norm_eps)
+        return self.be.gelu_tanh(self._affine(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"]))
+
+    def mlp_out(self, w: LayerWeights, x: F32, inner: F32) -> F32:
+        """The MLP's second product added to the residual (``x`` updated in place and returned)."""
+        x += self._affine(inner, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
         return x
+
+    def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
+        """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""
+        x = self.attention(w, x, cache, start)
+        return self.mlp_out(w, x, self.mlp_in(w, x))
 
 
 class Transformer:
@@ -183,6 +223,28 @@ class Transformer:
         for w in layers:
             hidden = self.block(w, hidden, cache, start)
         return hidden
+
+    def run_parts(
+        self, parts: Sequence[tuple[LayerWeights, int]], state: BlockState, cache: KVCache,
+        start: int,
+    ) -> BlockState:
+        """Run consecutive block parts (a layer's weights and the index of one of its
+        :data:`~edgert_core.layout.BLOCK_PARTS`), carrying ``state`` from part to part: the same
+        arithmetic as :meth:`run_layers` over whole blocks, so a layer may be split across calls."""
+        x, inner = state.hidden, state.inner
+        block = self.block
+        names = BLOCK_PARTS[self.config.architecture]
+        for w, part in parts:
+            name = names[part][0]
+            if name == "attention":
+                x = block.attention(w, x, cache, start)
+            elif name == "mlp_in":
+                inner = block.mlp_in(w, x)
+            else:
+                if inner is None:
+                    raise ValueError(f"block {w.index}: mlp_out needs the inner activation of mlp_in")
+                x, inner = block.mlp_out(w, x, inner), None
+        return BlockState(x, inner)
 
     def head(
         self, hidden: F32, final_norm: Mapping[str, Weight], output_slices: Sequence[Weight]

@@ -9,6 +9,7 @@ import pytest
 from edgert_speculative import SpeculativePrefetchStrategy, prefetch_minimum
 
 from edgert_core import (
+    PREFETCH_DEPTH,
     ExecutionPlan,
     InfeasibleBudgetError,
     LayerGroup,
@@ -16,10 +17,12 @@ from edgert_core import (
     PlanningContext,
     fixed_bytes,
     format_bytes,
+    group_stages,
     load_registry,
     make_plan,
     minimum_budget,
     plan_with,
+    streamed_stages,
     synthetic_layout,
     validate_plan,
 )
@@ -47,18 +50,35 @@ def streamed(plan: ExecutionPlan) -> list[tuple[int, ...]]:
 
 
 def window(plan: ExecutionPlan, layout: ModelLayout, ctx: PlanningContext) -> int:
-    """Bytes left for two consecutive streamed stages."""
+    """Bytes left beside the resident part for the stage slots."""
     assert ctx.budget_bytes is not None
     return ctx.budget_bytes - fixed_bytes(layout, ctx) - plan.resident_bytes(layout)
 
 
-def assert_balanced(plan: ExecutionPlan, layout: ModelLayout, ctx: PlanningContext) -> None:
-    """Stages of several layers hold at most half the pair window."""
-    half = window(plan, layout, ctx) // 2
-    sizes = layout.layer_bytes
-    for layers in streamed(plan):
-        if len(layers) > 1:
-            assert sum(sizes[i] for i in layers) <= half
+def stage_sizes(plan: ExecutionPlan, layout: ModelLayout) -> list[int]:
+    """Bytes of each streamed stage, in order, the head's slices included."""
+    return streamed_stages(layout, plan.groups, plan.head_resident, plan.head_slice_bytes,
+                           plan.stage_bytes)
+
+
+def largest_part(layout: ModelLayout) -> int:
+    return max(b for parts in layout.part_bytes for b in parts)
+
+
+def assert_pipelined(plan: ExecutionPlan, layout: ModelLayout, ctx: PlanningContext) -> None:
+    """The stage computing and PREFETCH_DEPTH stages ahead fit beside the resident part, and a stage
+    of several block parts holds at most the plan's stage size, itself at most the context's."""
+    sizes = stage_sizes(plan, layout)
+    assert plan.stage_slots(layout) == 1 + min(PREFETCH_DEPTH, len(sizes) - 1)
+    assert plan.stage_slots(layout) * max(sizes) <= window(plan, layout, ctx)
+    assert 0 < plan.stage_bytes <= ctx.stage_bytes
+    for g in plan.groups:
+        if g.resident:
+            continue
+        for stage in group_stages(layout, g.layers, plan.stage_bytes):
+            parts = [layout.part_bytes[i][p] for i, p in stage]
+            if sum(1 for b in parts if b) > 1:
+                assert sum(parts) <= plan.stage_bytes
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -79,11 +99,12 @@ def test_resident_exactly_when_everything_fits(shape: str) -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_prefetch_minimum_is_two_layers_side_by_side(shape: str) -> None:
+def test_prefetch_minimum_is_one_slot_per_stage_in_flight(shape: str) -> None:
+    # the largest block part (the MLP's first products) computing and PREFETCH_DEPTH loading ahead
     layout = synthetic_layout(shape)
     ctx = PlanningContext(None)
-    layer = layout.layer_bytes[0]
-    assert prefetch_minimum(layout, ctx) == fixed_bytes(layout, ctx) + 2 * layer
+    slots = 1 + PREFETCH_DEPTH
+    assert prefetch_minimum(layout, ctx) == fixed_bytes(layout, ctx) + slots * largest_part(layout)
     assert prefetch_minimum(layout, ctx) > minimum_budget(layout, ctx)
 
 
@@ -93,7 +114,9 @@ def test_budget_exactly_at_the_prefetch_minimum(shape: str) -> None:
     ctx = PlanningContext(prefetch_minimum(layout, PlanningContext(None)))
     plan = plan_and_check(layout, ctx)
     assert plan.prefetch and plan.predicted_peak_bytes == ctx.budget_bytes
-    assert streamed(plan) == [(i,) for i in range(len(layout.layers))]
+    assert streamed(plan) == [tuple(range(len(layout.layers)))] and not plan.head_resident
+    assert max(stage_sizes(plan, layout)) == largest_part(layout)
+    assert_pipelined(plan, layout, ctx)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -129,15 +152,19 @@ def test_keeps_the_largest_prefix_that_leaves_a_pipeline(shape: str, mib: int) -
     ctx = PlanningContext(mib * MiB)
     plan = plan_and_check(layout, ctx)
     assert plan.prefetch
-    assert_balanced(plan, layout, ctx)
+    assert_pipelined(plan, layout, ctx)
     resident = [g for g in plan.groups if g.resident]
     k = len(resident[0].layers) if resident else 0
-    # one more resident layer, with the rest streamed one by one, no longer fits
+    n = len(layout.layers)
+    assert streamed(plan) == ([tuple(range(k, n))] if k < n else [])
+    if k == n:
+        return  # every layer resident, the head streamed
+    # one more resident layer no longer fits, even with the rest in the smallest stages
     groups = [LayerGroup(tuple(range(k + 1)), resident=True)]
-    groups += [LayerGroup((i,)) for i in range(k + 1, len(layout.layers))]
-    denser = make_plan(
-        "probe", layout, ctx, groups, prefetch=True, head_resident=plan.head_resident
-    )
+    groups += [LayerGroup(tuple(range(k + 1, n)))] if k + 1 < n else []
+    denser = make_plan("probe", layout, ctx, groups, prefetch=True,
+                       head_resident=plan.head_resident, stage_bytes=1,
+                       head_slice_bytes=None if plan.head_resident else largest_part(layout))
     assert denser.predicted_peak_bytes > mib * MiB
 
 
@@ -146,55 +173,78 @@ def test_smollm2_figures() -> None:
     with pytest.raises(InfeasibleBudgetError):  # above the core minimum, below two layers
         SpeculativePrefetchStrategy().plan(layout, PlanningContext(40 * MiB))
     plan = plan_and_check(layout, PlanningContext(64 * MiB))
-    assert streamed(plan) == [(i,) for i in range(30)] and not plan.head_resident
+    assert plan.groups == (LayerGroup((0,), resident=True), LayerGroup(tuple(range(1, 30))))
+    assert not plan.head_resident and plan.stage_bytes == 4 * MiB
+    # attention (3.4 MiB), the MLP's first products (6.8 MiB) and its last (3.4 MiB): a stage
+    # each, then the head (the 108 MiB output projection and the final norm) in 28 slices of at
+    # most 4 MiB
+    assert plan.loads_per_token(layout) == 29 * 3 + 28
     plan = plan_and_check(layout, PlanningContext(256 * MiB))
     assert plan.groups[0] == LayerGroup(tuple(range(15)), resident=True)
     plan = plan_and_check(layout, PlanningContext(1024 * MiB))
     assert plan.head_resident and not plan.prefetch
 
 
-def test_a_layer_bigger_than_half_the_budget_stands_alone() -> None:
-    layout = handmade([1_000, 1_000, 60_000, 1_000, 1_000], head_bytes=4_000)
-    ctx = with_room(layout, 64_000)
+def test_a_big_first_layer_stays_resident_beside_small_stages() -> None:
+    # streaming the 60,000-byte layer would need three slots of its size; with it resident, three
+    # resident layers leave 3,000 bytes: three slots of one 1,000-byte layer each
+    layout = handmade([60_000] + [1_000] * 10, head_bytes=0)
+    ctx = with_room(layout, 65_000)
     plan = plan_and_check(layout, ctx)
-    assert (ctx.budget_bytes or 0) // 2 < 60_000
     assert plan.prefetch
-    assert plan.groups == (
-        LayerGroup((0,), resident=True),
-        LayerGroup((1,)),
-        LayerGroup((2,)),
-        LayerGroup((3, 4)),
-    )
-    assert not plan.head_resident and plan.head_slice_bytes == 4_000
+    assert plan.groups == (LayerGroup((0, 1, 2), resident=True), LayerGroup(tuple(range(3, 11))))
+    assert stage_sizes(plan, layout) == [1_000] * 8
+    assert plan.predicted_peak_bytes == ctx.budget_bytes
+    # the lowest peak keeps just the big layer resident, not three slots of 60,000 bytes
+    assert prefetch_minimum(layout, ctx) == fixed_bytes(layout, ctx) + 60_000 + 3 * 1_000
+    assert_pipelined(plan, layout, ctx)
 
 
-def test_small_layers_merge_into_balanced_stages_beside_a_big_one() -> None:
+def test_a_last_layer_three_slots_cannot_hold_must_be_resident() -> None:
+    # streaming the 300-byte layer needs three 300-byte slots; keeping it resident keeps every
+    # layer, so the minimum is the whole model
     layout = handmade([10] * 40 + [300], head_bytes=0)
     ctx = with_room(layout, 600)
+    with pytest.raises(InfeasibleBudgetError) as info:
+        plan_and_check(layout, ctx)
+    assert info.value.minimum_bytes == fixed_bytes(layout, ctx) + 700
+
+
+def test_stages_merge_block_parts_up_to_the_stage_size() -> None:
+    # SmolLM2's parts: attention 3.4 MiB, the MLP's first products 6.8 MiB, its last 3.4 MiB. With
+    # 8 MiB stages a layer's last part and the next layer's attention share a stage.
+    layout = synthetic_layout("smollm2-135m")
+    ctx = PlanningContext(128 * MiB, stage_bytes=8 * MiB)
     plan = plan_and_check(layout, ctx)
-    assert plan.groups[0] == LayerGroup(tuple(range(29)), resident=True)
-    # the stages next to the 300-byte layer (also across the wrap) stay at one small layer
-    assert streamed(plan) == [(29,), tuple(range(30, 39)), (39,), (40,)]
-    assert_balanced(plan, layout, ctx)
+    assert 2 * 3.375 * MiB <= plan.stage_bytes <= 8 * MiB
+    (group,) = [g for g in plan.groups if not g.resident]
+    k = group.layers[0]
+    cuts = group_stages(layout, group.layers, plan.stage_bytes)
+    assert cuts[:3] == [[(k, 0)], [(k, 1)], [(k, 2), (k + 1, 0)]]
+    assert cuts[-1] == [(29, 2)]
+    assert_pipelined(plan, layout, ctx)
 
 
-def test_many_tiny_layers() -> None:
+def test_a_small_window_shrinks_the_stages() -> None:
     layout = handmade([100] * 500, head_bytes=1_000)
-    ctx = with_room(layout, 20_000)
+    ctx = with_room(layout, 20_050)
     plan = plan_and_check(layout, ctx)
-    # 188 resident layers and the head leave 200 bytes: two one-layer stages side by side
-    assert plan.prefetch and plan.head_resident
-    assert plan.groups[0] == LayerGroup(tuple(range(188)), resident=True)
-    assert streamed(plan) == [(i,) for i in range(188, 500)]
-    assert window(plan, layout, ctx) == 200
+    # the largest prefix leaves a window of 350 (one more resident layer would leave 250, less
+    # than three 100-byte slots): stages of at most 350 // 3 = 116 bytes, one layer each
+    assert plan.prefetch
+    assert plan.stage_bytes == 116
+    assert plan.streamed_bytes_per_token(layout) == 31_300
+    assert window(plan, layout, ctx) == 350
+    assert_pipelined(plan, layout, ctx)
 
 
 def test_many_tiny_layers_no_room_to_spare() -> None:
     layout = handmade([100] * 500, head_bytes=1_000)
     ctx = small_ctx(prefetch_minimum(layout, small_ctx(None)))
     plan = plan_and_check(layout, ctx)
-    assert streamed(plan) == [(i,) for i in range(500)]
-    assert plan.predicted_peak_bytes == ctx.budget_bytes
+    assert streamed(plan) == [tuple(range(500))]
+    assert plan.predicted_peak_bytes == ctx.budget_bytes == fixed_bytes(layout, ctx) + 3 * 100
+    assert_pipelined(plan, layout, ctx)
 
 
 def test_one_layer() -> None:
@@ -232,4 +282,5 @@ def test_random_layouts_fit_or_state_the_prefetch_minimum() -> None:
             continue
         plan = plan_and_check(layout, ctx)
         assert plan.prefetch == (plan.streamed_bytes_per_token(layout) > 0)
-        assert_balanced(plan, layout, ctx)
+        if plan.prefetch:
+            assert_pipelined(plan, layout, ctx)
