@@ -64,6 +64,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -106,6 +107,8 @@ from edgert_core.weight_cache import (
     cache_path,
     enabled_by_env,
     open_prepared,
+    remove_stale,
+    source_record,
     writing,
 )
 
@@ -787,7 +790,9 @@ class ReadyEngine(_Step):
         if prepared is None or set(prepared.entries) != set(forms):
             if prepared is not None:
                 prepared.close()
-            self._build_cache(path, forms)
+            source = source_record(identity, backend_id)
+            self._build_cache(path, forms, source)
+            self._remove_stale_caches(path, source)
             prepared = open_prepared(path)
             if prepared is None:
                 raise EdgeRTError(
@@ -795,7 +800,17 @@ class ReadyEngine(_Step):
                 )
         return WeightReader(self.model, self.backend, forms, prepared, "prepared-cache")
 
-    def _build_cache(self, path: Any, forms: dict[str, TensorForm]) -> None:
+    def _remove_stale_caches(self, path: Path, source: dict[str, Any]) -> None:
+        removed = remove_stale(path, source)
+        if removed and self._notify is not None:
+            total = sum(n for _, n in removed)
+            self._notify(
+                f"edge-rt: removed {len(removed)} stale prepared-weights file(s) of "
+                f"{self.model.name} ({total / 2**20:.0f} MiB) from {path.parent}: the model file "
+                "or edge-rt's format changed since they were written."
+            )
+
+    def _build_cache(self, path: Path, forms: dict[str, TensorForm], source: dict[str, Any]) -> None:
         total = sum(f.nbytes for f in forms.values())
         if self._notify is not None:
             self._notify(
@@ -815,7 +830,7 @@ class ReadyEngine(_Step):
         chunk = self.pool.allocate(chunk_bytes, label="prepared-weights chunk")
         file_reader.scratch = scratch
         try:
-            with writing(path) as writer:
+            with writing(path, source) as writer:
                 for name, form in forms.items():
                     writer.begin(name, form.nbytes, form.dtype, form.shape)
                     if (form.row_nbytes == 0 or form.nbytes <= chunk_bytes

@@ -20,7 +20,12 @@ tensors of consecutive parts and layers lie exactly as the engine packs a stage 
 one read. Version 2 changed that order from layer order to block-part order.
 
 The file is written to a temporary name in the same folder and renamed into place (atomic); the
-model file is only ever read. ``EDGERT_WEIGHT_CACHE=0`` (or ``load_model(weight_cache=False)``,
+model file is only ever read. The header records the backend and the model files' paths, so that
+after writing a new file :func:`remove_stale` deletes the ones this version can never read again:
+the same model files for the same backend with another size, mtime or format version (the model was
+replaced, or edge-rt was upgraded), and older-format files of the same model name that do not
+record their source. Without that, each replaced model file would leave its prepared weights (about
+540 MB for SmolLM2) behind. ``EDGERT_WEIGHT_CACHE=0`` (or ``load_model(weight_cache=False)``,
 ``edge-rt run --no-weight-cache``) turns the cache off: weights are then dequantized on every load.
 """
 
@@ -83,11 +88,14 @@ class PreparedEntry:
 
 
 class PreparedWeights:
-    """An open prepared-weights file: its entries, and positional reads into caller memory."""
+    """An open prepared-weights file: its entries, its recorded source (:func:`source_record`), and
+    positional reads into caller memory."""
 
-    def __init__(self, path: Path, entries: dict[str, PreparedEntry]) -> None:
+    def __init__(self, path: Path, entries: dict[str, PreparedEntry],
+                 source: dict[str, Any] | None = None) -> None:
         self.path = path
         self.entries = entries
+        self.source = source
         self.reader = FileRangeReader(path)
 
     def read_into(self, offset: int, nbytes: int, out: NDArray[Any], what: str = "") -> None:
@@ -98,9 +106,8 @@ class PreparedWeights:
         self.reader.close()
 
 
-def open_prepared(path: Path) -> PreparedWeights | None:
-    """The prepared file at ``path``, or ``None`` when it is missing, of another format version, or
-    damaged (then it is rebuilt)."""
+def _read_header(path: Path) -> dict[str, Any] | None:
+    """The JSON header of a prepared file, or ``None`` when it is missing or damaged."""
     try:
         with path.open("rb") as f:
             magic, hoff, hlen = _PREAMBLE.unpack(f.read(_PREAMBLE.size))
@@ -110,22 +117,31 @@ def open_prepared(path: Path) -> PreparedWeights | None:
             header = json.loads(f.read(hlen))
     except (OSError, ValueError, struct.error):
         return None
-    if header.get("version") != FORMAT_VERSION:
+    return header if isinstance(header, dict) else None
+
+
+def open_prepared(path: Path) -> PreparedWeights | None:
+    """The prepared file at ``path``, or ``None`` when it is missing, of another format version, or
+    damaged (then it is rebuilt)."""
+    header = _read_header(path)
+    if header is None or header.get("version") != FORMAT_VERSION:
         return None
     entries = {
         e["name"]: PreparedEntry(e["name"], int(e["offset"]), int(e["nbytes"]), str(e["dtype"]),
                                  tuple(int(x) for x in e["shape"]))
         for e in header["tensors"]
     }
-    return PreparedWeights(path, entries)
+    source = header.get("source")
+    return PreparedWeights(path, entries, source if isinstance(source, dict) else None)
 
 
 class PreparedWriter:
     """Writes a prepared file: :meth:`begin` a tensor, :meth:`write` its bytes in order, then
     :meth:`commit` (rename into place) or :meth:`abort` (delete the temporary file)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: dict[str, Any] | None = None) -> None:
         self.path = path
+        self.source = source
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -170,6 +186,7 @@ class PreparedWriter:
         self._finish()
         header = json.dumps({
             "version": FORMAT_VERSION,
+            "source": self.source,
             "tensors": [
                 {"name": e.name, "offset": e.offset, "nbytes": e.nbytes, "dtype": e.dtype,
                  "shape": list(e.shape)}
@@ -193,10 +210,39 @@ class PreparedWriter:
             self._tmp.unlink()
 
 
+def source_record(identity: tuple[tuple[str, int, int], ...], backend_id: str) -> dict[str, Any]:
+    """What a prepared file records about where it came from: the backend and the model files."""
+    return {"backend": backend_id, "files": [i[0] for i in identity]}
+
+
+def remove_stale(path: Path, source: dict[str, Any]) -> list[tuple[Path, int]]:
+    """Delete the prepared files beside ``path`` that this version can never read again for the same
+    model (see the module docstring); the ``(path, bytes)`` removed. Files it cannot read or delete
+    are left alone."""
+    name = path.stem.rsplit("-", 1)[0]  # the model's name, without the digest
+    removed: list[tuple[Path, int]] = []
+    for other in sorted(path.parent.glob("*.edgert-prepared")):
+        if other.name == path.name:
+            continue
+        header = _read_header(other)
+        if header is None:
+            continue
+        recorded = header.get("source")
+        same_source = recorded == source
+        old_unrecorded = recorded is None and header.get("version") != FORMAT_VERSION
+        if not (same_source or (old_unrecorded and other.stem.rsplit("-", 1)[0] == name)):
+            continue
+        with contextlib.suppress(OSError):
+            size = other.stat().st_size
+            other.unlink()
+            removed.append((other, size))
+    return removed
+
+
 @contextlib.contextmanager
-def writing(path: Path) -> Iterator[PreparedWriter]:
+def writing(path: Path, source: dict[str, Any] | None = None) -> Iterator[PreparedWriter]:
     """A :class:`PreparedWriter` committed at the end of the block, aborted on an exception."""
-    writer = PreparedWriter(path)
+    writer = PreparedWriter(path, source)
     try:
         yield writer
     except BaseException:

@@ -5,15 +5,29 @@ prefetch thread's errors and lifetime, the prepared-weights cache, and no RSS gr
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import model_helpers as mh
+import numpy as np
 import pytest
 
+from edgert_core import (
+    ExecutionPlan,
+    LayerGroup,
+    ModelLayout,
+    PartitionStrategy,
+    PluginRegistry,
+    group_stages,
+    hookimpl,
+    make_plan,
+    weight_cache,
+)
 from edgert_core.api import load_model
 from edgert_core.engine import Engine, EngineStateError, ReadyEngine
 from edgert_core.errors import InfeasibleBudgetError, ModelError
@@ -37,8 +51,9 @@ def q8_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def greedy(model_path: Path | str, budget: int | None, strategy: str, backend: str = "numpy",
            **kw: object) -> tuple[list[int], ReadyEngine]:
+    kw.setdefault("notify", None)
     model = load_model(model_path, backend=backend, memory_budget=budget, strategy=strategy,
-                       max_context=64, prefill_chunk=4, notify=None, **kw)  # type: ignore[arg-type]
+                       max_context=64, prefill_chunk=4, **kw)  # type: ignore[arg-type]
     ids = model.generate([5, 6, 7, 8, 9, 10, 11], max_tokens=12).result().ids
     engine = model.engine
     model.close()
@@ -82,6 +97,59 @@ def test_greedy_tokens_do_not_depend_on_budget_or_strategy(
     assert ran >= 9
 
 
+def staged_registry(stage_bytes: int, prefetch: bool) -> PluginRegistry:
+    """The installed plugins and a strategy ``staged`` that streams every layer as one group cut
+    into stages of at most ``stage_bytes``."""
+
+    class Staged(PartitionStrategy):
+        name = "staged"
+
+        def plan(self, layout: ModelLayout, ctx: PlanningContext) -> ExecutionPlan:
+            group = LayerGroup(tuple(range(len(layout.layers))))
+            return make_plan(self.name, layout, ctx, [group], prefetch=prefetch,
+                             stage_bytes=stage_bytes)
+
+    class Plugin:
+        @hookimpl
+        def edgert_register_strategies(
+            self, register: Callable[[type[PartitionStrategy]], None]
+        ) -> None:
+            register(Staged)
+
+    return load_registry(extra=[("staged", Plugin())])
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("source", ["gguf", "hf-gpt2"])
+def test_stages_cut_anywhere_between_block_parts_give_the_same_logits(
+    source: str, prefetch: bool, q8_gguf: Path, cache_dir: Path
+) -> None:
+    path = q8_gguf if source == "gguf" else mh.fixture("tiny_gpt2")
+    prompt = [5, 6, 7, 8, 9, 10, 11]
+    reference, _ = greedy(path, None, "auto")
+    whole = load_model(path, backend="numpy", max_context=64, notify=None)
+    reference_logits = whole.logits(prompt)
+    layout = whole.layout
+    whole.close()
+    parts = [b for layer in layout.part_bytes for b in layer]
+    sizes = {1, max(parts), sum(parts)} | {sum(parts[i : i + k]) for k in (2, 3, 4) for i in (0, 1, 2)}
+    mid_layer = across_layers = False
+    for stage_bytes in sorted(sizes):
+        cuts = group_stages(layout, range(len(layout.layers)), stage_bytes)
+        mid_layer |= any(cut[0][1] != 0 for cut in cuts)
+        across_layers |= any(cut[0][0] != cut[-1][0] for cut in cuts)
+        registry = staged_registry(stage_bytes, prefetch)
+        ids, engine = greedy(path, None, "staged", registry=registry)
+        assert ids == reference, (stage_bytes, cuts)
+        assert engine.plan.stage_bytes == stage_bytes and engine.pool.held_bytes == 0
+        staged = load_model(path, backend="numpy", strategy="staged", registry=registry,
+                            max_context=64, notify=None)
+        # the same arithmetic; buffers placed differently may round the last bit differently
+        np.testing.assert_allclose(staged.logits(prompt), reference_logits, rtol=1e-5, atol=1e-5)
+        staged.close()
+    assert mid_layer and across_layers  # stages that start inside a layer and span two layers
+
+
 def test_dequantize_on_load_and_prepared_cache_agree(q8_gguf: Path, cache_dir: Path) -> None:
     budget = budgets_for(q8_gguf, "numpy")[2]
     on_load, e1 = greedy(q8_gguf, budget, "sequential", weight_cache=False)
@@ -100,6 +168,47 @@ def test_weight_cache_can_be_turned_off_by_env(q8_gguf: Path, cache_dir: Path,
     monkeypatch.setenv("EDGERT_WEIGHT_CACHE", "0")
     _, engine = greedy(q8_gguf, budgets_for(q8_gguf, "numpy")[1], "sequential")
     assert engine.weight_source == "model-file"
+
+
+def test_a_rebuilt_cache_removes_only_the_stale_ones(q8_gguf: Path, cache_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model_file = tmp_path / "model.gguf"
+    shutil.copyfile(q8_gguf, model_file)
+    budget = budgets_for(model_file, "numpy")[1]
+    notes: list[str] = []
+    _, engine = greedy(model_file, budget, "sequential", notify=notes.append)
+    first = Path(str(engine.weight_cache_path))
+    assert engine.weight_cache_built and first.exists()
+    prepared = weight_cache.open_prepared(first)
+    assert prepared is not None and prepared.source is not None
+    assert prepared.source["files"] == [str(model_file)]
+    backend_id = prepared.source["backend"]
+    prepared.close()
+
+    def plant(name: str, source: dict[str, object] | None, version: int) -> Path:
+        path = first.parent / f"{name}.edgert-prepared"
+        with monkeypatch.context() as m:
+            m.setattr(weight_cache, "FORMAT_VERSION", version)
+            with weight_cache.writing(path, source) as writer:
+                writer.begin("w", 4, np.dtype(np.float32), (1,))
+                writer.write(np.zeros(1, np.float32))
+        return path
+
+    prefix = first.stem.rsplit("-", 1)[0]
+    older_format = plant(f"{prefix}-0000", None, 1)  # no source recorded: same name, older format
+    other_model = plant("other-0000", {"backend": backend_id, "files": ["/else/x.gguf"]}, 2)
+    other_backend = plant(f"{prefix}-1111", {"backend": "neon:x", "files": [str(model_file)]}, 2)
+    other_unrecorded = plant("other-2222", None, 1)
+    stat = model_file.stat()
+    os.utime(model_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the model file changed
+    notes.clear()
+    _, engine = greedy(model_file, budget, "sequential", notify=notes.append)
+    second = Path(str(engine.weight_cache_path))
+    assert engine.weight_cache_built and second != first and second.exists()
+    assert not first.exists() and not older_format.exists()
+    assert other_model.exists() and other_backend.exists() and other_unrecorded.exists()
+    assert any("removed 2 stale prepared-weights file(s)" in n for n in notes), notes
+    assert model_file.read_bytes() == q8_gguf.read_bytes()  # the model itself is only read
 
 
 def test_steps_out_of_order_fail_at_run_time(q8_gguf: Path) -> None:
