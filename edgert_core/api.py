@@ -377,7 +377,7 @@ def load_model(
     if threads is not None:
         if threads < 1:
             raise GenerationError(f"--threads must be at least 1, got {threads}.")
-        if hasattr(chosen, "threads"):
+        if chosen.threads is not None:
             chosen.threads = threads
     budget = None if memory_budget is None else MemoryBudget.parse(memory_budget).bytes
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk)

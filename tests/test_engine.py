@@ -29,6 +29,7 @@ from edgert_core import (
     weight_cache,
 )
 from edgert_core.api import load_model
+from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.engine import Engine, EngineStateError, ReadyEngine
 from edgert_core.errors import InfeasibleBudgetError, ModelError
 from edgert_core.memory.rss import current_rss_bytes
@@ -301,6 +302,24 @@ def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path) -
     s2 = seq.generate([5, 6, 7], max_tokens=6).result().stats
     assert not s2.prefetch and s2.hidden_load_fraction is None
     seq.close()
+
+
+def test_prefetch_leaves_a_core_for_the_loads(q8_gguf: Path, cache_dir: Path) -> None:
+    class Threaded(NumpyBackend):
+        name = "threaded"
+
+    backend = Threaded()
+    backend.threads = 64
+    source = load_model(q8_gguf, backend="numpy", max_context=64, notify=None).source
+    ctx = PlanningContext(prefetch_budget(q8_gguf), max_context=64)
+    ready = Engine(source, backend).plan(ctx, "speculative-prefetch").prepare()
+    assert ready.prefetch
+    assert backend.threads == max(1, len(os.sched_getaffinity(0)) - 1)  # for this run only
+    ready.close()
+    assert backend.threads == 64
+    ready = Engine(source, backend).plan(ctx, "sequential").prepare()
+    assert not ready.prefetch and backend.threads == 64  # no prefetch thread: every core computes
+    ready.close()
 
 
 def test_no_rss_growth_over_a_long_run(q8_gguf: Path, cache_dir: Path) -> None:

@@ -48,6 +48,10 @@ class KernelBackend(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     priority: ClassVar[int] = 0
+    threads: int | None = None
+    """Kernel threads, for a backend that runs its own (``None``: it has none). ``load_model``'s
+    ``threads`` sets it; while a prefetching engine runs, the engine lowers it to one fewer than
+    the CPUs so the prefetch thread has a core."""
 
     @abstractmethod
     def status(self) -> BackendStatus:

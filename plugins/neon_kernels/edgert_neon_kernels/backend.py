@@ -32,6 +32,7 @@ class NeonBackend(NumpyBackend):
     name = "neon"
     description = "quantized GGUF blocks in place; C kernels (NEON, x86 AVX2 or portable C)"
     priority = 10
+    threads: int
 
     def __init__(self, threads: int | None = None, act_q8: bool = True) -> None:
         """``threads``: kernel threads, default the CPUs this process may use. ``act_q8``: quantize
