@@ -4,7 +4,7 @@ This module is the public API. Plugins import only from here.
 """
 
 from edgert_core.api import ChatSession, Generation, Model, Token, generation_report, load_model, open_source
-from edgert_core.backends.base import BackendStatus, KernelBackend, Weight
+from edgert_core.backends.base import BackendStatus, KernelBackend, Weight, usable_cpus
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.engine import Engine, EngineStateError, PlannedEngine, ReadyEngine
@@ -130,5 +130,6 @@ __all__ = [
     "streamed_stages",
     "streaming_rank",
     "synthetic_layout",
+    "usable_cpus",
     "validate_plan",
 ]

@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.backends.base import KernelBackend, Weight
+from edgert_core.backends.base import KernelBackend, Weight, usable_cpus
 from edgert_core.backends.numpy_ref import NumpyBackend, file_nbytes
 from edgert_core.errors import EdgeRTError, MemoryPoolError
 from edgert_core.layout import BLOCK_PARTS, ModelLayout, TensorInfo, block_part
@@ -590,14 +590,6 @@ def _lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFETCH_NICE)
 
 
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _limit_backend_threads(backend: KernelBackend, threads: int) -> Callable[[], None] | None:
     """Lower a backend's kernel threads (:attr:`KernelBackend.threads`) to at most ``threads`` until
     the returned function is called; ``None`` when it has no threads or already uses no more.
@@ -757,7 +749,7 @@ class ReadyEngine(_Step):
             poison=self._poison_slot if poison else None,
         )
         if self._pipeline.prefetch:
-            spare_one = max(1, _usable_cpus() - 1)
+            spare_one = max(1, usable_cpus() - 1)
             self._restore_blas = _limit_blas_threads(spare_one)
             self._restore_threads = _limit_backend_threads(self.backend, spare_one)
 

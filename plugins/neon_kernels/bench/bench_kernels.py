@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from edgert_neon_kernels import kernels
 
+from edgert_core import usable_cpus
 from edgert_core.backends.numpy_ref import dequantize
 
 # (name, dtype, rows, cols) of SmolLM2-135M Q4_1: per layer, then the tied Q8_0 output projection
@@ -84,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--threads", type=int, default=kernels.default_threads())
+    ap.add_argument("--threads", type=int, default=usable_cpus())
     ap.add_argument("--tokens", type=int, default=1, help="rows of activations (1 = decode)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

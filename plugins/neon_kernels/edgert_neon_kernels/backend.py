@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core import BackendStatus, TensorInfo, Weight
+from edgert_core import BackendStatus, TensorInfo, Weight, usable_cpus
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_neon_kernels import kernels
 
@@ -38,7 +38,7 @@ class NeonBackend(NumpyBackend):
         """``threads``: kernel threads, default the CPUs this process may use. ``act_q8``: quantize
         activations to int8 per block of 32 before the product (about 2x faster than fp32
         activations on AVX2; relative error of order 1/254 of each block's largest activation)."""
-        self.threads = threads if threads and threads > 0 else kernels.default_threads()
+        self.threads = threads if threads and threads > 0 else usable_cpus()
         self.act_q8 = act_q8
         self._c = not kernels.load_error()  # False: every op falls back to the numpy backend
 

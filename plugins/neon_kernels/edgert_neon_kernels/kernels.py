@@ -8,7 +8,6 @@ This module does no I/O.
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import numpy as np
@@ -45,14 +44,6 @@ def _module() -> ModuleType:
     if _ext is None:
         raise KernelsUnavailable(_error)
     return _ext
-
-
-def default_threads() -> int:
-    """The CPUs this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def active_path() -> str:
