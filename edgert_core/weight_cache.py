@@ -52,6 +52,7 @@ from edgert_core.memory.reader import FileRangeReader
 FORMAT_VERSION = 2
 MAGIC = b"EDGERTPW"
 _PREAMBLE = struct.Struct("<8sQQ")
+SUFFIX = ".edgert-prepared"
 ENV_CACHE_DIR = "EDGERT_CACHE"
 ENV_SWITCH = "EDGERT_WEIGHT_CACHE"
 _OFF = {"0", "off", "no", "false"}
@@ -73,7 +74,12 @@ def cache_path(model_name: str, identity: tuple[tuple[str, int, int], ...], back
     key = json.dumps([FORMAT_VERSION, backend_id, [list(i) for i in identity]])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)[:60]
-    return cache_root() / "prepared" / f"{safe}-{digest}.edgert-prepared"
+    return cache_root() / "prepared" / f"{safe}-{digest}{SUFFIX}"
+
+
+def _named(path: Path) -> str:
+    """The model-name part of a prepared file's name (:func:`cache_path`), without the digest."""
+    return path.stem.rsplit("-", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -219,9 +225,9 @@ def remove_stale(path: Path, source: dict[str, Any]) -> list[tuple[Path, int]]:
     """Delete the prepared files beside ``path`` that this version can never read again for the same
     model (see the module docstring); the ``(path, bytes)`` removed. Files it cannot read or delete
     are left alone."""
-    name = path.stem.rsplit("-", 1)[0]  # the model's name, without the digest
+    name = _named(path)
     removed: list[tuple[Path, int]] = []
-    for other in sorted(path.parent.glob("*.edgert-prepared")):
+    for other in sorted(path.parent.glob("*" + SUFFIX)):
         if other.name == path.name:
             continue
         header = _read_header(other)
@@ -230,7 +236,7 @@ def remove_stale(path: Path, source: dict[str, Any]) -> list[tuple[Path, int]]:
         recorded = header.get("source")
         same_source = recorded == source
         old_unrecorded = recorded is None and header.get("version") != FORMAT_VERSION
-        if not (same_source or (old_unrecorded and other.stem.rsplit("-", 1)[0] == name)):
+        if not (same_source or (old_unrecorded and _named(other) == name)):
             continue
         with contextlib.suppress(OSError):
             size = other.stat().st_size
