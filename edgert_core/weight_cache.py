@@ -48,20 +48,14 @@ from numpy.typing import NDArray
 from edgert_core.errors import ModelError
 from edgert_core.memory.pool import align_up
 from edgert_core.memory.reader import FileRangeReader
+from edgert_core.pull import CACHE_ENV, cache_dir
 
 FORMAT_VERSION = 2
 MAGIC = b"EDGERTPW"
 _PREAMBLE = struct.Struct("<8sQQ")
 SUFFIX = ".edgert-prepared"
-ENV_CACHE_DIR = "EDGERT_CACHE"
 ENV_SWITCH = "EDGERT_WEIGHT_CACHE"
 _OFF = {"0", "off", "no", "false"}
-
-
-def cache_root() -> Path:
-    """``$EDGERT_CACHE`` or ``~/.cache/edge-rt``."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "edge-rt"
 
 
 def enabled_by_env() -> bool:
@@ -74,7 +68,7 @@ def cache_path(model_name: str, identity: tuple[tuple[str, int, int], ...], back
     key = json.dumps([FORMAT_VERSION, backend_id, [list(i) for i in identity]])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)[:60]
-    return cache_root() / "prepared" / f"{safe}-{digest}{SUFFIX}"
+    return cache_dir() / "prepared" / f"{safe}-{digest}{SUFFIX}"
 
 
 def _named(path: Path) -> str:
@@ -154,7 +148,7 @@ class PreparedWriter:
         except OSError as err:
             raise ModelError(
                 f"Cannot write the prepared-weights cache in {path.parent}: {err.strerror}. Set "
-                f"{ENV_CACHE_DIR} to a writable folder or turn the cache off with {ENV_SWITCH}=0."
+                f"{CACHE_ENV} to a writable folder or turn the cache off with {ENV_SWITCH}=0."
             ) from err
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")

