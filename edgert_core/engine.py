@@ -21,7 +21,11 @@ block*: the pool maps (and never touches) the bytes the plan predicts for activa
 rounding and slice rounding cost elsewhere, so the pool's held bytes never exceed the plan's predicted
 peak and the untouched block adds nothing to the RSS the operating system measures. The real
 temporaries are of the same order (one prefill chunk's activations) and stay below it: the tests check
-the OS's peak RSS over the baseline against the budget.
+the OS's peak RSS over the baseline against the budget. The loader's own buffers (its scratch, the file
+bytes of a tensor prepared whole, the chunk that writes the prepared-weights cache) are sized from the
+room the plan leaves and come out of the activations' share (see :meth:`ReadyEngine._allocate`); only
+when that share is smaller than one tensor prepared whole (a toy model with a tiny context) does the
+pool hold more than the predicted peak, by at most that difference.
 
 Raise, never wait
 -----------------
@@ -81,6 +85,7 @@ from edgert_core.memory.pool import (
     POISON_BYTE,
     MemoryPool,
     PoolBuffer,
+    align_up,
     block_bytes,
     pack_offsets,
 )
@@ -219,13 +224,15 @@ class Piece:
 class Stage:
     """What is loaded together into one pool buffer: block parts of a group's layers (``parts``:
     ``(layer, part)`` pairs, an index into :data:`~edgert_core.layout.BLOCK_PARTS`), or a slice of
-    the head (the first slice also holds the final norm)."""
+    the head (the first slice also holds the final norm). ``group`` is the index of the plan group
+    the stage belongs to (``None`` for the head)."""
 
     label: str
     layers: tuple[int, ...]
     pieces: tuple[Piece, ...]
     head: bool = False
     parts: tuple[tuple[int, int], ...] = ()
+    group: int | None = None
 
     @functools.cached_property
     def specs(self) -> tuple[tuple[int, type[np.uint8]], ...]:
@@ -289,6 +296,10 @@ class WeightReader:
         self.source: WeightSource = source
         self.scratch: PoolBuffer | None = None
         self._scratch_lock = threading.Lock()
+        # the file bytes of tensors prepared whole go here when set (see temporary_bytes), else
+        # into pool buffers of their own
+        self.whole: PoolBuffer | None = None
+        self._whole_lock = threading.Lock()
         # per-stage facts worked out on the first load, not on every one
         self._infos: dict[Piece, TensorInfo] = {}
         self._contiguous_stages: dict[tuple[Piece, ...], bool] = {}
@@ -296,13 +307,34 @@ class WeightReader:
     def needs_scratch(self) -> bool:
         return self.prepared is None and any(not f.identical for f in self.forms.values())
 
-    def scratch_bytes(self, budget: int | None) -> int:
-        """The scratch buffer's size: :data:`SCRATCH_BYTES`, less under a small budget, at least one
-        file row of every tensor read through it."""
+    def scratch_bytes(self, budget: int | None, room: int | None = None) -> int:
+        """The scratch buffer's size: :data:`SCRATCH_BYTES`, less under a small budget or when only
+        ``room`` bytes of the pool are left for it, at least one file row of every tensor read
+        through it."""
         rows = [row_nbytes(self.model.info(n)) for n, f in self.forms.items()
                 if not f.identical and f.row_nbytes]
         size = SCRATCH_BYTES if budget is None else min(SCRATCH_BYTES, budget // 32)
+        if room is not None:
+            size = min(size, room // PAGE_BYTES * PAGE_BYTES)
         return max(size, *rows, 1)
+
+    def temporary_bytes(self, pieces: Sequence[Piece]) -> int:
+        """The most pool bytes one :meth:`fill` of any of ``pieces`` takes besides its destination:
+        the file bytes (and, stored transposed, the stored layout) of a tensor that is prepared
+        whole (:meth:`_prepare_whole`). Reads from the prepared-weights cache and row-by-row
+        preparation (through the scratch buffer) take none."""
+        if self.prepared is not None:
+            return 0
+        most = 0
+        for piece in pieces:
+            form = self.form_of(piece)
+            entry = self.model.entry(piece.name)
+            whole = (piece.rows is None and form.row_nbytes == 0) or entry.transposed
+            if form.identical or not whole:
+                continue
+            n = entry.info.nbytes
+            most = max(most, block_bytes(align_up(n) + n if entry.transposed else n))
+        return most
 
     def weight(self, piece: Piece, data: U8) -> Weight:
         """The :class:`Weight` over ``data`` (``uint8``, at least ``piece.nbytes``) once filled."""
@@ -395,12 +427,25 @@ class WeightReader:
 
     def _prepare_whole(self, info: TensorInfo, piece: Piece, out: U8) -> None:
         """A tensor that cannot be prepared row by row (1-D, or stored transposed): its file bytes
-        (and, for a transposed one, the stored layout) go through temporary pool buffers."""
+        (and, for a transposed one, the stored layout) go through the reader's ``whole`` buffer
+        when it is large enough, else through temporary pool buffers."""
+        transposed = self.model.entry(info.name).transposed
+        n = info.nbytes
+        whole = self.whole
+        if whole is not None and whole.nbytes >= (align_up(n) + n if transposed else n):
+            with self._whole_lock:
+                buf: U8 = whole.array
+                raw = self.model.read_tensor(
+                    info.name, out=buf[:n], scratch=buf[align_up(n) : align_up(n) + n] if transposed else None
+                )
+                self.backend.prepare_weight(info, raw, out[: piece.nbytes])
+                del raw, buf
+            return
         pool = self.pool
-        with pool.allocate(info.nbytes, label=f"file bytes of {info.name}") as raw_buf:
+        with pool.allocate(n, label=f"file bytes of {info.name}") as raw_buf:
             stored = None
-            if self.model.entry(info.name).transposed:
-                stored = pool.allocate(info.nbytes, label=f"stored bytes of {info.name}")
+            if transposed:
+                stored = pool.allocate(n, label=f"stored bytes of {info.name}")
             try:
                 raw = self.model.read_tensor(
                     info.name, out=raw_buf.array, scratch=None if stored is None else stored.array
@@ -842,16 +887,29 @@ class ReadyEngine(_Step):
             )
         file_reader = WeightReader(self.model, self.backend, forms, None, "model-file")
         file_reader.pool = self.pool
-        chunk_bytes = BUILD_CHUNK_BYTES
-        if self.context.budget_bytes is not None:
-            chunk_bytes = max(PAGE_BYTES, min(chunk_bytes, self.context.budget_bytes // 8))
+        # The pool is empty here: the scratch, the buffer for tensors prepared whole and the chunk
+        # share the plan's predicted peak, and the chunk holds the largest tensor prepared whole
+        # when that fits (then nothing else is allocated while the file is written).
+        budget = self.context.budget_bytes
+        peak = self.plan.predicted_peak_bytes
+        whole = [Piece(n, f) for n, f in forms.items()
+                 if f.row_nbytes == 0 or self.model.entry(n).transposed]
+        temporary = file_reader.temporary_bytes(whole)
+        largest_whole = max((block_bytes(p.nbytes) for p in whole), default=PAGE_BYTES)
+        limit = BUILD_CHUNK_BYTES if budget is None else min(BUILD_CHUNK_BYTES, budget // 8)
         scratch = None
         if file_reader.needs_scratch():
-            scratch = self.pool.allocate(file_reader.scratch_bytes(self.context.budget_bytes),
+            room = (peak - temporary - largest_whole) // 2
+            scratch = self.pool.allocate(file_reader.scratch_bytes(budget, room),
                                          label="loader scratch")
-        chunk = self.pool.allocate(chunk_bytes, label="prepared-weights chunk")
+        room = peak - temporary - (0 if scratch is None else scratch.block_bytes)
+        chunk_bytes = max(PAGE_BYTES, min(max(limit, largest_whole), room) // PAGE_BYTES * PAGE_BYTES)
         file_reader.scratch = scratch
+        chunk: PoolBuffer | None = None
         try:
+            if temporary:
+                file_reader.whole = self.pool.allocate(temporary, label="whole-tensor file bytes")
+            chunk = self.pool.allocate(chunk_bytes, label="prepared-weights chunk")
             with writing(path, source) as writer:
                 for name, form in forms.items():
                     writer.begin(name, form.nbytes, form.dtype, form.shape)
@@ -873,10 +931,10 @@ class ReadyEngine(_Step):
                                 file_reader.fill(piece, big.array)
                                 writer.write(big.array)
         finally:
-            file_reader.scratch = None
-            chunk.release()
-            if scratch is not None:
-                scratch.release()
+            for buf in (chunk, file_reader.whole, scratch):
+                if buf is not None:
+                    buf.release()
+            file_reader.scratch = file_reader.whole = None
             self.pool.trim()
         self.weight_cache_built = True
 
@@ -896,7 +954,8 @@ class ReadyEngine(_Step):
                 pieces = tuple(Piece(n, forms[n]) for i, p in cut for n in self._part_tensors(i, p))
                 layers = tuple(dict.fromkeys(i for i, _ in cut))
                 name = label if len(cuts) == 1 else f"{label} stage {k + 1}/{len(cuts)}"
-                stages.append((Stage(name, layers, pieces, parts=tuple(cut)), group.resident))
+                stages.append((Stage(name, layers, pieces, parts=tuple(cut), group=gi),
+                               group.resident))
         norms = tuple(Piece(n, forms[n]) for n in final_norm_names(self.config.architecture))
         out = output_name(self.config)
         form = forms[out]
@@ -918,45 +977,70 @@ class ReadyEngine(_Step):
     def _count_group_stages(self) -> list[int]:
         """How many stages each plan group has (resident groups one)."""
         counts = [0] * len(self.plan.groups)
-        layer_group = {i: gi for gi, g in enumerate(self.plan.groups) for i in g.layers}
         for stage, _ in self._stages:
-            if not stage.head:
-                counts[layer_group[stage.parts[0][0]]] += 1
+            if stage.group is not None:
+                counts[stage.group] += 1
         return counts
 
     def _allocate(self) -> None:
-        """The KV cache, the loader's scratch, resident weights, the stage slots, and the
-        activations' accounting block sized so the pool's peak equals the plan's predicted peak."""
+        """The loader's scratch, the resident weights, the KV cache, the stage slots, and the
+        activations' accounting block sized so the pool's peak equals the plan's predicted peak.
+
+        The plan's rule counts weights, KV cache and activations; the loader's own buffers (its
+        scratch, and the file bytes of a tensor prepared whole) come out of the activations' share:
+        the scratch is sized to the room the plan leaves, and the accounting block leaves room for
+        the largest temporary a streamed load takes (the reader's ``whole`` buffer). Resident weights
+        load first, before the KV cache and the stage slots are held, so their loads' temporaries
+        fit in the room those will take; that buffer goes back to the OS before the rest is
+        allocated."""
         kv_shape = KVCache.shape(self.config, self.max_context)
+        kv_specs: list[tuple[tuple[int, ...], type[np.float32]]] = [(kv_shape, np.float32)] * 2
+        streamed = [s for s, resident in self._stages if not resident]
+        slot_bytes = max((s.block_bytes for s in streamed), default=0)
+        n_slots = slots_for(len(streamed), self.plan.prefetch)
+        held = (block_bytes(pack_offsets(kv_specs)[1]) + n_slots * slot_bytes
+                + sum(s.block_bytes for s, resident in self._stages if resident))
+        stream_temporary = self.reader.temporary_bytes([p for s in streamed for p in s.pieces])
+        room = self.plan.predicted_peak_bytes - held - stream_temporary
+        if self.reader.needs_scratch():
+            self.reader.scratch = self.pool.allocate(
+                self.reader.scratch_bytes(self.context.budget_bytes, room), label="loader scratch"
+            )
+        resident_temporary = self.reader.temporary_bytes(
+            [p for s, resident in self._stages if resident for p in s.pieces])
+        self._set_whole_buffer(resident_temporary, "resident loads")
+        for stage, resident in self._stages:
+            if resident:
+                loaded = self._load_resident(stage)
+                if stage.group is None:
+                    self._head = loaded
+                else:  # keyed by plan group, as forward looks it up
+                    self._resident[stage.group] = loaded
+        self._set_whole_buffer(0, "")
+        self.pool.trim()  # the resident loads' temporaries go back to the OS
         # no huge pages: the cache is written a position at a time, and its RSS should grow with the
         # tokens cached, not jump to the whole cache on the first token
-        self._kv_buffer = self.pool.allocate_many([(kv_shape, np.float32), (kv_shape, np.float32)],
-                                                  label="KV cache", hugepages=False)
+        self._kv_buffer = self.pool.allocate_many(kv_specs, label="KV cache", hugepages=False)
         k, v = self._kv_buffer.arrays
         self.cache = KVCache(self.config, self.max_context, (k, v))
         del k, v
-        if self.reader.needs_scratch():
-            self.reader.scratch = self.pool.allocate(
-                self.reader.scratch_bytes(self.context.budget_bytes), label="loader scratch"
-            )
-        for gi, (stage, resident) in enumerate(self._stages):
-            if resident:
-                loaded = self._load_resident(stage)
-                if stage.head:
-                    self._head = loaded
-                else:
-                    self._resident[gi] = loaded
-        streamed = [s for s, resident in self._stages if not resident]
-        if streamed:
-            size = max(s.block_bytes for s in streamed)
-            for n in range(slots_for(len(streamed), self.plan.prefetch)):
-                self._slots.append(self.pool.allocate(size, label=f"stage slot {n + 1}"))
+        for n in range(n_slots):
+            self._slots.append(self.pool.allocate(slot_bytes, label=f"stage slot {n + 1}"))
+        self._set_whole_buffer(stream_temporary, "streamed loads")
         fixed_acts = fixed_bytes(self.layout, self.context) - self.cache.nbytes
         reserve = self.plan.predicted_peak_bytes - self.pool.held_bytes
         reserve = min(reserve, fixed_acts) // PAGE_BYTES * PAGE_BYTES
         self.activation_reserve_bytes = max(0, reserve)
         if reserve > 0:
             self._reservation = self.pool.allocate(reserve, label="activations (accounting)")
+
+    def _set_whole_buffer(self, nbytes: int, purpose: str) -> None:
+        """Give the reader a ``whole`` buffer of ``nbytes`` for tensors prepared whole (0: none)."""
+        if self.reader.whole is not None:
+            self.reader.whole.release()
+            self.reader.whole = None
+        if nbytes > 0:
+            self.reader.whole = self.pool.allocate(nbytes, label=f"whole-tensor file bytes ({purpose})")
 
     # -- loading ----------------------------------------------------------------------------------
     def _stage_views(self, stage: Stage, weights: dict[str, Weight]) -> list[tuple[LayerWeights, int]]:
@@ -1082,6 +1166,9 @@ class ReadyEngine(_Step):
         finally:
             if extra is not None:
                 extra.release()
+                # the pool caches a released block for reuse by its size; one per length asked for
+                # would pile up, so this one-off block goes back at once
+                self.pool.trim()
         self.cache.length = start + t
         del self.cached_ids[start:]
         self.cached_ids.extend(int(i) for i in arr)
@@ -1141,13 +1228,13 @@ class ReadyEngine(_Step):
             cache.release()
         reader: WeightReader | None = getattr(self, "reader", None)
         for buf in (self._kv_buffer, self._reservation, None if reader is None else reader.scratch,
-                    *self._slots):
+                    None if reader is None else reader.whole, *self._slots):
             if buf is not None:
                 buf.release()
         self._slots = []
         self._kv_buffer = self._reservation = None
         if reader is not None:
-            reader.scratch = None
+            reader.scratch = reader.whole = None
             if reader.prepared is not None:
                 reader.prepared.close()
         self.model.close()

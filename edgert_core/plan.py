@@ -27,6 +27,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import ClassVar
 
 from edgert_core.budget import format_bytes
@@ -335,8 +336,30 @@ def validate_plan(plan: ExecutionPlan, layout: ModelLayout, ctx: PlanningContext
     peak prediction within the budget (prefetch headroom included)."""
 
     def fail(why: str) -> PlanValidationError:
-        return PlanValidationError(f"Strategy {plan.strategy!r} returned an invalid plan: {why}.")
+        name = getattr(plan, "strategy", "?")
+        return PlanValidationError(f"Strategy {name!r} returned an invalid plan: {why}.")
 
+    if not isinstance(plan, ExecutionPlan):
+        raise fail(f"it is a {type(plan).__name__}, not an ExecutionPlan; build plans with "
+                   "edgert_core.make_plan")
+    if not isinstance(plan.groups, tuple) or not all(isinstance(g, LayerGroup) for g in plan.groups):
+        raise fail("groups must be a tuple of edgert_core.LayerGroup; build plans with "
+                   "edgert_core.make_plan")
+    for g in plan.groups:
+        if not isinstance(g.layers, (tuple, list)) or not all(
+            isinstance(i, Integral) and not isinstance(i, bool) for i in g.layers
+        ):
+            raise fail(f"a group's layers must be a tuple of layer indices (ints), got {g.layers!r}")
+    flags = {"prefetch": plan.prefetch, "head_resident": plan.head_resident}
+    flags.update({f"group {k} resident": g.resident for k, g in enumerate(plan.groups)})
+    for what, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise fail(f"{what} must be True or False, got {flag!r}")
+    for what, value in (("head_slice_bytes", plan.head_slice_bytes),
+                        ("stage_bytes", plan.stage_bytes),
+                        ("predicted_peak_bytes", plan.predicted_peak_bytes)):
+        if not isinstance(value, Integral) or isinstance(value, bool):
+            raise fail(f"{what} must be an int, got {value!r}")
     order = [i for g in plan.groups for i in g.layers]
     if order != list(range(len(layout.layers))):
         raise fail(

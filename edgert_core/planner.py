@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgert_core.errors import EdgeRTError, InfeasibleBudgetError
+from edgert_core.errors import EdgeRTError, InfeasibleBudgetError, PluginError
 from edgert_core.layout import ModelLayout
 from edgert_core.plan import (
     ExecutionPlan,
@@ -44,9 +44,20 @@ def plan_with(
     """The validated plan of the strategy ``name`` (or ``auto``)."""
     if name == AUTO:
         return choose_auto(registry, layout, ctx)
-    strategy = registry.strategy(name)
-    check_feasible(layout, ctx)
-    plan = strategy.plan(layout, ctx)
+    try:
+        strategy = registry.strategy(name)  # an unknown name: an error listing the installed ones
+        check_feasible(layout, ctx)
+        plan = strategy.plan(layout, ctx)
+    except EdgeRTError:
+        raise
+    except Exception as exc:  # a bug in the strategy plugin: name it, never a traceback
+        plugin = registry.provider("strategy", name)
+        raise PluginError(
+            f"Strategy {name!r} (plugin {plugin.name!r}, distribution {plugin.distribution}) failed "
+            f"while planning: {type(exc).__name__}: {exc}. Report this to the plugin's author; "
+            f"meanwhile pick another strategy with --strategy, or block the plugin with "
+            f"EDGERT_DISABLE_PLUGINS={plugin.name}."
+        ) from exc
     validate_plan(plan, layout, ctx)
     return plan
 

@@ -257,3 +257,28 @@ def test_loads_per_token_counts_streamed_groups_and_head_slices() -> None:
     assert plan.loads_per_token(LAYOUT) == 2 + 3  # head of 250 bytes in slices of at most 100
     resident = make_plan("t", LAYOUT, CTX, groups, head_resident=True)
     assert resident.loads_per_token(LAYOUT) == 2
+
+
+@pytest.mark.parametrize(
+    ("broken", "says"),
+    [
+        ({"groups": [LayerGroup((0,)), LayerGroup((1, 2))]}, "groups must be a tuple"),
+        ({"groups": (LayerGroup((0,)), LayerGroup(("1", 2)))},  # type: ignore[arg-type]
+         "layers must be a tuple of layer indices"),
+        ({"prefetch": "yes"}, "prefetch must be True or False"),
+        ({"groups": (LayerGroup((0, 1, 2), resident=1),)},  # type: ignore[arg-type]
+         "group 0 resident must be True or False"),
+        ({"stage_bytes": 2.5}, "stage_bytes must be an int"),
+    ],
+)
+def test_plans_of_the_wrong_types_are_refused_in_a_sentence(broken: dict[str, object], says: str) -> None:
+    from dataclasses import replace
+
+    plan = replace(make_plan("t", LAYOUT, CTX, SINGLES), **broken)  # type: ignore[arg-type]
+    with pytest.raises(PlanValidationError, match=f"Strategy 't' returned an invalid plan: .*{says}"):
+        validate_plan(plan, LAYOUT, CTX)
+
+
+def test_something_that_is_not_a_plan_is_refused() -> None:
+    with pytest.raises(PlanValidationError, match="not an ExecutionPlan; build plans with"):
+        validate_plan([LayerGroup((0, 1, 2))], LAYOUT, CTX)  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ from edgert_core import (
     synthetic_layout,
 )
 from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.planner import all_plans
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024**2
@@ -467,6 +468,29 @@ def test_invalid_plan_names_the_strategy(cls: type[PartitionStrategy], why: str)
         plan_with(registry, cls.name, synthetic_layout("gpt2-small"), PlanningContext(128 * MiB))
     assert f"Strategy {cls.name!r} returned an invalid plan" in str(err.value)
     assert why in str(err.value)
+
+
+class Crashing(PartitionStrategy):
+    """A strategy with a bug: its plan() raises something that is not an edge-rt error."""
+
+    name = "crashing"
+
+    def plan(self, layout: ModelLayout, ctx: PlanningContext) -> ExecutionPlan:
+        return {}["no such key"]  # type: ignore[no-any-return]
+
+
+def test_a_strategy_that_crashes_is_named_and_auto_uses_the_others() -> None:
+    registry = only([("buggy", StrategyPlugin(Crashing)), ("good", StrategyPlugin(KeepAll))])
+    layout, ctx = synthetic_layout("gpt2-small"), PlanningContext(None)
+    with pytest.raises(PluginError) as err:
+        plan_with(registry, "crashing", layout, ctx)
+    message = str(err.value)
+    assert "Strategy 'crashing' (plugin 'buggy'" in message and "KeyError" in message
+    assert "EDGERT_DISABLE_PLUGINS=buggy" in message
+    everything = KeepAll().plan(layout, ctx).predicted_peak_bytes
+    assert plan_with(registry, "auto", layout, PlanningContext(everything)).strategy == "keep-all"
+    outcomes = {o.strategy: o for o in all_plans(registry, layout, ctx)}
+    assert outcomes["crashing"].plan is None and "KeyError" in str(outcomes["crashing"].error)
 
 
 def auto_registry() -> PluginRegistry:
