@@ -182,6 +182,26 @@ def tokenizer_from_gguf_metadata(md: dict[str, Any], path: Path) -> Tokenizer | 
         raise ModelError(f"{path} has a BPE vocabulary without tokenizer.ggml.merges; it is incomplete.")
     types = md.get("tokenizer.ggml.token_type") or []
     pre = str(md.get("tokenizer.ggml.pre", "default"))
+    for key, values, kind in (("tokens", tokens, str), ("merges", merges, str),
+                              ("token_type", types, int)):
+        if not isinstance(values, list) or not all(isinstance(v, kind) for v in values):
+            raise ModelError(
+                f"{path}: tokenizer.ggml.{key} must be a list of "
+                f"{'strings' if kind is str else 'integers'}; the file is corrupt."
+            )
+    try:
+        return _gguf_bpe(md, tokens, merges, types, pre)
+    except Exception as exc:  # the tokenizers library raises plain Exception on bad vocabularies
+        reason = " ".join(str(exc).split())[:80]
+        raise ModelError(
+            f"{path} has a tokenizer vocabulary the tokenizers library refuses ({reason}); the "
+            "file is corrupt."
+        ) from None
+
+
+def _gguf_bpe(
+    md: dict[str, Any], tokens: list[str], merges: list[str], types: list[int], pre: str
+) -> Tokenizer:
 
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
@@ -210,7 +230,7 @@ def tokenizer_from_gguf_metadata(md: dict[str, Any], path: Path) -> Tokenizer | 
 
     def opt_id(key: str) -> int | None:
         value = md.get(f"tokenizer.ggml.{key}")
-        return None if value is None else int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     eos = tuple(i for i in (opt_id("eos_token_id"), opt_id("eot_token_id")) if i is not None)
     return Tokenizer(

@@ -203,7 +203,7 @@ def test_missing_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (["--model", "/nonexistent/model.gguf", "--prompt", "hi"], "does not exist"),
         (["--model", "{tiny}", "--prompt", ""], "empty"),
-        (["--model", "{tiny}", "--prompt", "hi", "--max-tokens", "0"], "max_tokens"),
+        (["--model", "{tiny}", "--prompt", "hi", "--max-tokens", "0"], "--max-tokens"),
         (["--model", "{tiny}", "--prompt-ids", "1,x"], "--prompt-ids"),
         (["--model", "{notes}", "--prompt", "hi"], "not a model"),
     ],

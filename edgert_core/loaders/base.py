@@ -13,6 +13,12 @@ row order; loaders do no math (dequantization belongs to the kernel backend). A 
 own buffer (``out=``), which is filled by a :class:`~edgert_core.memory.reader.FileRangeReader`
 (positional reads, one open file per model file, shared by threads) so the file's pages never enter
 the process's resident memory through a mapping.
+
+NaN and infinite weights: checking a whole model at load would read every byte once more before the
+first token, so the check runs on the bytes actually read instead: every value of a float tensor,
+and the float16 scales of every block of a quantized one (the only place a block format can hold a
+NaN or an infinity). A tensor range that passed is not checked again (streamed stages are read once
+per token). A bad value raises :class:`ModelError` naming the tensor, before the first token.
 """
 
 from __future__ import annotations
@@ -195,11 +201,15 @@ class ModelSource:
                     f"cannot load; supported types: {', '.join(sorted(LOADABLE_DTYPES))}. Use a "
                     "file quantized to one of those."
                 )
-            if entry.info.nbytes != file_nbytes(dtype, entry.info.shape):
+            try:
+                wanted = file_nbytes(dtype, entry.info.shape)
+            except ModelError as err:
+                raise ModelError(f"Tensor {entry.file_name} in {entry.file}: {err}") from None
+            if entry.info.nbytes != wanted:
                 raise ModelError(
                     f"Tensor {entry.file_name} in {entry.file} declares {entry.info.nbytes} bytes "
                     f"but a {dtype} tensor of shape {list(entry.info.shape)} takes "
-                    f"{file_nbytes(dtype, entry.info.shape)}; the file is corrupt."
+                    f"{wanted}; the file is corrupt."
                 )
         sizes = self.file_sizes()
         for entry in self.entries.values():
@@ -263,6 +273,7 @@ class ValidatedModel:
         self.config = source.config
         self.chat_template = source.chat_template
         self._layout: ModelLayout | None = None
+        self._finite: set[tuple[str, int, int]] = set()  # (name, first byte, end) checked
 
     @property
     def format(self) -> str:
@@ -310,12 +321,14 @@ class ValidatedModel:
             raise ValueError(f"buffer of {len(buf)} bytes is too small for {name} ({n} bytes)")
         if not entry.transposed:
             self.source.read_into(entry, buf)
+            self._check_finite(entry, buf, 0)
             return buf
         # stored [in, out]: read, then write the transpose (a layout change, no arithmetic)
         rows, cols = entry.info.shape
         item = FLOAT_BYTES[entry.info.dtype]
         stored = np.empty(n, dtype=np.uint8) if scratch is None else scratch[:n]
         self.source.read_into(entry, stored)
+        self._check_finite(entry, stored, 0)
         dt = np.dtype(f"V{item}")
         buf.view(dt).reshape(rows, cols)[...] = stored.view(dt).reshape(cols, rows).T
         return buf
@@ -339,6 +352,7 @@ class ValidatedModel:
         n = (stop - start) * rb
         buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
         self.source.read_into(entry, buf, start * rb)
+        self._check_finite(entry, buf, start * rb)
         return buf
 
     def read_row_set(self, name: str, ids: NDArray[np.int64], out: U8 | None = None) -> U8:
@@ -353,8 +367,49 @@ class ValidatedModel:
             self.read_rows(name, i, i + 1, out[j])
         return out
 
+    def _check_finite(self, entry: TensorEntry, raw: U8, byte_start: int) -> None:
+        key = (entry.info.name, byte_start, byte_start + len(raw))
+        if key in self._finite:
+            return
+        if has_nonfinite(entry.info.dtype, raw):
+            raise ModelError(
+                f"Tensor {entry.file_name} in {entry.file} holds NaN or infinite values; the file "
+                "is corrupt, so download or convert it again."
+            )
+        if len(raw) >= _REMEMBER_BYTES:  # single embedding rows are cheap to check again
+            self._finite.add(key)
+
     def close(self) -> None:
         self.source.close()
+
+
+#: Checked ranges at least this large are remembered and not checked again.
+_REMEMBER_BYTES = 1 << 16
+#: Values per step of the NaN/Inf check (keeps its temporaries small under a memory budget).
+_CHECK_CHUNK = 1 << 16
+#: Exponent bits that are all ones in a NaN or an infinity, by stored float type.
+_EXPONENT = {"F32": (np.uint32, 0x7F800000), "F16": (np.uint16, 0x7C00),
+             "BF16": (np.uint16, 0x7F80)}
+#: Block types: bytes per block and the number of float16 fields (scales) at its start.
+_BLOCK_SCALES = {"Q8_0": 1, "Q4_0": 1, "Q4_1": 2}
+
+
+def has_nonfinite(dtype: str, raw: U8) -> bool:
+    """Whether stored bytes ``raw`` (``uint8``) of a tensor of ``dtype`` hold a NaN or an infinity
+    (a bit test on the exponent: no arithmetic). Types without floats are never non-finite."""
+    if dtype in _EXPONENT:
+        word, mask = _EXPONENT[dtype]
+        values = raw.view(word)
+    elif dtype in _BLOCK_SCALES and dtype in BLOCK_BYTES:
+        word, mask = np.uint16, 0x7C00
+        values = raw.view(word).reshape(-1, BLOCK_BYTES[dtype] // 2)[:, : _BLOCK_SCALES[dtype]]
+    else:
+        return False
+    pattern = word(mask)
+    for i in range(0, len(values), _CHECK_CHUNK):
+        if np.any((values[i : i + _CHECK_CHUNK] & pattern) == pattern):
+            return True
+    return False
 
 
 def row_nbytes(info: TensorInfo) -> int:

@@ -5,11 +5,19 @@ bytes, which is closed afterwards; tensor data is never mapped. Type codes and b
 the ``gguf`` package. The ``gguf`` package's own ``GGUFReader`` is not used for the header: it builds
 about 160 MB of Python objects and takes seconds for the 49k-token vocabulary of a small model, which
 would count against the memory budget of the whole run.
+
+The header is checked the way llama.cpp's ``gguf_init_from_file`` checks it (the reference for GGUF
+conventions): versions 2 and 3, no duplicate keys or tensor names, no nested arrays, a
+``general.alignment`` that is a power of two, at most 4 dimensions and a known type per tensor, rows of
+whole blocks, and tensor data laid out in directory order, each tensor at the aligned end of the one
+before (so misaligned, overlapping or gapped data is refused, naming the tensor). The ``llama.*`` keys
+the model needs are checked for type and range (see ``docs/model-files.md``).
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +29,9 @@ import numpy as np
 from edgert_core.errors import ModelError
 from edgert_core.layout import ModelDims, TensorInfo
 from edgert_core.loaders.base import ModelSource, TensorEntry
-from edgert_core.models.config import ModelConfig
+from edgert_core.loaders.fields import Fields, check_divisible, show
+from edgert_core.loaders.files import open_regular, read_prefix
+from edgert_core.models.config import DIM_LIMITS, ModelConfig
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -31,6 +41,10 @@ SUPPORTED_ARCHITECTURES = ("llama",)
 _SCALAR: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                            10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+#: ggml's limits: dimensions per tensor, bytes of a tensor name (with its terminating NUL).
+GGML_MAX_DIMS = 4
+GGML_MAX_NAME = 64
+_INT64_MAX = (1 << 63) - 1
 
 #: GGUF llama tensor names -> canonical (Hugging Face) names; ``{i}`` is the block index.
 _LLAMA_NAMES = {
@@ -85,14 +99,15 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.scalar("<Q")
-        if n > 1 << 30:
-            raise ModelError(f"{self.path} has a corrupt GGUF header (a string of {n} bytes).")
         self._need(n)
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
+    def corrupt(self, what: str) -> ModelError:
+        return ModelError(f"{self.path} has a corrupt GGUF header ({what}); the file is damaged.")
+
+    def value(self, vtype: int, key: str) -> Any:
         if vtype in _SCALAR:
             return self.scalar(_SCALAR[vtype])
         if vtype == _STRING:
@@ -100,67 +115,164 @@ class _Cursor:
         if vtype == _ARRAY:
             etype = self.scalar("<I")
             count = self.scalar("<Q")
-            if count > 1 << 31:
-                raise ModelError(f"{self.path} has a corrupt GGUF header (an array of {count}).")
-            if etype in _SCALAR and etype != 7:
+            left = len(self.buf) - self.pos
+            if etype == _ARRAY:
+                raise self.corrupt(f"key {show(key)} is an array of arrays, which GGUF does not allow")
+            if etype in _SCALAR:
                 dt = np.dtype(_SCALAR[etype])
                 self._need(count * dt.itemsize)
                 arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos).copy()
                 self.pos += count * dt.itemsize
                 return arr.tolist()
-            return [self.value(etype) for _ in range(count)]
-        raise ModelError(f"{self.path} has a corrupt GGUF header (value type {vtype}).")
+            if etype == _STRING:
+                self._need(min(count, left + 1) * 8)  # every string has an 8-byte length
+                return [self.string() for _ in range(count)]
+            raise self.corrupt(f"key {show(key)} is an array of unknown value type {etype}")
+        raise self.corrupt(f"key {show(key)} has unknown value type {vtype}")
 
 
 def is_gguf(path: Path) -> bool:
-    """Whether ``path`` starts with the GGUF magic."""
+    """Whether ``path`` is a regular file starting with the GGUF magic."""
     try:
-        with path.open("rb") as f:
-            return f.read(4) == MAGIC
-    except OSError:
+        return read_prefix(path, 4) == MAGIC
+    except ModelError:
         return False
 
 
 def read_header(path: Path) -> GGUFHeader:
-    """Parse the header of a GGUF file without touching its tensor data."""
-    size = path.stat().st_size
-    if size < 24:
-        raise ModelError(f"{path} is too short to be a GGUF model ({size} bytes); download it again.")
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[:4] != MAGIC:
-            raise ModelError(f"{path} is not a GGUF file (it does not start with 'GGUF').")
-        cur = _Cursor(mm, path)
-        cur.pos = 4
-        version = cur.scalar("<I")
-        if version not in (2, 3):
+    """Parse and check the header of a GGUF file without touching its tensor data."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size < 24:
             raise ModelError(
-                f"{path} is GGUF version {version}; edge-rt reads versions 2 and 3 (little-endian)."
+                f"{path} is too short to be a GGUF model ({size} bytes); download it again."
             )
-        n_tensors = cur.scalar("<Q")
-        n_kv = cur.scalar("<Q")
-        if n_tensors > 1 << 24 or n_kv > 1 << 24:
-            raise ModelError(f"{path} has a corrupt GGUF header ({n_tensors} tensors, {n_kv} keys).")
-        metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = cur.string()
-            metadata[key] = cur.value(cur.scalar("<I"))
-        raw_tensors = []
-        for _ in range(n_tensors):
-            name = cur.string()
-            n_dims = cur.scalar("<I")
-            if n_dims > 8:
-                raise ModelError(f"{path} has a corrupt GGUF header (tensor {name} has {n_dims} dims).")
-            ne = tuple(cur.scalar("<Q") for _ in range(n_dims))
-            ttype = cur.scalar("<I")
-            offset = cur.scalar("<Q")
-            raw_tensors.append((name, ne, ttype, offset))
-        alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-        if alignment <= 0:
-            raise ModelError(f"{path} has a corrupt GGUF header (alignment {alignment}).")
-        data_start = (cur.pos + alignment - 1) // alignment * alignment
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    with mm:
+        return _parse_header(mm, path, size)
+
+
+def _parse_header(mm: mmap.mmap, path: Path, size: int) -> GGUFHeader:
+    if mm[:4] != MAGIC:
+        raise ModelError(f"{path} is not a GGUF file (it does not start with 'GGUF').")
+    cur = _Cursor(mm, path)
+    cur.pos = 4
+    version = cur.scalar("<I")
+    if version not in (2, 3):
+        swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+        hint = " (a big-endian file)" if swapped in (2, 3) else ""
+        raise ModelError(
+            f"{path} is GGUF version {version}{hint}; edge-rt reads versions 2 and 3 "
+            "(little-endian)."
+        )
+    n_tensors = cur.scalar("<Q")
+    n_kv = cur.scalar("<Q")
+    # every key takes at least 12 bytes, every tensor entry at least 24
+    if n_kv * 12 + n_tensors * 24 > size:
+        raise ModelError(
+            f"{path} is truncated or corrupt: its GGUF header lists {n_tensors} tensors and {n_kv} "
+            f"keys, more than its {size} bytes can hold; download it again."
+        )
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        if not key.isprintable():
+            raise cur.corrupt(f"key {show(key)} is not printable text")
+        if key in metadata:
+            raise cur.corrupt(f"key {show(key)} appears twice")
+        metadata[key] = cur.value(cur.scalar("<I"), key)
+    raw_tensors = []
+    names: set[str] = set()
+    for _ in range(n_tensors):
+        name = cur.string()
+        if not name.isprintable():
+            raise cur.corrupt(f"tensor name {show(name)} is not printable text")
+        if len(name.encode("utf-8")) >= GGML_MAX_NAME:
+            raise cur.corrupt(f"tensor name {show(name)} is longer than {GGML_MAX_NAME - 1} bytes")
+        if name in names:
+            raise cur.corrupt(f"tensor {name} appears twice")
+        names.add(name)
+        n_dims = cur.scalar("<I")
+        if n_dims > GGML_MAX_DIMS:
+            raise cur.corrupt(f"tensor {name} has {n_dims} dimensions, more than {GGML_MAX_DIMS}")
+        ne = tuple(cur.scalar("<Q") for _ in range(n_dims))
+        ttype = cur.scalar("<I")
+        offset = cur.scalar("<Q")
+        _check_tensor(cur, name, ne, ttype)
+        raw_tensors.append((name, ne, ttype, offset))
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if (
+        isinstance(alignment, bool)
+        or not isinstance(alignment, int)
+        or alignment <= 0
+        or alignment & (alignment - 1)
+    ):
+        raise cur.corrupt(f"general.alignment is {show(alignment)}, not a power of two")
+    data_start = (cur.pos + alignment - 1) // alignment * alignment
+    _check_offsets(path, raw_tensors, alignment, data_start, size)
     header = GGUFHeader(version, metadata, data_start=data_start)
     header.tensors = [(n, ne, t, data_start + off) for n, ne, t, off in raw_tensors]
     return header
+
+
+def _check_tensor(cur: _Cursor, name: str, ne: tuple[int, ...], code: int) -> None:
+    """A tensor entry's dims and type as llama.cpp checks them."""
+    try:
+        qtype = gguf.GGMLQuantizationType(code)
+        block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        raise cur.corrupt(f"tensor {name} has unknown type code {code}") from None
+    n = 1
+    for x in ne:
+        n *= x
+        if x > _INT64_MAX or n > _INT64_MAX:
+            raise cur.corrupt(f"tensor {name} has impossible dimensions {list(ne)}")
+    if ne and ne[0] % block:
+        raise cur.corrupt(
+            f"tensor {name} of type {qtype.name} has rows of {ne[0]} values, not whole blocks of "
+            f"{block}"
+        )
+
+
+def _check_offsets(
+    path: Path, tensors: list[tuple[str, tuple[int, ...], int, int]], alignment: int,
+    data_start: int, size: int,
+) -> None:
+    """Tensor data in directory order, each tensor at the aligned end of the previous one (as
+    llama.cpp requires), and inside the file."""
+    expected = 0
+    spans: list[tuple[str, int, int]] = []
+    for name, ne, code, offset in tensors:
+        nbytes = tensor_nbytes(code, ne)
+        if offset % alignment:
+            raise ModelError(
+                f"{path}: tensor {name} starts at data offset {offset}, which is not a multiple of "
+                f"general.alignment ({alignment}); the GGUF file is corrupt."
+            )
+        if offset < expected:
+            other = next((n for n, a, b in spans if a <= offset < max(b, a + 1)), spans[-1][0])
+            raise ModelError(
+                f"{path}: the data of tensor {name} (from data offset {offset}) overlaps tensor "
+                f"{other}; the GGUF file is corrupt."
+            )
+        if offset > expected:
+            before = f"tensor {spans[-1][0]}" if spans else "the start of the data section"
+            raise ModelError(
+                f"{path}: tensor {name} starts at data offset {offset} but {before} ends at "
+                f"{expected} (aligned); GGUF tensor data must follow in directory order without "
+                "gaps, so the file is corrupt."
+            )
+        end = data_start + offset + nbytes
+        if end > size:
+            raise ModelError(
+                f"{path} is truncated: tensor {name} ends at byte {end} but the file has {size} "
+                "bytes; download it again."
+            )
+        spans.append((name, offset, offset + nbytes))
+        expected = offset + (nbytes + alignment - 1) // alignment * alignment
 
 
 #: Metadata arrays only the tokenizer reads; dropped once it is built.
@@ -181,8 +293,10 @@ def type_name(code: int) -> str:
 
 
 def tensor_nbytes(code: int, ne: tuple[int, ...]) -> int:
-    """File bytes of a tensor of GGML type ``code`` and dims ``ne``."""
-    n = int(np.prod(ne, dtype=np.int64)) if ne else 1
+    """File bytes of a tensor of GGML type ``code`` and dims ``ne`` (rows of whole blocks)."""
+    n = 1
+    for x in ne:
+        n *= int(x)
     try:
         block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(code)]
     except (ValueError, KeyError):
@@ -211,9 +325,9 @@ class GGUFModel(ModelSource):
         self._tokenizer: Any = None
         md = header.metadata
         arch = md.get("general.architecture")
-        if arch not in SUPPORTED_ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
             raise ModelError(
-                f"{path} holds a model of architecture {arch!r}, which edge-rt does not support; "
+                f"{path} holds a model of architecture {show(arch)}, which edge-rt does not support; "
                 f"supported GGUF architectures: {', '.join(SUPPORTED_ARCHITECTURES)}."
             )
         config = _llama_config(path, md, header)
@@ -255,23 +369,32 @@ class GGUFModel(ModelSource):
 
 
 def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelConfig:
-    def get(key: str, default: Any = None) -> Any:
-        value = md.get(f"llama.{key}", default)
-        if value is None:
-            raise ModelError(f"{path} lacks metadata key llama.{key}; the file is incomplete.")
-        return value
-
-    n_heads = int(get("attention.head_count"))
-    hidden = int(get("embedding_length"))
-    n_kv = int(get("attention.head_count_kv", n_heads))
-    head_dim = int(md.get("llama.attention.key_length", hidden // max(n_heads, 1)))
-    rope_dim = int(md.get("llama.rope.dimension_count", head_dim))
+    """The model's hyperparameters from the ``llama.*`` keys, each checked for type and range."""
+    f = Fields(md, path, "llama.")
+    lim = DIM_LIMITS
+    n_heads = f.whole("attention.head_count", maximum=lim["n_heads"])
+    hidden = f.whole("embedding_length", maximum=lim["hidden"])
+    n_kv = f.whole("attention.head_count_kv", default=n_heads, maximum=lim["n_heads"])
+    check_divisible(f, "attention.head_count", n_heads, "attention.head_count_kv", n_kv)
+    if f.has("attention.key_length"):
+        head_dim = f.whole("attention.key_length", maximum=lim["head_dim"])
+    else:
+        check_divisible(f, "embedding_length", hidden, "attention.head_count", n_heads)
+        head_dim = hidden // n_heads
+    if head_dim % 2 or head_dim > lim["head_dim"]:
+        raise f.error("attention.key_length", f"(head size {head_dim}) must be even and at most "
+                      f"{lim['head_dim']} for rotary position embeddings")
+    value_dim = f.whole("attention.value_length", default=head_dim, maximum=lim["head_dim"])
+    if value_dim != head_dim:
+        raise f.error("attention.value_length", f"({value_dim}) differs from the key length "
+                      f"({head_dim}), which edge-rt does not support")
+    rope_dim = f.whole("rope.dimension_count", default=head_dim, maximum=lim["head_dim"])
     if rope_dim != head_dim:
         raise ModelError(
             f"{path} rotates {rope_dim} of {head_dim} head dimensions (partial RoPE), which edge-rt "
             "does not support."
         )
-    scaling = md.get("llama.rope.scaling.type")
+    scaling = f.text("rope.scaling.type")
     if scaling not in (None, "none"):
         raise ModelError(f"{path} uses RoPE scaling {scaling!r}, which edge-rt does not support.")
     names = {t[0] for t in header.tensors}
@@ -281,30 +404,52 @@ def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelCo
             "not support."
         )
     tokens = md.get("tokenizer.ggml.tokens")
-    vocab = int(md.get("llama.vocab_size", len(tokens) if isinstance(tokens, list) else 0))
-    if vocab == 0:
-        vocab = next((int(ne[1]) for n, ne, _, _ in header.tensors if n == "token_embd.weight"), 0)
+    n_tokens = len(tokens) if isinstance(tokens, list) else 0
+    if f.has("vocab_size"):
+        vocab = f.whole("vocab_size", maximum=lim["vocab"])
+    elif n_tokens:
+        vocab = n_tokens
+    else:
+        embd = next((ne for n, ne, _, _ in header.tensors if n == "token_embd.weight"), ())
+        if len(embd) != 2:
+            raise ModelError(
+                f"{path} has neither llama.vocab_size, a tokenizer vocabulary nor a 2-D "
+                "token_embd.weight; the file is incomplete."
+            )
+        vocab = int(embd[1])
+    if not 1 <= vocab <= lim["vocab"]:
+        raise f.error("vocab_size", f"(the vocabulary size) must be between 1 and {lim['vocab']}, "
+                      f"got {vocab}")
+    if n_tokens > vocab:
+        raise ModelError(
+            f"{path} has {n_tokens} tokens in tokenizer.ggml.tokens but a vocabulary of {vocab}; "
+            "the file is inconsistent."
+        )
     dims = ModelDims(
         architecture="llama",
-        n_layers=int(get("block_count")),
+        n_layers=f.whole("block_count", maximum=lim["n_layers"]),
         hidden=hidden,
         n_heads=n_heads,
         n_kv_heads=n_kv,
         head_dim=head_dim,
-        intermediate=int(get("feed_forward_length")),
+        intermediate=f.whole("feed_forward_length", maximum=lim["intermediate"]),
         vocab=vocab,
-        max_position=int(get("context_length", 2048)),
+        max_position=f.whole("context_length", default=2048, maximum=lim["max_position"]),
     )
-    eos = md.get("tokenizer.ggml.eos_token_id")
-    eot = md.get("tokenizer.ggml.eot_token_id")
-    eos_ids = tuple(dict.fromkeys(int(x) for x in (eos, eot) if x is not None))
-    bos = md.get("tokenizer.ggml.bos_token_id")
+    tok = Fields(md, path, "tokenizer.ggml.")
+    eos_ids = tuple(dict.fromkeys(
+        (*tok.token_ids("eos_token_id", vocab), *tok.token_ids("eot_token_id", vocab))
+    ))
+    bos = tok.token_ids("bos_token_id", vocab)
+    if len(bos) > 1:
+        raise tok.error("bos_token_id", "must be one token id")
+    tok.flag("add_bos_token", False)
     return ModelConfig(
         dims=dims,
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(md.get("llama.rope.freq_base", 10000.0)),
+        norm_eps=f.number("attention.layer_norm_rms_epsilon", 1e-5, maximum=1.0),
+        rope_theta=f.number("rope.freq_base", 10000.0),
         rope_interleaved=True,
         tied_embeddings="output.weight" not in names,
-        bos_token_id=None if bos is None else int(bos),
+        bos_token_id=bos[0] if bos else None,
         eos_token_ids=eos_ids,
     )

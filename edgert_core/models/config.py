@@ -10,6 +10,19 @@ from dataclasses import dataclass
 
 from edgert_core.layout import ModelDims
 
+#: Upper bounds of the dimensions a model file may declare (far above any model edge-rt can run on a
+#: small device; they keep a corrupt or hostile header from sizing anything absurd). Loaders check
+#: every field against these and name the field when one is out of range.
+DIM_LIMITS: dict[str, int] = {
+    "n_layers": 4096,
+    "hidden": 1 << 20,
+    "n_heads": 1 << 14,
+    "head_dim": 1 << 14,
+    "intermediate": 1 << 22,
+    "vocab": 1 << 24,
+    "max_position": 1 << 26,
+}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
