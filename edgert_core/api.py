@@ -11,13 +11,14 @@
     async for token in model.agenerate("Once upon a time", max_tokens=32):
         ...
 
-``model.chat()`` keeps a conversation and applies the model's chat template.
+``model.chat()`` keeps a conversation and applies the model's chat template; a conversation that
+outgrows ``max_context`` drops its oldest turns (said once through ``notify``) instead of failing.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from numpy.typing import NDArray
 
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.budget import MemoryBudget
-from edgert_core.chat import Conversation
+from edgert_core.chat import Conversation, turns_to_drop
 from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
 from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
 from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
@@ -41,6 +42,7 @@ from edgert_core.synthetic import DEFAULT_SHAPE, SyntheticModel
 from edgert_core.tokenizer import BaseTokenizer
 
 SYNTHETIC_PREFIX = "synthetic"
+DEFAULT_MAX_TOKENS = 128
 
 
 def open_source(model: str | Path | None) -> ModelSource:
@@ -132,14 +134,34 @@ class Generation:
             piece = self._stream.push(token_id) if self._stream is not None else ""
             self._pieces.append(piece)
             yield Token(token_id, piece)
-        if self._stream is not None:
+        if self._stream is not None and not self._finished:
             tail = self._stream.flush()
             if tail:
                 self._pieces.append(tail)
                 yield Token(-1, tail)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
         self._finished = True
         if self.on_finish is not None:
             self.on_finish(self)
+
+    @property
+    def finished(self) -> bool:
+        """True once the generation has ended (run to its end, or :meth:`close` d)."""
+        return self._finished
+
+    def close(self) -> None:
+        """Stop early: ``ids`` and ``text`` keep the tokens so far, ``stats.stop_reason`` becomes
+        ``"stopped"``, and the engine gives back a stage it loaded ahead. A no-op once finished."""
+        if self._finished:
+            return
+        self._ids.close()  # runs generate_ids' clean-up (end_of_step, the stats)
+        if not self.stats.stop_reason:
+            self.stats.stop_reason = "stopped"
+        self._finish()
 
     def result(self) -> Generation:
         """Run to the end (if not yet) and return self."""
@@ -243,7 +265,7 @@ class Model:
         self,
         prompt: str | Sequence[int],
         *,
-        max_tokens: int = 128,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -258,7 +280,7 @@ class Model:
         self,
         prompt: str | Sequence[int],
         *,
-        max_tokens: int = 128,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -303,40 +325,130 @@ class Model:
             "peak_scope": engine.peak_scope,
         }
 
-    def chat(self, system: str | None = None) -> ChatSession:
-        """A conversation with this model using its chat template."""
-        return ChatSession(self, Conversation(system=system))
+    def notify(self, message: str) -> None:
+        """Pass a one-line notice to where this model's notices go (``load_model(notify=...)``)."""
+        if self._notify is not None:
+            self._notify(message)
+
+    def chat(self, system: str | None = None,
+             history: Sequence[Mapping[str, str]] = ()) -> ChatSession:
+        """A conversation with this model using its chat template, optionally continuing
+        ``history`` (``{"role": "user" | "assistant", "content": ...}`` messages, oldest first)."""
+        conversation = Conversation(system=system)
+        for m in history:
+            role, content = m.get("role"), m.get("content")
+            if role not in ("user", "assistant") or not isinstance(content, str):
+                raise GenerationError(
+                    f"A chat history message must have role 'user' or 'assistant' and text "
+                    f"content, got role {role!r}; pass the system message as system=."
+                )
+            conversation.add("user" if role == "user" else "assistant", content)
+        return ChatSession(self, conversation)
 
 
 class ChatSession:
-    """A conversation: :meth:`send` a user message, iterate the reply; the reply joins the history."""
+    """A conversation: :meth:`send` a user message, iterate the reply; the reply joins the history.
+
+    When the conversation no longer fits the model's ``max_context`` with room for a reply, the
+    oldest turns are dropped (the system message and the new message always stay) and the kept
+    conversation is prefilled again; :attr:`dropped_turns` counts them and the first time it
+    happens the model's ``notify`` says so once. Only a system message and new message that leave
+    no room for even one reply token raise :class:`GenerationError`."""
+
+    TRIM_TARGET = 0.5
+    """When turns must go, the prompt is cut to this part of the room the reply leaves, so the next
+    turns reuse the cached conversation instead of each prefilling nearly all of it again."""
 
     def __init__(self, model: Model, conversation: Conversation) -> None:
         self.model = model
         self.conversation = conversation
+        self.dropped_turns = 0  # turns dropped so far to stay within the context
+        self.last_dropped_turns = 0  # of those, by the latest send
+        self._told = False
+        self._reply: Generation | None = None
 
-    def prompt_text(self) -> str:
+    def _prompt_of(self, conversation: Conversation) -> str:
         tok = self.model.tokenizer
         bos = eos = ""
         if tok is not None and tok.bos_token_id is not None:
             bos = tok.decode([tok.bos_token_id])
         if tok is not None and tok.eos_token_ids:
             eos = tok.decode([tok.eos_token_ids[0]])
-        return self.conversation.prompt(self.model.source.chat_template, bos_token=bos, eos_token=eos)
+        return conversation.prompt(self.model.source.chat_template, bos_token=bos, eos_token=eos)
 
-    def send(self, message: str, **options: Any) -> Generation:
+    def prompt_text(self) -> str:
+        return self._prompt_of(self.conversation)
+
+    def _fit(self, max_tokens: int) -> tuple[int, list[int]]:
+        """How many oldest turns to drop, and the prompt ids that leaves (see :class:`ChatSession`).
+        The reply is given room for ``max_tokens`` up to half the context."""
+        context = self.model.context.max_context
+        room = context - min(max(1, max_tokens), context // 2)
+        prompts: dict[int, list[int]] = {}
+
+        def prompt_ids(n: int) -> list[int]:
+            if n not in prompts:
+                kept = self.conversation.without_oldest_turns(n)
+                prompts[n] = self.model.encode(self._prompt_of(kept))
+            return prompts[n]
+
+        droppable = len(self.conversation.turn_starts()) - 1
+        n = turns_to_drop(droppable, lambda k: len(prompt_ids(k)), room,
+                          int(room * self.TRIM_TARGET))
+        ids = prompt_ids(n)
+        if len(ids) >= context:
+            what = "the system message and the message" if self.conversation.system else "the message"
+            raise GenerationError(
+                f"The chat prompt for {what} alone takes {len(ids)} tokens but the context holds "
+                f"{context}, which leaves no room for a reply; raise --max-context or shorten "
+                f"{what}."
+            )
+        return n, ids
+
+    def send(
+        self,
+        message: str,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Generation:
         """Add a user message and start the assistant's reply (options as for
-        :meth:`Model.generate`); once the reply has been iterated to its end it joins the history.
-        K/V of the earlier turns stay cached, so only the new turn is prefilled."""
+        :meth:`Model.generate`); the reply joins the history when it ends or is closed (a reply
+        left unfinished is closed by the next :meth:`send`). K/V of the earlier turns stay
+        cached, so only the new turn is prefilled, unless old turns had to be dropped. A reply
+        that reaches the end of the context stops there (``stats.stop_reason == "max_context"``)
+        and the next message makes room."""
         if not message.strip():
             raise GenerationError("The message is empty; type something to send.")
-        self.conversation.add("user", message)
+        if self._reply is not None:
+            self._reply.close()
+            self._reply = None
+        conversation = self.conversation
+        conversation.add("user", message)
         try:
-            gen = self.model.generate(self.prompt_text(), **options)
+            drop, ids = self._fit(max_tokens)
+            gen = self.model.generate(ids, max_tokens=max_tokens, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, seed=seed)
         except EdgeRTError:
-            self.conversation.messages.pop()
+            conversation.messages.pop()
             raise
-        gen.on_finish = lambda g: self.conversation.add("assistant", g.text or "")
+        self.last_dropped_turns = drop
+        if drop:
+            conversation.messages[:] = conversation.without_oldest_turns(drop).messages
+            self.dropped_turns += drop
+            if not self._told:
+                self._told = True
+                self.model.notify(
+                    f"edge-rt: the conversation outgrew the context of "
+                    f"{self.model.context.max_context} tokens, so its oldest turns are dropped "
+                    "from now on (the system message stays; said once). Raise --max-context to "
+                    "keep more."
+                )
+        gen.on_finish = lambda g: conversation.add("assistant", g.text or "")
+        self._reply = gen
         return gen
 
 

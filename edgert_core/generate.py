@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -78,7 +78,7 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     decode_steps: int = 0
-    stop_reason: str = ""  # "eos", "max_tokens" or "max_context"
+    stop_reason: str = ""  # "eos", "max_tokens", "max_context", or "stopped" (Generation.close)
     baseline_rss_bytes: int | None = None
     peak_rss_bytes: int | None = None
     decode_load_seconds: float = 0.0  # streamed weight loads during decode (any thread)
@@ -132,7 +132,7 @@ def generate_ids(
     stop_ids: Sequence[int] = (),
     prefill_chunk: int | None = None,
     stats: GenerationStats | None = None,
-) -> Iterator[int]:
+) -> Generator[int, None, None]:
     """Yield up to ``max_tokens`` new token ids after ``prompt_ids``.
 
     Stops after a token in ``stop_ids`` (not yielded), after ``max_tokens``, or when the context is

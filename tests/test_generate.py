@@ -190,3 +190,24 @@ def test_run_synthetic_says_so(monkeypatch: pytest.MonkeyPatch,
                               "--max-tokens", "1", "--max-context", "8"], monkeypatch, capsys)
     assert code == 0, err
     assert "synthetic" in err
+
+
+def test_logits_at_many_lengths_leave_the_pool_as_it_was() -> None:
+    model = load_model(mh.fixture("tiny_llama"), backend="numpy", max_context=256)
+    standing = model.engine.pool.stats()
+    for n in range(2, 200, 7):  # each length's logits are counted by a pool block of their size
+        model.logits(list(range(1, n + 1)))
+    after = model.engine.pool.stats()
+    assert after.held_bytes == standing.held_bytes and after.in_use_bytes == standing.in_use_bytes
+    assert after.free_list_bytes == 0
+
+
+def test_closing_a_generation_early_keeps_its_tokens() -> None:
+    model = tiny()
+    gen = model.generate([5, 6, 7], max_tokens=10)
+    it = iter(gen)
+    first = [next(it).id for _ in range(3)]
+    gen.close()
+    assert gen.finished and gen.ids == first and gen.stats.stop_reason == "stopped"
+    assert list(it) == []
+    assert model.generate([5, 6, 7], max_tokens=3).result().ids == first
