@@ -268,17 +268,29 @@ def to_csv(results: Sequence[BenchResult]) -> str:
     return buf.getvalue()
 
 
-def plot(results: Sequence[BenchResult], path: str) -> None:
-    """Decode tok/s against budget, one line per strategy, written to ``path`` (PNG)."""
-    try:
-        import matplotlib
+PLOT_EXTRA_HINT = "pip install 'edgert-core[plot]'"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def check_plotting() -> None:
+    """Raise :class:`EdgeRTError` naming the extra to install when matplotlib cannot be imported, so
+    that ``benchmark --plot`` can say so before the sweep rather than after it."""
+    try:
+        import matplotlib  # noqa: F401
     except ImportError:
         raise EdgeRTError(
-            "--plot needs matplotlib: pip install 'edgert-core[plot]' (or pip install matplotlib)."
+            f"--plot needs matplotlib, which is not installed: {PLOT_EXTRA_HINT} "
+            "(or pip install matplotlib), or leave out --plot."
         ) from None
+
+
+def plot(results: Sequence[BenchResult], path: str) -> None:
+    """Decode tok/s against budget, one line per strategy, written to ``path`` (PNG)."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     strategies = dict.fromkeys(r.strategy for r in results if r.budget is not None)
     for strategy in strategies:
@@ -298,5 +310,9 @@ def plot(results: Sequence[BenchResult], path: str) -> None:
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise EdgeRTError(f"Could not write the plot to {path}: {exc.strerror or exc}.") from None
+    finally:
+        plt.close(fig)

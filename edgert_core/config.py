@@ -79,3 +79,15 @@ def load_preset(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file; a preset must be TOML text.") from None
     return validate_preset(data, str(p))
+
+
+def threads_warning(threads: int, cores: int, origin: str) -> str | None:
+    """The warning to give when ``threads`` (named as ``origin``, e.g. ``--threads`` or
+    ``threads in rpi4.toml``) asks for more threads than the ``cores`` this process may use; ``None``
+    when it does not."""
+    if threads <= cores:
+        return None
+    return (
+        f"{origin} asks for {threads} threads but this machine gives edge-rt {cores} "
+        f"core{'s' if cores != 1 else ''}; the extra threads only compete for them (use at most {cores})."
+    )

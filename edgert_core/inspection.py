@@ -8,9 +8,32 @@ from typing import Any
 
 from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
-from edgert_core.plan import PlanningContext, fixed_bytes, minimum_budget
+from edgert_core.plan import ExecutionPlan, PlanningContext, fixed_bytes, minimum_budget
 from edgert_core.planner import AUTO, all_plans, plan_with
 from edgert_core.plugins import PluginRegistry
+
+#: What a plan that keeps every weight resident under a budget is called in reports.
+ALL_RESIDENT = "all resident (the budget holds the whole model)"
+
+
+def all_resident(plan: ExecutionPlan) -> bool:
+    """Whether ``plan`` loads every weight once and keeps it: every group and the head resident."""
+    return plan.head_resident and all(g.resident for g in plan.groups)
+
+
+def describe_plan(plan: ExecutionPlan, *, budgeted: bool) -> str:
+    """A plan in a few words for people: its strategy and what it does, e.g. ``sequential (30
+    groups, 30 streamed, prefetch off)``, or, when a budget holds the whole model, ``speculative-
+    prefetch: all resident (the budget holds the whole model)``."""
+    if all_resident(plan):
+        if budgeted:
+            return f"{plan.strategy}: {ALL_RESIDENT}"
+        return f"{plan.strategy} (whole model loaded once)"
+    streamed = sum(not g.resident for g in plan.groups)
+    n = plan.n_groups
+    head = "" if plan.head_resident else ", head streamed"
+    return (f"{plan.strategy} ({n} group{'s' if n != 1 else ''}, {streamed} streamed{head}, "
+            f"prefetch {'on' if plan.prefetch else 'off'})")
 
 
 def describe_layout(layout: ModelLayout) -> dict[str, Any]:
@@ -64,6 +87,7 @@ def compare_plans(
                 "stage_slots": None if plan is None else plan.stage_slots(layout),
                 "prefetch": None if plan is None else plan.prefetch,
                 "predicted_peak_bytes": None if plan is None else plan.predicted_peak_bytes,
+                "all_resident": None if plan is None else all_resident(plan),
             }
         )
     try:

@@ -143,8 +143,11 @@ class PluginRegistry:
             hint = ""
             if kind == "strategy" and not self.names(kind):
                 hint = " Install one of " + ", ".join(STRATEGY_DISTRIBUTIONS) + "."
+            auto = ""
+            if self.names(kind) and kind in ("strategy", "backend"):
+                auto = " Or use auto, which picks the best of them."
             raise UnknownNameError(
-                f"Unknown {kind} {name!r}; installed {plural}: {installed}.{hint}"
+                f"Unknown {kind} {name!r}; installed {plural}: {installed}.{auto}{hint}"
             )
         if len(regs) > 1:
             raise PluginError(_conflict_message(kind, name, regs))

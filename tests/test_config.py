@@ -66,3 +66,21 @@ def test_list_of_non_strings_rejected(tmp_path: Path) -> None:
     f.write_text("sweep_memory = [64, 128]\n")
     with pytest.raises(ConfigError, match="list of strings"):
         load_preset(f)
+
+
+def test_threads_warning_only_above_the_cores() -> None:
+    from edgert_core.config import threads_warning
+
+    assert threads_warning(2, 2, "--threads") is None
+    assert threads_warning(1, 4, "--threads") is None
+    message = threads_warning(4, 2, "threads in configs/rpi4_default.toml")
+    assert message is not None
+    assert message.startswith("threads in configs/rpi4_default.toml asks for 4 threads")
+    assert "2 cores" in message and "at most 2" in message
+    assert "1 core;" in (threads_warning(3, 1, "--threads") or "")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_presets_ask_for_the_pi4_cores(path: Path) -> None:
+    """The presets are for a Raspberry Pi 4 (4 cores); elsewhere the CLI warns about ``threads``."""
+    assert load_preset(path).get("threads", 4) <= 4

@@ -6,15 +6,19 @@ and print.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import typer
 
-from edgert_core.config import load_preset
-from edgert_core.errors import EdgeRTError
+from edgert_core.backends.base import usable_cpus
+from edgert_core.config import load_preset, threads_warning
+from edgert_core.errors import ConfigError, EdgeRTError
 
 app = typer.Typer(
     name="edge-rt",
@@ -56,15 +60,93 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
+def notice(message: str) -> None:
+    """One line for the user on stderr, prefixed ``edge-rt:`` (stdout is for the output)."""
+    typer.echo(f"edge-rt: {message}", err=True)
+
+
+def option_name(ctx: typer.Context, key: str, config: Path | None) -> str:
+    """How to name the option ``key`` in a message: as the user typed it (``--max-tokens``) or,
+    when its value came from the preset, as the preset's key and file (``max_tokens in x.toml``)."""
+    source = ctx.get_parameter_source(key)
+    if config is not None and (source is None or source.name == "DEFAULT"):
+        return f"{key} in {config}"
+    param = next((p for p in ctx.command.params if p.name == key), None)
+    if param is not None and param.opts:
+        return max(param.opts, key=len)
+    return "--" + key.replace("_", "-")
+
+
+def require_at_least(
+    ctx: typer.Context, config: Path | None, values: dict[str, Any], key: str, minimum: int
+) -> None:
+    """A :class:`ConfigError` naming the option as the user gave it when ``values[key]`` is below
+    ``minimum`` (``None``: not given, nothing to check)."""
+    value = values.get(key)
+    if value is not None and int(value) < minimum:
+        raise ConfigError(
+            f"{option_name(ctx, key, config)} must be at least {minimum}, got {value}."
+        )
+
+
+def check_sampling(ctx: typer.Context, config: Path | None, values: dict[str, Any]) -> None:
+    """The sampling options' ranges, checked here so that an error names the option as typed
+    (the library would name its keyword arguments)."""
+    rules: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+        ("temperature", lambda v: v >= 0, "0 (greedy) or more"),
+        ("top_k", lambda v: v >= 0, "0 (off) or more"),
+        ("top_p", lambda v: 0 < v <= 1, "in (0, 1] (1.0: off)"),
+    )
+    for key, ok, rule in rules:
+        value = values.get(key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{option_name(ctx, key, config)} must be {rule}, got {value}.")
+
+
+def warn_threads(ctx: typer.Context, config: Path | None, threads: int | None) -> None:
+    """Say on stderr when ``threads`` asks for more threads than this process has cores."""
+    if threads is None:
+        return
+    message = threads_warning(threads, usable_cpus(), option_name(ctx, "threads", config))
+    if message is not None:
+        notice("warning: " + message)
+
+
+def _click_exceptions() -> ModuleType:
+    """The exception classes of the click that typer runs on (newer typer vendors its own)."""
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:  # pragma: no cover - typer releases that use the click package
+        return importlib.import_module("click.exceptions")
+
+
+def _print_click_error(exc: Any) -> None:
+    """A bad option or argument, as one ``error:`` line and a pointer to ``--help``."""
+    typer.echo(f"error: {exc.format_message()}", err=True)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        typer.echo(f"(see: {ctx.command_path} --help)", err=True)
+
+
 def main() -> None:
-    """Console-script entry point: user errors print one line, never a traceback."""
+    """Console-script entry point: every error a user can cause prints one ``error:`` line (a bad
+    option too, with a pointer to ``--help``) and exits with status 2, never a traceback."""
     from edgert_core import cli  # noqa: F401  (registers the commands)
 
+    click_exc = _click_exceptions()
     try:
-        app()
+        code = app(standalone_mode=False)
     except EdgeRTError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None
+    except click_exc.ClickException as exc:
+        if not isinstance(exc, click_exc.NoArgsIsHelpError):  # (that one has shown the help)
+            _print_click_error(exc)
+        raise SystemExit(exc.exit_code) from None
+    if code == 130:  # typer turns Ctrl-C into exit status 130
+        typer.echo("interrupted", err=True)
+    if isinstance(code, int) and code != 0:
+        raise SystemExit(code)

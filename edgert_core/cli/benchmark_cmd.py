@@ -7,9 +7,11 @@ from typing import Any
 
 import typer
 
+from edgert_core.api import open_source
 from edgert_core.benchmark import (
     BenchConfig,
     BenchResult,
+    check_plotting,
     plot,
     run_sweep,
     summarize,
@@ -17,8 +19,15 @@ from edgert_core.benchmark import (
     to_csv,
 )
 from edgert_core.budget import format_bytes
-from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json
-from edgert_core.errors import ConfigError
+from edgert_core.cli.app import (
+    ConfigOption,
+    app,
+    apply_preset,
+    print_json,
+    require_at_least,
+    warn_threads,
+)
+from edgert_core.errors import ConfigError, EdgeRTError
 from edgert_core.plan import DEFAULT_MAX_CONTEXT
 
 DEFAULT_SWEEP = "64M,128M,256M,1G"
@@ -55,7 +64,8 @@ def benchmark_command(
     as_json: bool = typer.Option(False, "--json", help="Print rows and summary as one JSON object."),
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the table to this CSV file."),
     plot_path: Path | None = typer.Option(
-        None, "--plot", help="Also plot tok/s against budget to this PNG (needs matplotlib)."
+        None, "--plot", help="Also plot tok/s against budget to this PNG (needs matplotlib: "
+        "pip install 'edgert-core[plot]')."
     ),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -75,9 +85,18 @@ def benchmark_command(
             "repeat": repeat,
         },
     )
-    if int(values["repeat"]) < 1:
-        raise ConfigError(f"repeat must be at least 1, got {values['repeat']}.")
+    for key, minimum in (("repeat", 1), ("max_tokens", 1), ("max_context", 2), ("threads", 1)):
+        require_at_least(ctx, config, values, key, minimum)
+    warn_threads(ctx, config, values["threads"])
+    # Everything the steps after the sweep need is checked before it: a sweep takes minutes.
+    if plot_path is not None:
+        check_plotting()
+    for flag, path in (("--csv", csv_path), ("--plot", plot_path)):
+        if path is not None and not path.parent.is_dir():
+            raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist; create it "
+                              "or write the file elsewhere.")
     configs = sweep_configs(_split(values["sweep_memory"]), _split(values["strategies"]))
+    open_source(str(values["model"]))  # a missing or unreadable model is said once, not per run
     options = [
         "--prompt", str(values["prompt"]),
         "--max-tokens", str(values["max_tokens"]),
@@ -100,14 +119,21 @@ def benchmark_command(
     results = run_sweep(configs, str(values["model"]), options, repeat=int(values["repeat"]),
                         on_progress=progress)
     summary = summarize(results)
-    if csv_path is not None:
-        csv_path.write_text(to_csv(results), encoding="utf-8")
-    if plot_path is not None:
-        plot(results, str(plot_path))
+    # The results first, so that a failing file write below never loses the sweep.
     if as_json:
         print_json({"rows": [r.as_dict() for r in results], "summary": summary})
-        return
-    _print_table(results, summary)
+    else:
+        _print_table(results, summary)
+    if csv_path is not None:
+        try:
+            csv_path.write_text(to_csv(results), encoding="utf-8")
+        except OSError as exc:
+            raise EdgeRTError(
+                f"Could not write the CSV to {csv_path}: {exc.strerror or exc}; the table above "
+                "has the results."
+            ) from None
+    if plot_path is not None:
+        plot(results, str(plot_path))
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -116,7 +142,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
     head = (
-        f"{'strategy':<22}{'budget':>8}{'groups':>7}{'peak MB':>9}{'over base MB':>13}"
+        f"{'strategy':<22}{'budget':>8}{'groups':>7}{'peak RSS':>11}{'over base':>11}"
         f"{'ms/tok':>8}{'compute ms':>11}{'load ms':>8}{'hidden':>7}{'tok/s':>7}{'x base':>7}"
     )
     typer.echo(head)
@@ -125,11 +151,11 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
         if r.error:
             typer.echo(f"{r.strategy:<22}{budget:>8}  failed: {r.error}")
             continue
-        peak = None if r.peak_rss_bytes is None else r.peak_rss_bytes / 1e6
-        over = None if r.peak_over_baseline_bytes is None else r.peak_over_baseline_bytes / 1e6
+        peak = "-" if r.peak_rss_bytes is None else format_bytes(r.peak_rss_bytes)
+        over = "-" if r.peak_over_baseline_bytes is None else format_bytes(r.peak_over_baseline_bytes)
         flag = "" if r.within_budget in (None, True) else " OVER BUDGET"
         typer.echo(
-            f"{r.strategy:<22}{budget:>8}{r.groups or 0:>7}{_fmt(peak, '.1f'):>9}{_fmt(over, '.1f'):>13}"
+            f"{r.strategy:<22}{budget:>8}{r.groups or 0:>7}{peak:>11}{over:>11}"
             f"{_fmt(r.ms_per_token, '.1f'):>8}{_fmt(r.compute_ms_per_token, '.1f'):>11}"
             f"{_fmt(r.load_ms_per_token, '.1f'):>8}{_fmt(r.hidden_load_fraction, '.0%'):>7}"
             f"{_fmt(r.decode_tokens_per_s, '.1f'):>7}{_fmt(r.speed_vs_baseline, '.2f'):>7}{flag}"

@@ -9,8 +9,8 @@ import typer
 
 from edgert_core.api import choose_backend, open_source
 from edgert_core.budget import MemoryBudget, format_bytes
-from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json
-from edgert_core.inspection import compare_plans, describe_layout
+from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json, require_at_least
+from edgert_core.inspection import ALL_RESIDENT, compare_plans, describe_layout
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, PlanningContext
 from edgert_core.plugins import load_registry
 
@@ -43,15 +43,16 @@ def inspect_command(
         config,
         {"model": model, "memory_budget": memory_budget, "max_context": max_context, "backend": backend},
     )
+    require_at_least(ctx, config, values, "max_context", 2)
+    budget = values["memory_budget"]
+    plan_ctx = PlanningContext(  # the options first: a mistyped budget is said before any file opens
+        budget_bytes=None if budget is None else MemoryBudget.parse(budget).bytes,
+        max_context=int(values["max_context"]),
+    )
     registry = load_registry()
     source = open_source(str(values["model"]))
     chosen = choose_backend(registry, source.dtypes, values["backend"])
     layout = source.layout().with_memory_bytes(chosen.weight_nbytes)
-    budget = values["memory_budget"]
-    plan_ctx = PlanningContext(
-        budget_bytes=None if budget is None else MemoryBudget.parse(budget).bytes,
-        max_context=int(values["max_context"]),
-    )
     report: dict[str, Any] = {
         "model": describe_layout(layout),
         "backend": chosen.name,
@@ -74,7 +75,7 @@ def _print_report(report: dict[str, Any]) -> None:
     typer.echo(
         f"weights in memory: {format_bytes(m['total_weight_bytes'])}; per layer "
         f"{format_bytes(max(m['layer_bytes']))} max; head {format_bytes(m['head_bytes'])}; "
-        f"KV cache {m['kv_bytes_per_token']} bytes/token"
+        f"KV cache {format_bytes(m['kv_bytes_per_token'])}/token"
     )
     p = report["planning"]
     budget = "none" if p["budget_bytes"] is None else format_bytes(p["budget_bytes"])
@@ -97,6 +98,9 @@ def _print_report(report: dict[str, Any]) -> None:
             f"{'yes' if row['prefetch'] else 'no':>9}"
             f"{format_bytes(row['predicted_peak_bytes']):>13}"
         )
+    resident = [row["strategy"] for row in p["plans"] if row["all_resident"]]
+    if resident and p["budget_bytes"] is not None:
+        typer.echo(f"{', '.join(resident)}: {ALL_RESIDENT}")
     if p["auto"]:
         typer.echo(f"auto picks: {p['auto']}")
     else:

@@ -10,16 +10,29 @@ import typer
 
 from edgert_core.api import Model, generation_report, load_model
 from edgert_core.budget import format_bytes
-from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json
-from edgert_core.errors import GenerationError
+from edgert_core.cli.app import (
+    ConfigOption,
+    app,
+    apply_preset,
+    check_sampling,
+    notice,
+    print_json,
+    require_at_least,
+    warn_threads,
+)
+from edgert_core.errors import GenerationError, ModelError
+from edgert_core.generate import GenerationStats
+from edgert_core.inspection import describe_plan
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK
-from edgert_core.pull import KNOWN_MODELS, pull
+from edgert_core.pull import KNOWN_MODELS, pull, pulled
 
 DEFAULT_PROMPT = "Once upon a time"
+#: The model run and chat use when none is named: the pulled SmolLM2.
+DEFAULT_MODEL = "smollm2"
 
 MODEL_HELP = (
-    "A .gguf file, a Hugging Face folder, a pulled name (smollm2) or synthetic-gpt2-small; "
-    "none: the synthetic smollm2-135m model."
+    "A .gguf file, a Hugging Face folder, a pulled name (smollm2), or synthetic-smollm2-135m / "
+    "synthetic-gpt2-small (random weights, for tests); none: the pulled smollm2."
 )
 
 
@@ -32,16 +45,31 @@ def _parse_ids(text: str) -> list[int]:
         ) from None
 
 
-def _load(values: dict[str, Any], threads: int | None = None,
-          weight_cache: bool | None = None) -> Model:
+def _default_model(values: dict[str, Any]) -> str:
+    """The model the user named or, when none, the pulled SmolLM2; a one-line error when it is not
+    pulled (the synthetic models run only when named)."""
+    if values["model"] is not None:
+        return str(values["model"])
+    path = pulled(DEFAULT_MODEL)
+    if path is None:
+        raise ModelError(
+            f"No --model given and {DEFAULT_MODEL} is not downloaded yet: run `edge-rt pull "
+            f"{DEFAULT_MODEL}` first, or name a model with --model (a .gguf file, a Hugging Face "
+            "folder, or synthetic-smollm2-135m for random test weights)."
+        )
+    notice(f"no --model given: using the pulled {DEFAULT_MODEL} ({path})")
+    return DEFAULT_MODEL
+
+
+def _load(values: dict[str, Any], weight_cache: bool | None = None) -> Model:
     model = load_model(
-        values["model"],
+        _default_model(values),
         backend=values["backend"],
         memory_budget=values["memory_budget"],
         strategy=values["strategy"],
         max_context=values["max_context"],
         prefill_chunk=values["prefill_chunk"],
-        threads=threads,
+        threads=values.get("threads"),
         weight_cache=weight_cache,
     )
     if model.synthetic:
@@ -57,8 +85,25 @@ def _load(values: dict[str, Any], threads: int | None = None,
 def _describe(model: Model) -> str:
     budget = model.context.budget_bytes
     b = "no budget" if budget is None else f"budget {format_bytes(budget)}"
-    return (f"edge-rt: {model.name} on backend {model.backend.name}, strategy "
-            f"{model.plan.strategy} ({model.plan.n_groups} groups), {b}")
+    plan = describe_plan(model.plan, budgeted=budget is not None)
+    return f"edge-rt: {model.name} on backend {model.backend.name}, strategy {plan}, {b}"
+
+
+def _memory_summary(stats: GenerationStats, budget: int | None) -> str:
+    """The run's OS-measured memory: with a budget, the peak over the baseline (what the budget
+    bounds) next to the budget, then the whole process's peak RSS."""
+    peak = stats.peak_rss_bytes
+    base = stats.baseline_rss_bytes
+    if peak is None:
+        return "peak RSS not measured"
+    total = f"peak RSS {format_bytes(peak)}"
+    if base is None:
+        return total
+    over = format_bytes(max(peak - base, 0))
+    if budget is None:
+        return f"{total} ({over} over the {format_bytes(base)} baseline)"
+    return (f"peak over baseline {over} (budget {format_bytes(budget)}); process {total}, "
+            f"baseline {format_bytes(base)}")
 
 
 @app.command("run")
@@ -104,19 +149,27 @@ def run_command(
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
         "top_k": top_k, "top_p": top_p, "seed": seed, "max_context": max_context,
         "prefill_chunk": prefill_chunk, "backend": backend, "strategy": strategy,
-        "memory_budget": memory_budget,
+        "memory_budget": memory_budget, "threads": threads,
     })
+    for key, minimum in (("max_tokens", 1), ("max_context", 2), ("prefill_chunk", 1), ("threads", 1)):
+        require_at_least(ctx, config, values, key, minimum)
+    check_sampling(ctx, config, values)
     if prompt_ids is not None and values["prompt"] is not None:
         raise GenerationError("Give either --prompt or --prompt-ids, not both.")
-    m = _load(values, threads, weight_cache)
+    if prompt_ids is not None and chat:
+        raise GenerationError("--chat needs a text --prompt, not --prompt-ids.")
+    ids = None if prompt_ids is None else _parse_ids(prompt_ids)
+    warn_threads(ctx, config, values["threads"])
+    m = _load(values, weight_cache)
     options = {k: values[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "seed")}
-    if prompt_ids is not None:
-        if chat:
-            raise GenerationError("--chat needs a text --prompt, not --prompt-ids.")
-        gen = m.generate(_parse_ids(prompt_ids), **options)
+    if ids is not None:
+        gen = m.generate(ids, **options)
     else:
-        text = DEFAULT_PROMPT if values["prompt"] is None else str(values["prompt"])
-        gen = m.chat().send(text, **options) if chat else m.generate(text, **options)
+        text = values["prompt"]
+        if text is None:
+            text = DEFAULT_PROMPT
+            notice(f"no --prompt given: using the prompt {text!r}")
+        gen = m.chat().send(str(text), **options) if chat else m.generate(str(text), **options)
     if not as_json:
         typer.echo(_describe(m), err=True)
     for token in gen:
@@ -135,8 +188,8 @@ def run_command(
         dec = s.decode_tokens_per_s
         typer.echo(
             f"edge-rt: {s.prompt_tokens} prompt tokens ({pre or 0:.1f} tok/s), {s.generated_tokens} "
-            f"generated ({dec or 0:.1f} tok/s), stop: {s.stop_reason}, peak RSS "
-            f"{format_bytes(s.peak_rss_bytes or 0)}",
+            f"generated ({dec or 0:.1f} tok/s), stop: {s.stop_reason}; "
+            f"{_memory_summary(s, m.context.budget_bytes)}",
             err=True,
         )
 
@@ -157,22 +210,33 @@ def chat_command(
     memory_budget: str | None = typer.Option(None, "--memory-budget", "-b", help="Memory budget."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Chat with a model on the terminal (one message per line; an empty line or EOF ends)."""
+    """Chat with a model on the terminal (one message per line; an empty line or EOF ends).
+    With input piped in, every non-empty line is a message and the end of the input ends."""
     values = apply_preset(ctx, config, {
         "model": model, "max_tokens": max_tokens, "temperature": temperature, "top_k": top_k,
         "top_p": top_p, "seed": seed, "max_context": max_context, "backend": backend,
         "strategy": strategy, "memory_budget": memory_budget,
         "prefill_chunk": DEFAULT_PREFILL_CHUNK,
     })
+    for key, minimum in (("max_tokens", 1), ("max_context", 2)):
+        require_at_least(ctx, config, values, key, minimum)
+    check_sampling(ctx, config, values)
     m = _load(values)
-    typer.echo(_describe(m) + " - type a message, an empty line ends.", err=True)
+    interactive = sys.stdin.isatty()  # prompts and the hint only for a person at a terminal
+    typer.echo(_describe(m) + (" - type a message, an empty line ends." if interactive else ""),
+               err=True)
     session = m.chat(system=system)
     options = {k: values[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "seed")}
     while True:
-        typer.echo("> ", nl=False, err=True)
+        if interactive:
+            typer.echo("> ", nl=False, err=True)
         line = sys.stdin.readline()
+        if not line:
+            return  # end of input
         if not line.strip():
-            return
+            if interactive:
+                return
+            continue  # a blank line in piped input separates messages
         for token in session.send(line.rstrip("\n"), **options):
             sys.stdout.write(token.text)
             sys.stdout.flush()
