@@ -5,9 +5,9 @@ Import from tests as ``import model_helpers``. Nothing here needs torch.
 
 from __future__ import annotations
 
-import functools
+import io
 import json
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,7 @@ import pytest
 from numpy.typing import NDArray
 from safetensors.numpy import load_file
 
-from edgert_core.errors import ModelError
-from edgert_core.pull import pull
+from edgert_core.testing import smollm2_for_tests
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = FIXTURES / "reference"
@@ -51,21 +50,28 @@ def reference(name: str) -> tuple[dict[str, Any], NDArray[np.float32] | None]:
     return meta, (np.load(logits_file) if logits_file.exists() else None)
 
 
-@functools.lru_cache(maxsize=1)
 def smollm2_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF: ``$EDGERT_SMOLLM2_GGUF`` (the repo's conftest.py points it at a
-    copy the user already pulled, which tests only read), else fetched once through ``edge-rt pull``'s
-    logic into the session's temporary ``$EDGERT_CACHE``. When it cannot be had, the test is skipped
-    with the reason, or fails where ``EDGERT_REQUIRE_SMOLLM2=1`` (as in .ci/run)."""
-    env = os.environ.get("EDGERT_SMOLLM2_GGUF")
-    if env:
-        return Path(env)
+    """The SmolLM2-135M-Instruct GGUF (see :func:`edgert_core.testing.smollm2_for_tests`)."""
+    return smollm2_for_tests()
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+            stdin: io.StringIO | None = None) -> tuple[int, str, str]:
+    """Run ``edge-rt ARGS`` in this process as the console script does (``stdin``: what it reads);
+    its exit status, stdout and stderr."""
+    from edgert_core.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["edge-rt", *args])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", stdin)
+    capsys.readouterr()
+    code = 0
     try:
-        return pull("smollm2")
-    except ModelError as exc:
-        if os.environ.get("EDGERT_REQUIRE_SMOLLM2") == "1":
-            pytest.fail(f"SmolLM2 is required (EDGERT_REQUIRE_SMOLLM2=1) but could not be fetched: {exc}")
-        pytest.skip(f"SmolLM2 could not be fetched into the test cache: {exc}")
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def llama_cpp_permute(w: NDArray[np.float32], n_head: int) -> NDArray[np.float32]:

@@ -5,7 +5,6 @@ once, and the replies are those of a fresh chat started from the kept messages."
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import model_helpers as mh
@@ -154,19 +153,10 @@ def test_without_oldest_turns_keeps_whole_turns_and_the_last() -> None:
 def test_cli_chat_keeps_going_past_the_context_and_says_so_once(
     chat_gguf: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edgert_core.cli.app import main
-
     lines = "".join(f"question {i}\n" for i in range(20))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
-    monkeypatch.setattr(sys, "argv", ["edge-rt", "chat", "--model", str(chat_gguf), "--backend",
-                                      "numpy", "--max-context", "160", "--max-tokens", "6",
-                                      "--system", SYSTEM])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
+    code, out, err = mh.run_cli(["chat", "--model", str(chat_gguf), "--backend", "numpy",
+                                 "--max-context", "160", "--max-tokens", "6", "--system", SYSTEM],
+                                monkeypatch, capsys, stdin=io.StringIO(lines))
     assert code == 0, err
     assert "error" not in err.lower() and "Traceback" not in err
     assert err.count("outgrew the context of 160 tokens") == 1

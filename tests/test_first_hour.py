@@ -65,22 +65,7 @@ class Tty(io.StringIO):
         return True
 
 
-def cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        stdin: io.StringIO | None = None) -> tuple[int, str, str]:
-    """Run ``edge-rt ARGS`` as the console script does; its exit status, stdout and stderr."""
-    from edgert_core.cli.app import main
-
-    monkeypatch.setattr(sys, "argv", ["edge-rt", *args])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", stdin)
-    capsys.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = mh.run_cli
 
 
 def error_lines(err: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import model_helpers as mh
 import numpy as np
@@ -152,23 +151,9 @@ def test_synthetic_model_runs_every_path() -> None:
     assert len(gen.ids) == 2 and gen.text is not None
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-            ) -> tuple[int, str, str]:
-    from edgert_core.cli.app import main
-
-    monkeypatch.setattr(sys, "argv", ["edge-rt", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_run_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     meta, _ = mh.reference("tiny_llama")
-    code, out, err = run_cli(
+    code, out, err = mh.run_cli(
         ["run", "--model", str(mh.fixture("tiny_llama")), "--prompt-ids",
          ",".join(map(str, meta["prompt_ids"])), "--max-tokens", "8", "--backend", "numpy",
          "--json"], monkeypatch, capsys)
@@ -186,7 +171,7 @@ def test_run_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 
 def test_run_synthetic_says_so(monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    code, _out, err = run_cli(["run", "--model", "synthetic-gpt2-small", "--prompt", "hi",
+    code, _out, err = mh.run_cli(["run", "--model", "synthetic-gpt2-small", "--prompt", "hi",
                               "--max-tokens", "1", "--max-context", "8"], monkeypatch, capsys)
     assert code == 0, err
     assert "synthetic" in err

