@@ -111,8 +111,11 @@ class Fields:
             raise self.error(name, f"must be an object, got {show(value)}")
         return value
 
-    def token_ids(self, name: str, vocab: int) -> tuple[int, ...]:
-        """One token id or a list of them, each in ``[0, vocab)`` (``()`` when absent)."""
+    def token_ids(self, name: str, vocab: int, *, drop_outside: bool = False) -> tuple[int, ...]:
+        """One token id or a list of them, each in ``[0, vocab)`` (``()`` when absent). An id
+        outside the vocabulary is an error, or with ``drop_outside`` left out: such an id can never
+        be embedded or generated (transformers keeps a GPT-2 config's default 50256 whatever the
+        vocabulary, and only warns)."""
         _, value = self.raw(name)
         if value is _MISSING:
             return ()
@@ -120,9 +123,9 @@ class Fields:
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int):
                 raise self.error(name, f"must be a token id or a list of them, got {show(value)}")
-            if not 0 <= item < vocab:
+            if not 0 <= item < vocab and not drop_outside:
                 raise self.error(name, f"is {item}, outside the vocabulary of {vocab} tokens")
-        return tuple(dict.fromkeys(items))
+        return tuple(dict.fromkeys(i for i in items if 0 <= i < vocab))
 
 
 def check_divisible(fields: Fields, name: str, value: int, by_name: str, by: int) -> None:

@@ -246,12 +246,12 @@ def _llama_config(cfg: dict[str, Any], path: Path) -> ModelConfig:
         rope_interleaved=False,
         tied_embeddings=f.flag("tie_word_embeddings", False),
         bos_token_id=_bos(f, vocab),
-        eos_token_ids=f.token_ids("eos_token_id", vocab),
+        eos_token_ids=f.token_ids("eos_token_id", vocab, drop_outside=True),
     )
 
 
 def _bos(f: Fields, vocab: int) -> int | None:
-    bos = f.token_ids("bos_token_id", vocab)
+    bos = f.token_ids("bos_token_id", vocab, drop_outside=True)
     if len(bos) > 1:
         raise f.error("bos_token_id", "must be one token id")
     return bos[0] if bos else None
@@ -293,7 +293,7 @@ def _gpt2_config(cfg: dict[str, Any], path: Path) -> ModelConfig:
         norm_eps=f.number("layer_norm_epsilon", 1e-5, maximum=1.0),
         tied_embeddings=f.flag("tie_word_embeddings", True),
         bos_token_id=_bos(f, vocab),
-        eos_token_ids=f.token_ids("eos_token_id", vocab),
+        eos_token_ids=f.token_ids("eos_token_id", vocab, drop_outside=True),
     )
 
 
