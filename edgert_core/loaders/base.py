@@ -336,6 +336,9 @@ class ValidatedModel:
     def read_rows(self, name: str, start: int, stop: int, out: U8 | None = None) -> U8:
         """The stored bytes of rows ``start..stop-1`` of a 2-D tensor (``uint8 [(stop-start) *
         row_bytes]``); rows of GGUF block formats are whole blocks, so a row range is contiguous."""
+        return self._read_rows(name, start, stop, out, remember=True)
+
+    def _read_rows(self, name: str, start: int, stop: int, out: U8 | None, *, remember: bool) -> U8:
         entry = self._entry(name)
         rows = entry.info.shape[0]
         if not 0 <= start <= stop <= rows:
@@ -352,7 +355,7 @@ class ValidatedModel:
         n = (stop - start) * rb
         buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
         self.source.read_into(entry, buf, start * rb)
-        self._check_finite(entry, buf, start * rb)
+        self._check_finite(entry, buf, start * rb, remember=remember)
         return buf
 
     def read_row_set(self, name: str, ids: NDArray[np.int64], out: U8 | None = None) -> U8:
@@ -363,11 +366,12 @@ class ValidatedModel:
         rb = row_nbytes(entry.info)
         if out is None:
             out = np.empty((len(ids), rb), dtype=np.uint8)
-        for j, i in enumerate(ids.tolist()):
-            self.read_rows(name, i, i + 1, out[j])
+        for j, i in enumerate(ids.tolist()):  # single rows, checked on every read: remembering
+            self._read_rows(name, i, i + 1, out[j], remember=False)  # them would grow with the vocab
         return out
 
-    def _check_finite(self, entry: TensorEntry, raw: U8, byte_start: int) -> None:
+    def _check_finite(self, entry: TensorEntry, raw: U8, byte_start: int, *,
+                      remember: bool = True) -> None:
         key = (entry.info.name, byte_start, byte_start + len(raw))
         if key in self._finite:
             return
@@ -376,15 +380,13 @@ class ValidatedModel:
                 f"Tensor {entry.file_name} in {entry.file} holds NaN or infinite values; the file "
                 "is corrupt, so download or convert it again."
             )
-        if len(raw) >= _REMEMBER_BYTES:  # single embedding rows are cheap to check again
+        if remember:
             self._finite.add(key)
 
     def close(self) -> None:
         self.source.close()
 
 
-#: Checked ranges at least this large are remembered and not checked again.
-_REMEMBER_BYTES = 1 << 16
 #: Values per step of the NaN/Inf check (keeps its temporaries small under a memory budget).
 _CHECK_CHUNK = 1 << 16
 #: Exponent bits that are all ones in a NaN or an infinity, by stored float type.
