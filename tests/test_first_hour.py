@@ -88,18 +88,25 @@ def _rows() -> list[BenchResult]:
     return rows
 
 
-def test_benchmark_plot_without_matplotlib_fails_before_the_sweep(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def swept(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The benchmark's sweep replaced by one that records its calls and returns :func:`_rows`."""
     import edgert_core.cli.benchmark_cmd as bench
 
-    swept: list[object] = []
+    calls: list[object] = []
 
     def sweep(*args: object, **kwargs: object) -> list[BenchResult]:
-        swept.append(args)
+        calls.append(args)
         return _rows()
 
     monkeypatch.setattr(bench, "run_sweep", sweep)
+    return calls
+
+
+def test_benchmark_plot_without_matplotlib_fails_before_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    swept: list[object],
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" raises ImportError
     code, _out, err = cli(["benchmark", "--model", "synthetic-gpt2-small", "--sweep-memory", "64M",
                            "--strategies", "sequential", "--plot", str(tmp_path / "s.png")],
@@ -132,17 +139,9 @@ def test_benchmark_prints_the_table_when_the_plot_fails_after_the_sweep(
 
 
 def test_benchmark_csv_folder_missing_fails_before_the_sweep(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    swept: list[object],
 ) -> None:
-    import edgert_core.cli.benchmark_cmd as bench
-
-    swept: list[object] = []
-
-    def sweep(*args: object, **kwargs: object) -> list[BenchResult]:
-        swept.append(args)
-        return _rows()
-
-    monkeypatch.setattr(bench, "run_sweep", sweep)
     code, _out, err = cli(["benchmark", "--csv", str(tmp_path / "nope" / "s.csv")], monkeypatch, capsys)
     assert code == 2 and swept == []
     assert "--csv" in error_lines(err)[0] and "does not exist" in err
@@ -508,17 +507,9 @@ def test_run_chat_flag_applies_the_chat_template(
 
 
 def test_benchmark_of_a_model_not_pulled_fails_before_the_sweep(
-    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    swept: list[object],
 ) -> None:
-    import edgert_core.cli.benchmark_cmd as bench
-
-    swept: list[object] = []
-
-    def sweep(*args: object, **kwargs: object) -> list[BenchResult]:
-        swept.append(args)
-        return _rows()
-
-    monkeypatch.setattr(bench, "run_sweep", sweep)
     code, _out, err = cli(["benchmark", "--sweep-memory", "64M"], monkeypatch, capsys)  # smollm2
     assert code == 2 and swept == []
     [line] = error_lines(err)
