@@ -13,28 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Literal
 
-Architecture = Literal["llama", "gpt2"]
+from edgert_core.models.arch import ARCHITECTURES, arch_of, expected_shapes
+
+#: An architecture's name, a key of :data:`edgert_core.models.arch.ARCHITECTURES`.
+Architecture = str
 
 FP32_BYTES = 4
 
 #: A block's tensors in the order its forward pass uses them, in parts that run one after another
 #: with only the hidden state (and, from ``mlp_in`` to ``mlp_out``, the MLP's inner activation) carried
 #: between them, so a streamed layer can be loaded part by part. Names are without the layer prefix.
+#: Derived from the architecture tables.
 BLOCK_PARTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "llama": (
-        ("attention", ("input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                       "self_attn.v_proj.weight", "self_attn.o_proj.weight")),
-        ("mlp_in", ("post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight")),
-        ("mlp_out", ("mlp.down_proj.weight",)),
-    ),
-    "gpt2": (
-        ("attention", ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-                       "attn.c_proj.weight", "attn.c_proj.bias")),
-        ("mlp_in", ("ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias")),
-        ("mlp_out", ("mlp.c_proj.weight", "mlp.c_proj.bias")),
-    ),
+    name: arch.block_parts() for name, arch in ARCHITECTURES.items()
 }
 
 
@@ -180,41 +172,12 @@ def _fp32(name: str, *shape: int) -> TensorInfo:
     return TensorInfo(name=name, shape=tuple(shape), dtype="F32", nbytes=n * FP32_BYTES)
 
 
-def llama_tensors(dims: ModelDims, i: int) -> tuple[TensorInfo, ...]:
-    """fp32 tensor descriptions of Llama block ``i`` (names as in Hugging Face checkpoints)."""
-    h, hd, f = dims.hidden, dims.head_dim, dims.intermediate
-    p = f"model.layers.{i}."
-    return (
-        _fp32(p + "input_layernorm.weight", h),
-        _fp32(p + "self_attn.q_proj.weight", dims.n_heads * hd, h),
-        _fp32(p + "self_attn.k_proj.weight", dims.n_kv_heads * hd, h),
-        _fp32(p + "self_attn.v_proj.weight", dims.n_kv_heads * hd, h),
-        _fp32(p + "self_attn.o_proj.weight", h, dims.n_heads * hd),
-        _fp32(p + "post_attention_layernorm.weight", h),
-        _fp32(p + "mlp.gate_proj.weight", f, h),
-        _fp32(p + "mlp.up_proj.weight", f, h),
-        _fp32(p + "mlp.down_proj.weight", h, f),
-    )
-
-
-def gpt2_tensors(dims: ModelDims, i: int) -> tuple[TensorInfo, ...]:
-    """fp32 tensor descriptions of GPT-2 block ``i`` (Conv1D names, logical ``[out, in]`` shapes)."""
-    h, f = dims.hidden, dims.intermediate
-    p = f"h.{i}."
-    return (
-        _fp32(p + "ln_1.weight", h),
-        _fp32(p + "ln_1.bias", h),
-        _fp32(p + "attn.c_attn.weight", 3 * h, h),
-        _fp32(p + "attn.c_attn.bias", 3 * h),
-        _fp32(p + "attn.c_proj.weight", h, h),
-        _fp32(p + "attn.c_proj.bias", h),
-        _fp32(p + "ln_2.weight", h),
-        _fp32(p + "ln_2.bias", h),
-        _fp32(p + "mlp.c_fc.weight", f, h),
-        _fp32(p + "mlp.c_fc.bias", f),
-        _fp32(p + "mlp.c_proj.weight", h, f),
-        _fp32(p + "mlp.c_proj.bias", h),
-    )
+def block_tensors(dims: ModelDims, i: int) -> tuple[TensorInfo, ...]:
+    """fp32 tensor descriptions of block ``i`` (canonical names, from the architecture's table)."""
+    arch = arch_of(dims.architecture)
+    prefix = arch.layer_prefix(i)
+    shapes = expected_shapes(arch, dims, tied=True)
+    return tuple(_fp32(n, *s) for n, s in shapes.items() if n.startswith(prefix))
 
 
 SMOLLM2_135M = ModelDims(
@@ -245,19 +208,19 @@ SYNTHETIC_SHAPES: dict[str, ModelDims] = {"smollm2-135m": SMOLLM2_135M, "gpt2-sm
 
 
 def layout_from_dims(name: str, dims: ModelDims, *, tied_embeddings: bool = True) -> ModelLayout:
-    """An fp32 layout for a model of the given dimensions (Llama or GPT-2 tensor sets)."""
-    h, v = dims.hidden, dims.vocab
-    if dims.architecture == "llama":
-        layers = tuple(LayerInfo(i, llama_tensors(dims, i)) for i in range(dims.n_layers))
-        embed = _fp32("model.embed_tokens.weight", v, h)
-        embeddings: tuple[TensorInfo, ...] = (embed,)
-        out = embed if tied_embeddings else _fp32("lm_head.weight", v, h)
-        head: tuple[TensorInfo, ...] = (_fp32("model.norm.weight", h), out)
-    else:
-        layers = tuple(LayerInfo(i, gpt2_tensors(dims, i)) for i in range(dims.n_layers))
-        wte = _fp32("wte.weight", v, h)
-        embeddings = (wte, _fp32("wpe.weight", dims.max_position, h))
-        head = (_fp32("ln_f.weight", h), _fp32("ln_f.bias", h), wte)
+    """An fp32 layout for a model of the given dimensions (tensors from its architecture's table)."""
+    arch = arch_of(dims.architecture)
+    shapes = expected_shapes(arch, dims, tied=tied_embeddings)
+    infos = {n: _fp32(n, *s) for n, s in shapes.items()}
+    layers = tuple(
+        LayerInfo(i, tuple(t for n, t in infos.items() if n.startswith(arch.layer_prefix(i))))
+        for i in range(dims.n_layers)
+    )
+    emb_kinds = [k for k in ("token_embd", "position_embd") if arch.has(k)]
+    embeddings = tuple(infos[arch.tensor_name(k)] for k in emb_kinds)
+    out = "token_embd" if tied_embeddings else "output"
+    norm = arch.kind("output_norm")
+    head = (*(infos[norm.hf + s] for s in norm.suffixes()), infos[arch.tensor_name(out)])
     return ModelLayout(name=name, dims=dims, layers=layers, embeddings=embeddings, head=head)
 
 

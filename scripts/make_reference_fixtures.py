@@ -5,19 +5,24 @@ Writes into ``tests/fixtures/``:
 * ``tokenizer/tokenizer.json`` - a small byte-level BPE trained here on the text below.
 * ``tiny_llama/`` (fp32, GQA 4/2 heads, untied), ``tiny_llama_bf16/`` (bf16, 4/1 heads, tied),
   ``tiny_gpt2/`` (fp16, tied): random-init transformers models saved with ``save_pretrained``.
+* ``tiny_llama3/`` (Llama 3 RoPE scaling, tied), ``tiny_qwen2/`` (q/k/v biases, tied),
+  ``tiny_qwen3/`` (per-head q/k RMSNorm, explicit head_dim 24, untied), ``tiny_phi3/`` (fused
+  qkv_proj and gate_up_proj, untied): fp32, one per architecture added after the first two.
 * ``reference/<model>.logits.npy`` (transformers' fp32 logits ``[T, vocab]`` of the prompt) and
   ``reference/<model>.json`` (prompt ids, 16 greedy ids from full forward passes).
 * ``reference/smollm2.json`` - SmolLM2-135M-Instruct (the pulled GGUF, dequantized by transformers):
   prompt ids, 40 greedy ids, logits of every prompt position at a fixed set of vocabulary ids, and
   transformers' token ids for a set of varied texts.
 
-Run: ``python scripts/make_reference_fixtures.py`` (SmolLM2 is fetched with ``edge-rt pull`` logic).
+Run: ``python scripts/make_reference_fixtures.py`` (SmolLM2 is fetched with ``edge-rt pull`` logic);
+``python scripts/make_reference_fixtures.py tiny_qwen2 ...`` remakes only the named tiny models.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,12 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +102,8 @@ def randomize_norms(model: Any) -> None:
                     p.copy_(0.1 * torch.randn_like(p))
                 else:
                     p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith("_proj.bias"):  # q/k/v biases start at zero
+                p.copy_(0.2 * torch.randn_like(p))
 
 
 def greedy(model: Any, ids: list[int], n: int) -> list[int]:
@@ -166,6 +179,42 @@ def tiny_models(tk: Tokenizer) -> None:
     save_model("tiny_gpt2", gpt2, torch.float16, tk, prompt_ids)
 
 
+#: The Llama family's shape shared by the architecture fixtures (4 query heads over 2 KV heads).
+FAMILY: dict[str, Any] = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6,
+    initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+)
+
+
+def architecture_models(tk: Tokenizer, only: set[str] | None) -> None:
+    """One tiny model per architecture added to the first two, with the feature it adds."""
+    prompt_ids = tk.encode(PROMPT).ids
+    makers: dict[str, Any] = {
+        # orig. context 32 puts head_dim 16's frequencies in all three llama3 bands
+        "tiny_llama3": lambda: LlamaForCausalLM(LlamaConfig(
+            **FAMILY, tie_word_embeddings=True,
+            rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                                 low_freq_factor=1.0, high_freq_factor=4.0,
+                                 original_max_position_embeddings=32))),
+        "tiny_qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(
+            **FAMILY, tie_word_embeddings=True, rope_parameters=dict(rope_theta=1000000.0))),
+        "tiny_qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(
+            **FAMILY, head_dim=24, tie_word_embeddings=False,
+            rope_parameters=dict(rope_theta=1000000.0))),
+        "tiny_phi3": lambda: Phi3ForCausalLM(Phi3Config(
+            **{**FAMILY, "rms_norm_eps": 1e-5}, tie_word_embeddings=False)),
+    }
+    for seed, (name, make) in enumerate(makers.items(), start=10):
+        if only is not None and name not in only:
+            continue
+        torch.manual_seed(seed)
+        model = make()
+        model.eval()
+        randomize_norms(model)
+        save_model(name, model, torch.float32, tk, prompt_ids)
+
+
 def smollm2() -> None:
     from edgert_core.pull import pull
 
@@ -199,9 +248,14 @@ def main() -> None:
     torch.set_num_threads(2)
     REFERENCE.mkdir(parents=True, exist_ok=True)
     tk = train_tokenizer()
+    only = set(sys.argv[1:]) or None
+    if only is not None:
+        architecture_models(tk, only)
+        return
     (FIXTURES / "tokenizer").mkdir(parents=True, exist_ok=True)
     tk.save(str(FIXTURES / "tokenizer" / "tokenizer.json"))
     tiny_models(tk)
+    architecture_models(tk, None)
     smollm2()
     total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

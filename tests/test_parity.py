@@ -131,6 +131,62 @@ def test_fresh_random_models_live(arch: str, tmp_path: Path) -> None:
     assert greedy(model, ids, 20) == hf_greedy(tmp_path, ids, 20)
 
 
+#: The architecture fixtures (see tests/test_arch.py for their recorded comparisons).
+ARCH_MODELS = ("tiny_llama3", "tiny_qwen2", "tiny_qwen3", "tiny_phi3")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ARCH_MODELS)
+def test_architecture_fixtures_live(name: str) -> None:
+    meta, _ = mh.reference(name)
+    ids = meta["prompt_ids"]
+    model = load_model(mh.fixture(name), backend="numpy", max_context=64)
+    np.testing.assert_allclose(model.logits(ids), hf_logits(mh.fixture(name), ids), rtol=0,
+                               atol=TINY_ATOL)
+    assert greedy(model, ids, 16) == hf_greedy(mh.fixture(name), ids, 16)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("arch", ["llama3", "qwen2", "qwen3", "phi3"])
+def test_fresh_random_architectures_live(arch: str, tmp_path: Path) -> None:
+    """Models of the added architectures made now, with settings the fixtures do not use (head
+    counts, head_dim, tying, RoPE scaling constants, eps)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(7)
+    common: dict[str, Any] = dict(
+        vocab_size=200, hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=96,
+        rms_norm_eps=1e-5, initializer_range=0.15, pad_token_id=None,
+    )
+    hf: Any
+    if arch == "llama3":
+        rope = dict(rope_type="llama3", rope_theta=50000.0, factor=32.0, low_freq_factor=1.0,
+                    high_freq_factor=8.0, original_max_position_embeddings=64)
+        hf = tf.LlamaForCausalLM(tf.LlamaConfig(**common, tie_word_embeddings=False,
+                                                rope_parameters=rope))
+    elif arch == "qwen2":
+        hf = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, tie_word_embeddings=False))
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if name.endswith("_proj.bias"):
+                    p.copy_(0.3 * torch.randn_like(p))
+    elif arch == "qwen3":
+        hf = tf.Qwen3ForCausalLM(tf.Qwen3Config(**common, head_dim=32, tie_word_embeddings=True))
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if name.endswith("_norm.weight"):
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    else:
+        hf = tf.Phi3ForCausalLM(tf.Phi3Config(**common, tie_word_embeddings=True))
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    ids = [int(i) for i in torch.randint(0, 200, (40,))]
+    model = load_model(tmp_path, backend="numpy", max_context=96)
+    np.testing.assert_allclose(model.logits(ids), hf_logits(tmp_path, ids), rtol=0, atol=TINY_ATOL)
+    assert greedy(model, ids, 20) == hf_greedy(tmp_path, ids, 20)
+
+
 @pytest.mark.reference
 def test_smollm2_live() -> None:
     path = mh.smollm2_path()

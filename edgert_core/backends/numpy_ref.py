@@ -117,11 +117,6 @@ def dequantize(dtype: str, raw: U8, shape: tuple[int, ...]) -> F32:
     return out
 
 
-def row_bytes(info: TensorInfo) -> int:
-    """File bytes of one row (last axis) of a tensor."""
-    return file_nbytes(info.dtype, (info.shape[-1],))
-
-
 # ---------------------------------------------------------------------------------------------
 # The backend
 # ---------------------------------------------------------------------------------------------

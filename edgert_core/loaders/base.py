@@ -24,7 +24,6 @@ per token). A bad value raises :class:`ModelError` naming the tensor, before the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +35,8 @@ from edgert_core.backends.numpy_ref import BLOCK_BYTES, FLOAT_BYTES, SUPPORTED_D
 from edgert_core.errors import ModelError
 from edgert_core.layout import LayerInfo, ModelLayout, TensorInfo
 from edgert_core.memory.reader import FileRangeReader
+from edgert_core.models.arch import arch_of
+from edgert_core.models.arch import expected_shapes as arch_expected_shapes
 from edgert_core.models.config import (
     ModelConfig,
     final_norm_names,
@@ -68,47 +69,11 @@ class TensorEntry:
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Canonical name -> logical shape of every tensor a model of ``config`` must have."""
-    d = config.dims
-    h, hd, f, v = d.hidden, d.head_dim, d.intermediate, d.vocab
-    out: dict[str, tuple[int, ...]] = {token_embedding_name(d.architecture): (v, h)}
-    pos = position_embedding_name(d.architecture)
-    if pos is not None:
-        out[pos] = (d.max_position, h)
-    for i in range(d.n_layers):
-        p = layer_prefix(d.architecture, i)
-        if d.architecture == "llama":
-            layer = {
-                "input_layernorm.weight": (h,),
-                "self_attn.q_proj.weight": (d.n_heads * hd, h),
-                "self_attn.k_proj.weight": (d.n_kv_heads * hd, h),
-                "self_attn.v_proj.weight": (d.n_kv_heads * hd, h),
-                "self_attn.o_proj.weight": (h, d.n_heads * hd),
-                "post_attention_layernorm.weight": (h,),
-                "mlp.gate_proj.weight": (f, h),
-                "mlp.up_proj.weight": (f, h),
-                "mlp.down_proj.weight": (h, f),
-            }
-        else:
-            layer = {
-                "ln_1.weight": (h,),
-                "ln_1.bias": (h,),
-                "attn.c_attn.weight": (3 * h, h),
-                "attn.c_attn.bias": (3 * h,),
-                "attn.c_proj.weight": (h, h),
-                "attn.c_proj.bias": (h,),
-                "ln_2.weight": (h,),
-                "ln_2.bias": (h,),
-                "mlp.c_fc.weight": (f, h),
-                "mlp.c_fc.bias": (f,),
-                "mlp.c_proj.weight": (h, f),
-                "mlp.c_proj.bias": (h,),
-            }
-        out.update({p + k: s for k, s in layer.items()})
-    for name in final_norm_names(d.architecture):
-        out[name] = (h,)
-    out[output_name(config)] = (v, h)
-    return out
+    """Canonical name -> logical shape of every tensor a model of ``config`` must have (from its
+    architecture's table)."""
+    return arch_expected_shapes(
+        arch_of(config.architecture), config.dims, tied=config.tied_embeddings
+    )
 
 
 class ModelSource:
@@ -223,10 +188,6 @@ class ModelSource:
 
     def _file_name_hint(self, name: str) -> str:
         return name
-
-    def unused_names(self) -> Iterable[str]:
-        expected = expected_shapes(self.config)
-        return [n for n in self.entries if n not in expected]
 
     # -- reads (used through ValidatedModel) ---------------------------------------------------
     def reader(self, file: Path) -> FileRangeReader:

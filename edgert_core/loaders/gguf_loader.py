@@ -1,4 +1,5 @@
-"""GGUF files: a header-only parse, the ``llama`` architecture, tokenizer and chat template metadata.
+"""GGUF files: a header-only parse, the Llama family (``llama``, ``qwen2``, ``qwen3``, ``phi3``),
+tokenizer and chat template metadata. Tensor names come from :mod:`edgert_core.models.arch`.
 
 The header (metadata and tensor directory) is parsed from a read-only memory map of the file's first
 bytes, which is closed afterwards; tensor data is never mapped. Type codes and block sizes come from
@@ -10,8 +11,9 @@ The header is checked the way llama.cpp's ``gguf_init_from_file`` checks it (the
 conventions): versions 2 and 3, no duplicate keys or tensor names, no nested arrays, a
 ``general.alignment`` that is a power of two, at most 4 dimensions and a known type per tensor, rows of
 whole blocks, and tensor data laid out in directory order, each tensor at the aligned end of the one
-before (so misaligned, overlapping or gapped data is refused, naming the tensor). The ``llama.*`` keys
-the model needs are checked for type and range (see ``docs/model-files.md``).
+before (so misaligned, overlapping or gapped data is refused, naming the tensor). The ``<arch>.*`` keys
+the model needs are checked for type and range (see ``docs/model-files.md``). Llama 3's RoPE scaling
+is llama.cpp's ``rope_freqs`` tensor, read into the config.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from edgert_core.layout import ModelDims, TensorInfo
 from edgert_core.loaders.base import ModelSource, TensorEntry
 from edgert_core.loaders.fields import Fields, check_divisible, show
 from edgert_core.loaders.files import open_regular, read_prefix
+from edgert_core.models.arch import Arch, by_gguf_arch, supported_line
 from edgert_core.models.config import DIM_LIMITS, ModelConfig
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
-SUPPORTED_ARCHITECTURES = ("llama",)
 
 # GGUF metadata value types -> struct format (scalars) or numpy dtype (arrays)
 _SCALAR: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -46,23 +48,9 @@ GGML_MAX_DIMS = 4
 GGML_MAX_NAME = 64
 _INT64_MAX = (1 << 63) - 1
 
-#: GGUF llama tensor names -> canonical (Hugging Face) names; ``{i}`` is the block index.
-_LLAMA_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_LLAMA_BLOCK = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
+#: The tensor llama.cpp's converter writes for Llama 3's RoPE scaling: float32 ``[head_dim/2]``,
+#: each rotary frequency divided by its factor. Read into the config, not loaded as a weight.
+ROPE_FREQS = "rope_freqs.weight"
 
 
 @dataclass
@@ -304,16 +292,6 @@ def tensor_nbytes(code: int, ne: tuple[int, ...]) -> int:
     return n // block * type_size
 
 
-def canonical_llama_name(name: str) -> str | None:
-    """GGUF llama tensor name -> canonical name (``None`` if it is not a llama tensor)."""
-    if name in _LLAMA_NAMES:
-        return _LLAMA_NAMES[name]
-    parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LLAMA_BLOCK:
-        return f"model.layers.{parts[1]}.{_LLAMA_BLOCK[parts[2]]}"
-    return None
-
-
 class GGUFModel(ModelSource):
     """A GGUF file in the ``loaded`` state."""
 
@@ -324,17 +302,21 @@ class GGUFModel(ModelSource):
         self.header = header
         self._tokenizer: Any = None
         md = header.metadata
-        arch = md.get("general.architecture")
-        if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
+        arch_name = md.get("general.architecture")
+        archs = by_gguf_arch()
+        if not isinstance(arch_name, str) or arch_name not in archs:
             raise ModelError(
-                f"{path} holds a model of architecture {show(arch)}, which edge-rt does not support; "
-                f"supported GGUF architectures: {', '.join(SUPPORTED_ARCHITECTURES)}."
+                f"{path} holds a model of architecture {show(arch_name)}, which edge-rt does not "
+                f"support; supported: {supported_line()}."
             )
-        config = _llama_config(path, md, header)
+        self.arch = arch = archs[arch_name]
+        config = _llama_config(path, md, header, arch)
         entries: dict[str, TensorEntry] = {}
         self.unknown: list[str] = []
         for name, ne, code, offset in header.tensors:
-            canon = canonical_llama_name(name)
+            if name == ROPE_FREQS and config.rope_freq_factors is not None:
+                continue  # read into the config
+            canon = arch.canonical_from_gguf(name)
             if canon is None:
                 self.unknown.append(name)
                 canon = name
@@ -347,14 +329,7 @@ class GGUFModel(ModelSource):
         self.chat_template = template if isinstance(template, str) else None
 
     def _file_name_hint(self, name: str) -> str:
-        reverse = {v: k for k, v in _LLAMA_NAMES.items()}
-        if name in reverse:
-            return reverse[name]
-        for short, canon in _LLAMA_BLOCK.items():
-            if name.endswith("." + canon):
-                index = name.split(".")[2]
-                return f"blk.{index}.{short}"
-        return name
+        return self.arch.gguf_from_canonical(name) or name
 
     def tokenizer(self) -> Any:
         """The tokenizer, built once; the vocabulary arrays it came from are then dropped from the
@@ -368,9 +343,10 @@ class GGUFModel(ModelSource):
         return self._tokenizer
 
 
-def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelConfig:
-    """The model's hyperparameters from the ``llama.*`` keys, each checked for type and range."""
-    f = Fields(md, path, "llama.")
+def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader, arch: Arch) -> ModelConfig:
+    """The hyperparameters of a model of the Llama family from its ``<arch>.*`` keys (``llama.``,
+    ``qwen2.`` ...), each checked for type and range."""
+    f = Fields(md, path, f"{arch.gguf_arch}.")
     lim = DIM_LIMITS
     n_heads = f.whole("attention.head_count", maximum=lim["n_heads"])
     hidden = f.whole("embedding_length", maximum=lim["hidden"])
@@ -398,11 +374,7 @@ def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelCo
     if scaling not in (None, "none"):
         raise ModelError(f"{path} uses RoPE scaling {scaling!r}, which edge-rt does not support.")
     names = {t[0] for t in header.tensors}
-    if "rope_freqs.weight" in names:
-        raise ModelError(
-            f"{path} has tensor rope_freqs.weight (Llama 3.1 RoPE scaling), which edge-rt does "
-            "not support."
-        )
+    freq_factors = _rope_freqs(path, header, head_dim) if ROPE_FREQS in names else None
     tokens = md.get("tokenizer.ggml.tokens")
     n_tokens = len(tokens) if isinstance(tokens, list) else 0
     if f.has("vocab_size"):
@@ -413,7 +385,7 @@ def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelCo
         embd = next((ne for n, ne, _, _ in header.tensors if n == "token_embd.weight"), ())
         if len(embd) != 2:
             raise ModelError(
-                f"{path} has neither llama.vocab_size, a tokenizer vocabulary nor a 2-D "
+                f"{path} has neither {f.prefix}vocab_size, a tokenizer vocabulary nor a 2-D "
                 "token_embd.weight; the file is incomplete."
             )
         vocab = int(embd[1])
@@ -425,8 +397,12 @@ def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelCo
             f"{path} has {n_tokens} tokens in tokenizer.ggml.tokens but a vocabulary of {vocab}; "
             "the file is inconsistent."
         )
+    max_position = f.whole("context_length", default=2048, maximum=lim["max_position"])
+    if f.has("attention.sliding_window"):  # Phi-3: attention is exact up to the window
+        max_position = min(max_position, f.whole("attention.sliding_window",
+                                                  maximum=lim["max_position"]))
     dims = ModelDims(
-        architecture="llama",
+        architecture=arch.name,
         n_layers=f.whole("block_count", maximum=lim["n_layers"]),
         hidden=hidden,
         n_heads=n_heads,
@@ -434,7 +410,7 @@ def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelCo
         head_dim=head_dim,
         intermediate=f.whole("feed_forward_length", maximum=lim["intermediate"]),
         vocab=vocab,
-        max_position=f.whole("context_length", default=2048, maximum=lim["max_position"]),
+        max_position=max_position,
     )
     tok = Fields(md, path, "tokenizer.ggml.")
     eos_ids = tuple(dict.fromkeys(
@@ -448,8 +424,32 @@ def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader) -> ModelCo
         dims=dims,
         norm_eps=f.number("attention.layer_norm_rms_epsilon", 1e-5, maximum=1.0),
         rope_theta=f.number("rope.freq_base", 10000.0),
-        rope_interleaved=True,
+        rope_interleaved=arch.gguf_qk_permuted,
+        rope_freq_factors=freq_factors,
         tied_embeddings="output.weight" not in names,
         bos_token_id=bos[0] if bos else None,
         eos_token_ids=eos_ids,
     )
+
+
+def _rope_freqs(path: Path, header: GGUFHeader, head_dim: int) -> tuple[float, ...]:
+    """The factors of llama.cpp's ``rope_freqs`` tensor (Llama 3 RoPE scaling): float32
+    ``[head_dim/2]``, positive and finite."""
+    _, ne, code, offset = next(t for t in header.tensors if t[0] == ROPE_FREQS)
+    if type_name(code) != "F32" or tuple(ne) != (head_dim // 2,):
+        raise ModelError(
+            f"{path}: tensor {ROPE_FREQS} is {type_name(code)} {list(ne)} but RoPE frequency "
+            f"factors are F32 [{head_dim // 2}]; the file is corrupt."
+        )
+    fd = open_regular(path)
+    try:
+        raw = os.pread(fd, 4 * (head_dim // 2), offset)
+    finally:
+        os.close(fd)
+    values = np.frombuffer(raw, dtype="<f4")
+    if len(values) != head_dim // 2 or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ModelError(
+            f"{path}: tensor {ROPE_FREQS} holds factors that are not positive finite numbers; "
+            "the file is corrupt."
+        )
+    return tuple(float(v) for v in values)

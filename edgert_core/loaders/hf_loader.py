@@ -1,5 +1,6 @@
 """Hugging Face model folders: ``config.json`` + ``model.safetensors`` (or shards listed in
-``model.safetensors.index.json``) + optional ``tokenizer.json``; LlamaForCausalLM and GPT2LMHeadModel.
+``model.safetensors.index.json``) + optional ``tokenizer.json``; the architectures of
+:mod:`edgert_core.models.arch` (Llama incl. Llama 3 RoPE scaling, Qwen2, Qwen3, Phi-3, GPT-2).
 
 Safetensors headers are parsed here (an 8-byte length and a JSON table of names, dtypes, shapes and
 byte ranges); tensor data is read later, per tensor. GPT-2 stores its Conv1D weights ``[in, out]``;
@@ -25,9 +26,10 @@ from edgert_core.loaders.files import (
     pickle_refusal,
     read_small,
 )
+from edgert_core.models.arch import Arch, arch_of, by_hf_model_type, supported_line
 from edgert_core.models.config import DIM_LIMITS, ModelConfig
+from edgert_core.models.rope import Llama3Scaling
 
-SUPPORTED_MODEL_TYPES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 _DTYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
 #: Every dtype of the safetensors format and its bits per value; other names are refused.
 SAFETENSORS_DTYPE_BITS = {
@@ -38,7 +40,6 @@ SAFETENSORS_DTYPE_BITS = {
 MAX_HEADER_BYTES = 100_000_000
 #: Longest tensor name accepted (names appear in messages).
 MAX_NAME_CHARS = 256
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 #: Buffers some checkpoints carry that are not weights.
 _IGNORABLE_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
@@ -190,35 +191,74 @@ def _check_at_most(fields: Fields, name: str, value: int, limit: int) -> None:
         raise fields.error(name, f"({value}) must be at most {limit}")
 
 
-def _llama_config(cfg: dict[str, Any], path: Path) -> ModelConfig:
-    f = Fields(cfg, path)
-    lim = DIM_LIMITS
+#: ``config.json`` switches of each Llama-family architecture that add tensors or change the math
+#: edge-rt runs; a model that sets one to anything but the value given is refused.
+_FIXED: dict[str, dict[str, Any]] = {
+    "llama": {"attention_bias": False, "mlp_bias": False},
+    "qwen2": {"use_sliding_window": False},
+    "qwen3": {"attention_bias": False, "use_sliding_window": False},
+    "phi3": {"attention_bias": False},
+}
+
+
+def _rope(f: Fields, path: Path) -> tuple[float, Llama3Scaling | None]:
+    """RoPE's base and Llama 3 scaling, from ``rope_scaling`` (transformers 4) and
+    ``rope_parameters`` (transformers 5) or the top level, each checked wherever it is given."""
+    cfg = f.values
     scaling = cfg.get("rope_scaling")
     if scaling is not None and not isinstance(scaling, dict):
         raise f.error("rope_scaling", f"must be an object or null, got {show(scaling)}")
     ropes = [(Fields(d, path, label=f"{key}."), d)
              for key, d in (("rope_scaling", scaling or {}), ("rope_parameters", f.obj("rope_parameters")))]
-    for rope_fields, _ in ropes:
-        rope_fields.number("rope_theta", 10000.0)  # checked wherever it is given
-        rope_type = rope_fields.text("rope_type") or rope_fields.text("type") or "default"
-        if rope_type != "default":
-            raise ModelError(
-                f"{path} uses RoPE scaling {show(rope_type)} ({rope_fields.label}rope_type), which "
-                "edge-rt does not support."
+    llama3: Llama3Scaling | None = None
+    for rf, _ in ropes:
+        rf.number("rope_theta", 10000.0)  # checked wherever it is given
+        rope_type = rf.text("rope_type") or rf.text("type") or "default"
+        if rope_type == "llama3":
+            llama3 = Llama3Scaling(
+                factor=rf.number("factor", 8.0, minimum=1.0),
+                low_freq_factor=rf.number("low_freq_factor", 1.0),
+                high_freq_factor=rf.number("high_freq_factor", 4.0),
+                original_context=rf.whole("original_max_position_embeddings", default=8192,
+                                          maximum=DIM_LIMITS["max_position"]),
             )
-    if f.flag("attention_bias", False) or f.flag("mlp_bias", False):
-        raise ModelError(
-            f"{path} uses attention or MLP biases (attention_bias / mlp_bias), which edge-rt's "
-            "llama does not support."
-        )
+            if not llama3.high_freq_factor > llama3.low_freq_factor > 0:
+                raise rf.error("high_freq_factor", "must be larger than low_freq_factor, which "
+                               "must be positive")
+        elif rope_type != "default":
+            raise ModelError(
+                f"{path} uses RoPE scaling {show(rope_type)} ({rf.label}rope_type), which "
+                "edge-rt does not support; supported: default, llama3."
+            )
+        if rf.number("partial_rotary_factor", 1.0) != 1.0:
+            raise ModelError(f"{path} rotates part of each head ({rf.label}partial_rotary_factor), "
+                             "which edge-rt does not support.")
+    if f.number("partial_rotary_factor", 1.0) != 1.0:
+        raise ModelError(f"{path} rotates part of each head (partial_rotary_factor), which edge-rt "
+                         "does not support.")
+    theta_fields = next((rf for rf, d in reversed(ropes) if "rope_theta" in d), f)
+    return theta_fields.number("rope_theta", 10000.0), llama3
+
+
+def _llama_config(cfg: dict[str, Any], path: Path, arch: Arch) -> ModelConfig:
+    """A config of the Llama family (``llama``, ``qwen2``, ``qwen3``, ``phi3``)."""
+    f = Fields(cfg, path)
+    lim = DIM_LIMITS
+    theta, llama3 = _rope(f, path)
+    for key, value in _FIXED[arch.name].items():
+        if f.flag(key, value) != value:
+            raise ModelError(
+                f"{path} sets {key} to {show(not value)}, which edge-rt's {arch.name} does not "
+                "support."
+            )
     act = f.text("hidden_act", "silu")
     if act != "silu":
-        raise ModelError(f"{path}: hidden_act is {show(act)}; edge-rt's llama needs silu.")
+        raise ModelError(f"{path}: hidden_act is {show(act)}; edge-rt's {arch.name} needs silu.")
     n_heads = f.whole("num_attention_heads", maximum=lim["n_heads"])
     hidden = f.whole("hidden_size", maximum=lim["hidden"])
     n_kv = f.whole("num_key_value_heads", default=n_heads, maximum=lim["n_heads"])
     check_divisible(f, "num_attention_heads", n_heads, "num_key_value_heads", n_kv)
-    if f.has("head_dim"):
+    if f.has("head_dim") and f.raw("head_dim")[1] is not None:
         head_dim = f.whole("head_dim", maximum=lim["head_dim"])
     else:
         check_divisible(f, "hidden_size", hidden, "num_attention_heads", n_heads)
@@ -227,8 +267,12 @@ def _llama_config(cfg: dict[str, Any], path: Path) -> ModelConfig:
     if head_dim % 2:
         raise f.error("head_dim", f"({head_dim}) must be even for rotary position embeddings")
     vocab = f.whole("vocab_size", maximum=lim["vocab"])
+    max_position = f.whole("max_position_embeddings", default=2048, maximum=lim["max_position"])
+    if f.has("sliding_window") and f.raw("sliding_window")[1] is not None and arch.name == "phi3":
+        # attention is exact up to the window: run no further than it
+        max_position = min(max_position, f.whole("sliding_window", maximum=lim["max_position"]))
     dims = ModelDims(
-        architecture="llama",
+        architecture=arch.name,
         n_layers=f.whole("num_hidden_layers", maximum=lim["n_layers"]),
         hidden=hidden,
         n_heads=n_heads,
@@ -236,14 +280,14 @@ def _llama_config(cfg: dict[str, Any], path: Path) -> ModelConfig:
         head_dim=head_dim,
         intermediate=f.whole("intermediate_size", maximum=lim["intermediate"]),
         vocab=vocab,
-        max_position=f.whole("max_position_embeddings", default=2048, maximum=lim["max_position"]),
+        max_position=max_position,
     )
-    theta_fields = next((rf for rf, d in reversed(ropes) if "rope_theta" in d), f)
     return ModelConfig(
         dims=dims,
         norm_eps=f.number("rms_norm_eps", 1e-6, maximum=1.0),
-        rope_theta=theta_fields.number("rope_theta", 10000.0),
+        rope_theta=theta,
         rope_interleaved=False,
+        rope_llama3=llama3,
         tied_embeddings=f.flag("tie_word_embeddings", False),
         bos_token_id=_bos(f, vocab),
         eos_token_ids=f.token_ids("eos_token_id", vocab, drop_outside=True),
@@ -298,9 +342,7 @@ def _gpt2_config(cfg: dict[str, Any], path: Path) -> ModelConfig:
 
 
 def canonical_name(architecture: str, name: str) -> str:
-    if architecture == "gpt2":
-        return name.removeprefix("transformer.")
-    return name
+    return name.removeprefix(arch_of(architecture).hf_strip)
 
 
 class HFModel(ModelSource):
@@ -314,14 +356,18 @@ class HFModel(ModelSource):
         if not isinstance(cfg, dict):
             raise ModelError(f"{cfg_path} is not a JSON object; the model folder is corrupt.")
         model_type = cfg.get("model_type")
-        if not isinstance(model_type, str) or model_type not in SUPPORTED_MODEL_TYPES:
+        known = by_hf_model_type()
+        if not isinstance(model_type, str) or model_type not in known:
             archs = cfg.get("architectures")
-            arch = archs[0] if isinstance(archs, list) and archs else model_type
+            arch_name = archs[0] if isinstance(archs, list) and archs else model_type
             raise ModelError(
-                f"{path} holds a {show(arch)} model (model_type {show(model_type)}), which edge-rt "
-                f"does not support; supported: {', '.join(SUPPORTED_MODEL_TYPES.values())}."
+                f"{path} holds a {show(arch_name)} model (model_type {show(model_type)}), which "
+                f"edge-rt does not support; supported: {supported_line()}."
             )
-        config = _llama_config(cfg, cfg_path) if model_type == "llama" else _gpt2_config(cfg, cfg_path)
+        arch = known[model_type]
+        model_type = arch.name
+        config = (_gpt2_config(cfg, cfg_path) if arch.name == "gpt2"
+                  else _llama_config(cfg, cfg_path, arch))
         entries: dict[str, TensorEntry] = {}
         files = self._weight_files(path)
         for file, expected in files.items():
@@ -427,7 +473,7 @@ def _entry(
         begin, end = (int(x) for x in spec["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise ModelError(f"{file} has a corrupt header entry for tensor {name}.") from None
-    transposed = model_type == "gpt2" and canon.endswith(_CONV1D) and len(shape) == 2
+    transposed = arch_of(model_type).hf_transposed(canon) and len(shape) == 2
     if transposed:
         shape = (shape[1], shape[0])
     info = TensorInfo(canon, shape, _DTYPES.get(dtype, dtype), end - begin)

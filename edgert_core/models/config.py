@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgert_core.layout import ModelDims
+from edgert_core.models.arch import arch_of
+from edgert_core.models.rope import Llama3Scaling
 
 #: Upper bounds of the dimensions a model file may declare (far above any model edge-rt can run on a
 #: small device; they keep a corrupt or hostile header from sizing anything absurd). Loaders check
@@ -31,12 +33,17 @@ class ModelConfig:
     ``rope_interleaved``: RoPE rotates adjacent pairs ``(2i, 2i+1)``; true for GGUF files, whose
     converter permutes the Q/K rows of each head from Hugging Face's half-split layout into that one.
     Attention scores are identical either way, so the file's rows are used as they are.
+    ``rope_llama3``: Llama 3's RoPE scaling as a Hugging Face config gives it;
+    ``rope_freq_factors``: the same as llama.cpp's converter stores it (the ``rope_freqs`` tensor,
+    float32 ``[head_dim/2]``, each frequency divided by its factor).
     """
 
     dims: ModelDims
     norm_eps: float
     rope_theta: float = 10000.0
     rope_interleaved: bool = False
+    rope_llama3: Llama3Scaling | None = None
+    rope_freq_factors: tuple[float, ...] | None = None
     tied_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -48,23 +55,23 @@ class ModelConfig:
 
 def layer_prefix(architecture: str, index: int) -> str:
     """Canonical name prefix of block ``index``."""
-    return f"model.layers.{index}." if architecture == "llama" else f"h.{index}."
+    return arch_of(architecture).layer_prefix(index)
 
 
 def token_embedding_name(architecture: str) -> str:
-    return "model.embed_tokens.weight" if architecture == "llama" else "wte.weight"
+    return arch_of(architecture).tensor_name("token_embd")
 
 
 def position_embedding_name(architecture: str) -> str | None:
-    return None if architecture == "llama" else "wpe.weight"
+    arch = arch_of(architecture)
+    return arch.tensor_name("position_embd") if arch.has("position_embd") else None
 
 
 def output_name(config: ModelConfig) -> str:
     """The output projection ``[vocab, hidden]``: the token embedding when tied."""
-    if config.tied_embeddings:
-        return token_embedding_name(config.architecture)
-    return "lm_head.weight"
+    return arch_of(config.architecture).tensor_name("token_embd" if config.tied_embeddings else "output")
 
 
 def final_norm_names(architecture: str) -> tuple[str, ...]:
-    return ("model.norm.weight",) if architecture == "llama" else ("ln_f.weight", "ln_f.bias")
+    norm = arch_of(architecture).kind("output_norm")
+    return tuple(norm.hf + s for s in norm.suffixes())

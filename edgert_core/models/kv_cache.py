@@ -61,7 +61,3 @@ class KVCache:
         self.k[layer, :, start:end] = k.transpose(1, 0, 2)
         self.v[layer, :, start:end] = v.transpose(1, 0, 2)
         return self.k[layer, :, :end], self.v[layer, :, :end]
-
-    def reset(self) -> None:
-        """Forget every position (the arrays are reused)."""
-        self.length = 0

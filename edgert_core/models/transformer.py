@@ -6,13 +6,15 @@
     for group in plan.groups:
         x = model.run_layers(weights_of(group), x, cache, start)
         # or, part by part: state = model.run_parts([(weights, part), ...], state, cache, start)
-    logits = model.head(x[-1:], final_norm, output_slices)   # [1, vocab]
+    normed = model.final_norm(x[-1:], final_norm)       # [1, hidden]
+    for output_slice, columns in slices:                # row slices of the output projection
+        model.project(normed, output_slice, logits[:, columns])
 
 The weights of one call are whatever the caller prepared for it, so a caller may load a group's
 weights just before ``run_layers`` and free them right after, and may hand the output projection over
-as row slices (each a :class:`Weight` of shape ``[rows, hidden]``); the logits are their concatenation.
-A caller that holds one slice at a time calls :meth:`Transformer.final_norm` once and then
-:meth:`Transformer.project` per slice into its columns of the logits.
+as row slices (each a :class:`Weight` of shape ``[rows, hidden]``) that fill the logits' columns.
+Which tensors a block has (biases, per-head norms, fused matrices) comes from the architecture's
+table in :mod:`edgert_core.models.arch`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from numpy.typing import NDArray
 from edgert_core.backends.base import Weight
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.layout import BLOCK_PARTS
+from edgert_core.models.arch import ARCHITECTURES, arch_of
 from edgert_core.models.config import ModelConfig, final_norm_names, layer_prefix
 from edgert_core.models.kv_cache import KVCache
 from edgert_core.models.rope import rope_tables
@@ -33,13 +36,9 @@ from edgert_core.models.rope import rope_tables
 F32 = NDArray[np.float32]
 
 #: Weights that may be stacked by rows into one matrix, so one ``linear`` call replaces several:
-#: fused name -> the block's tensor names, in row order.
+#: architecture -> fused name -> the block's tensor names, in row order (from the tables).
 FUSIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "llama": {
-        "qkv": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-        "gate_up": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-    },
-    "gpt2": {},
+    name: arch.fusions() for name, arch in ARCHITECTURES.items()
 }
 
 
@@ -88,56 +87,89 @@ class BlockState:
 
 
 class LlamaBlock:
-    """One Llama block: RMSNorm -> GQA attention with RoPE -> residual; RMSNorm -> SwiGLU -> residual."""
+    """One block of the Llama family: RMSNorm -> GQA attention with RoPE -> residual; RMSNorm ->
+    SwiGLU -> residual. The table's rows decide the variants: biases on q/k/v (Qwen2), RMSNorm on
+    each head of q and k (Qwen3), q/k/v and gate/up stored fused (Phi-3)."""
 
     def __init__(self, backend: NumpyBackend, config: ModelConfig, cos: F32, sin: F32) -> None:
         self.be = backend
         self.config = config
         self.cos = cos  # [C, D/2]
         self.sin = sin
+        self.arch = arch_of(config.architecture)
+        self.n = {t.kind: t.hf for t in self.arch.block}  # kind -> name stem
+
+    def _w(self, w: LayerWeights, kind: str, suffix: str = ".weight") -> Weight:
+        return w[self.n[kind] + suffix]
+
+    def _qkv(self, w: LayerWeights, h: F32) -> tuple[F32, F32, F32]:
+        """The q, k, v projections of the normed ``h`` float32 ``[T, hidden]``: float32 ``[T, nq]``,
+        ``[T, nkv]``, ``[T, nkv]`` (biases added when the architecture has them)."""
+        be, d = self.be, self.config.dims
+        nq, nkv = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
+        stacked = w.fused.get("qkv")
+        if stacked is None and "attn_qkv" in self.n:
+            stacked = self._w(w, "attn_qkv")
+        if stacked is not None:
+            qkv = be.linear(h, stacked)  # [T, nq + 2*nkv]
+            q_, k_, v_ = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
+        else:
+            q_ = be.linear(h, self._w(w, "attn_q"))  # [T, nq]
+            k_ = be.linear(h, self._w(w, "attn_k"))  # [T, nkv]
+            v_ = be.linear(h, self._w(w, "attn_v"))
+        if "attn_q" in self.n and self.arch.kind("attn_q").bias:
+            q_ += be.to_float(self._w(w, "attn_q", ".bias"))
+            k_ += be.to_float(self._w(w, "attn_k", ".bias"))
+            v_ += be.to_float(self._w(w, "attn_v", ".bias"))
+        return q_, k_, v_
+
+    def _head_norm(self, w: LayerWeights, kind: str, x: F32) -> F32:
+        """RMSNorm over each head: ``x`` float32 ``[T, H, D]`` -> float32 ``[T, H, D]``."""
+        t, heads, dim = x.shape
+        flat = np.ascontiguousarray(x).reshape(t * heads, dim)  # [T*H, D]
+        return self.be.rmsnorm(flat, self._w(w, kind), self.config.norm_eps).reshape(t, heads, dim)
 
     def attention(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
         """RMSNorm -> GQA attention with RoPE -> residual: ``x`` float32 ``[T, hidden]`` at positions
         ``start..start+T-1`` -> float32 ``[T, hidden]`` (a new array)."""
         be, d, eps = self.be, self.config.dims, self.config.norm_eps
         t = x.shape[0]
-        nq, nkv = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
-        h = be.rmsnorm(x, w["input_layernorm.weight"], eps)  # [T, hidden]
-        if "qkv" in w.fused:
-            qkv = be.linear(h, w.fused["qkv"])  # [T, nq + 2*nkv]
-            q_, k_, v_ = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
-        else:
-            q_ = be.linear(h, w["self_attn.q_proj.weight"])  # [T, nq]
-            k_ = be.linear(h, w["self_attn.k_proj.weight"])  # [T, nkv]
-            v_ = be.linear(h, w["self_attn.v_proj.weight"])
+        h = be.rmsnorm(x, self._w(w, "attn_norm"), eps)  # [T, hidden]
+        q_, k_, v_ = self._qkv(w, h)
         q = q_.reshape(t, d.n_heads, d.head_dim)
         k = k_.reshape(t, d.n_kv_heads, d.head_dim)
         v = v_.reshape(t, d.n_kv_heads, d.head_dim)
+        if "attn_q_norm" in self.n:
+            q = self._head_norm(w, "attn_q_norm", q)
+            k = self._head_norm(w, "attn_k_norm", k)
         cos, sin = self.cos[start : start + t], self.sin[start : start + t]  # [T, D/2]
         q = be.rope(q, cos, sin, interleaved=self.config.rope_interleaved)
         k = be.rope(k, cos, sin, interleaved=self.config.rope_interleaved)
         keys, values = cache.write(w.index, start, k, v)  # [Hkv, start+T, D]
         a = be.attention(q, keys, values, start)  # [T, H*D]
-        return x + be.linear(a, w["self_attn.o_proj.weight"])  # [T, hidden]
+        return x + be.linear(a, self._w(w, "attn_output"))  # [T, hidden]
 
     def mlp_in(self, w: LayerWeights, x: F32) -> F32:
         """RMSNorm -> SwiGLU's gate and up products: ``x`` float32 ``[T, hidden]`` -> the inner
         activation float32 ``[T, intermediate]``."""
         be, d, eps = self.be, self.config.dims, self.config.norm_eps
-        h = be.rmsnorm(x, w["post_attention_layernorm.weight"], eps)
-        if "gate_up" in w.fused:
-            gate_up = be.linear(h, w.fused["gate_up"])  # [T, 2*inter]
+        h = be.rmsnorm(x, self._w(w, "ffn_norm"), eps)
+        stacked = w.fused.get("gate_up")
+        if stacked is None and "ffn_gate_up" in self.n:
+            stacked = self._w(w, "ffn_gate_up")
+        if stacked is not None:
+            gate_up = be.linear(h, stacked)  # [T, 2*inter]: gate rows, then up rows
             gate = be.silu(gate_up[:, : d.intermediate])  # [T, inter]
             gate *= gate_up[:, d.intermediate :]
         else:
-            gate = be.silu(be.linear(h, w["mlp.gate_proj.weight"]))  # [T, inter]
-            gate *= be.linear(h, w["mlp.up_proj.weight"])
+            gate = be.silu(be.linear(h, self._w(w, "ffn_gate")))  # [T, inter]
+            gate *= be.linear(h, self._w(w, "ffn_up"))
         return gate
 
     def mlp_out(self, w: LayerWeights, x: F32, inner: F32) -> F32:
         """The down product added to the residual: ``x`` float32 ``[T, hidden]`` (updated in place
         and returned), ``inner`` float32 ``[T, intermediate]`` from :meth:`mlp_in`."""
-        x += self.be.linear(inner, w["mlp.down_proj.weight"])
+        x += self.be.linear(inner, self._w(w, "ffn_down"))
         return x
 
     def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
@@ -197,14 +229,13 @@ class Transformer:
         self.backend = backend
         self.max_context = max_context
         self.block: LlamaBlock | GPT2Block
-        if config.architecture == "llama":
-            cos, sin = rope_tables(config.dims.head_dim, max_context, config.rope_theta)
+        if arch_of(config.architecture).rope != "none":
+            cos, sin = rope_tables(config.dims.head_dim, max_context, config.rope_theta,
+                                   llama3=config.rope_llama3,
+                                   freq_factors=config.rope_freq_factors)
             self.block = LlamaBlock(backend, config, cos, sin)
         else:
             self.block = GPT2Block(backend, config)
-
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config, self.max_context)
 
     def embed(self, token_rows: F32, position_rows: F32 | None = None) -> F32:
         """Hidden states from embedding rows: ``token_rows`` float32 ``[T, hidden]`` (rows of the
@@ -246,31 +277,11 @@ class Transformer:
                 x, inner = block.mlp_out(w, x, inner), None
         return BlockState(x, inner)
 
-    def head(
-        self, hidden: F32, final_norm: Mapping[str, Weight], output_slices: Sequence[Weight]
-    ) -> F32:
-        """Logits: ``hidden`` float32 ``[T, hidden]`` -> float32 ``[T, vocab]``.
-
-        ``final_norm`` maps the final norm's canonical names to weights; ``output_slices`` are
-        consecutive row slices of the output projection (``[rows_i, hidden]``, rows summing to vocab).
-        """
-        be = self.backend
-        h = self.final_norm(hidden, final_norm)
-        if len(output_slices) == 1:
-            return be.linear(h, output_slices[0])
-        out = np.empty((h.shape[0], sum(s.info.shape[0] for s in output_slices)), dtype=np.float32)
-        row = 0
-        for s in output_slices:
-            n = s.info.shape[0]
-            out[:, row : row + n] = be.linear(h, s)
-            row += n
-        return out
-
     def final_norm(self, hidden: F32, final_norm: Mapping[str, Weight]) -> F32:
         """The final norm: ``hidden`` float32 ``[T, hidden]`` -> float32 ``[T, hidden]``."""
         be, eps = self.backend, self.config.norm_eps
         names = final_norm_names(self.config.architecture)
-        if self.config.architecture == "llama":
+        if arch_of(self.config.architecture).norm == "rms":
             return be.rmsnorm(hidden, final_norm[names[0]], eps)
         return be.layernorm(hidden, final_norm[names[0]], final_norm[names[1]], eps)
 
