@@ -188,6 +188,7 @@ class Model:
         budgeted: bool,
         weight_cache: bool | None = None,
         notify: Callable[[str], None] | None = None,
+        tune_process: bool = False,
     ) -> None:
         self.source = planned.model
         self.backend = planned.backend
@@ -199,6 +200,7 @@ class Model:
         self.last_engine: ReadyEngine | None = None  # the engine closed last
         self._weight_cache = weight_cache
         self._notify = notify
+        self.tune_process = tune_process
         self.tokenizer: BaseTokenizer | None = self.source.tokenizer()
         self.prefill_chunk = self.context.prefill_chunk if budgeted else None
         self.synthetic = isinstance(self.source.source, SyntheticModel)
@@ -211,7 +213,8 @@ class Model:
             if planned is None:
                 planned = Engine(self.source, self.backend).plan(self.context, self.plan)
             self._planned = None
-            self._engine = planned.prepare(weight_cache=self._weight_cache, notify=self._notify)
+            self._engine = planned.prepare(weight_cache=self._weight_cache, notify=self._notify,
+                                           tune_process=self.tune_process)
         return self._engine
 
     @property
@@ -468,6 +471,7 @@ def load_model(
     threads: int | None = None,
     weight_cache: bool | None = None,
     notify: Callable[[str], None] | None = _to_stderr,
+    tune_process: bool = False,
 ) -> Model:
     """Open, validate and plan a model; weights are read on first use.
 
@@ -478,6 +482,11 @@ def load_model(
     backends that have them. ``weight_cache``: use the prepared-weights cache when streamed weights
     need converting (see :mod:`edgert_core.weight_cache`; default: on unless
     ``EDGERT_WEIGHT_CACHE=0``). ``notify``: where one-line notices go (stderr; ``None``: nowhere).
+    ``tune_process``: let the engine change process-wide settings for speed and an RSS that follows
+    the budget (glibc ``mallopt`` thresholds and the OS's peak-RSS counter, which stay changed; BLAS
+    and kernel threads while prefetching, and the prefetch thread's priority, undone on
+    :meth:`Model.close`); see :mod:`edgert_core.engine.tuning`. Off by default, so an application
+    that embeds the core keeps its process as it was; the ``edge-rt`` CLI turns it on.
     """
     if max_context < 2:
         raise GenerationError(f"max_context must be at least 2 tokens, got {max_context}.")
@@ -494,7 +503,8 @@ def load_model(
     budget = None if memory_budget is None else MemoryBudget.parse(memory_budget).bytes
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk)
     planned = Engine(validated, chosen).plan(ctx, strategy, reg)
-    return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify)
+    return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
+                 tune_process=tune_process)
 
 
 def generation_report(model: Model, gen: Generation) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 :func:`generate_ids` is a generator of token ids; it fills a :class:`GenerationStats` as it goes
 (prefill and decode speed, stop reason, resident memory). Sampling is greedy at temperature 0, else
 temperature, top-k and top-p (nucleus) sampling from a seeded generator.
+
+Generation drives an engine through :class:`StepEngine`, the few members it uses; a
+:class:`~edgert_core.engine.ReadyEngine` has them (an ``Engine`` or ``PlannedEngine`` does not, so
+passing one is a type error). The engine does not import this module.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import math
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.engine import EngineTimes, ReadyEngine
+from edgert_core.engine.pipeline import EngineTimes
 from edgert_core.errors import GenerationError
 from edgert_core.memory.rss import peak_rss_bytes
 
@@ -123,8 +128,37 @@ def check_request(prompt_ids: Sequence[int], max_tokens: int, vocab: int, max_co
         )
 
 
+class StepEngine(Protocol):
+    """What generation needs of an engine: ``forward`` passes over a KV cache that holds
+    ``cached_ids``, its timings, and a few facts for :class:`GenerationStats`."""
+
+    @property
+    def vocab(self) -> int: ...
+    @property
+    def max_context(self) -> int: ...
+    @property
+    def cached_ids(self) -> list[int]:
+        """The tokens whose K/V are in the cache, in order."""
+    @property
+    def times(self) -> EngineTimes:
+        """Where the engine's time went so far (a running total)."""
+    @property
+    def baseline_rss_bytes(self) -> int: ...
+    @property
+    def prefetch(self) -> bool: ...
+    @property
+    def pool_peak_bytes(self) -> int: ...
+
+    def forward(self, ids: Sequence[int], start: int, *,
+                all_logits: bool = False) -> NDArray[np.float32]:
+        """Logits of tokens ``ids`` at positions ``start...`` (the last row, or every row)."""
+
+    def end_of_step(self) -> None:
+        """The generation ended: give back anything loaded ahead for it."""
+
+
 def generate_ids(
-    engine: ReadyEngine,
+    engine: StepEngine,
     prompt_ids: Sequence[int],
     *,
     max_tokens: int,
@@ -140,7 +174,7 @@ def generate_ids(
     K/V already cached for a common prefix of the prompt (a previous turn) are reused.
     """
     stats = stats if stats is not None else GenerationStats()
-    check_request(prompt_ids, max_tokens, engine.config.dims.vocab, engine.max_context)
+    check_request(prompt_ids, max_tokens, engine.vocab, engine.max_context)
     sampler = Sampler(sampling or SamplingParams())
     stops = set(stop_ids)
     ids = [int(i) for i in prompt_ids]
@@ -194,5 +228,5 @@ def generate_ids(
         stats.decode_load_seconds = spent.load
         stats.decode_wait_seconds = spent.wait
         stats.decode_compute_seconds = spent.compute
-        stats.pool_peak_bytes = engine.pool.peak_bytes
+        stats.pool_peak_bytes = engine.pool_peak_bytes
         stats.peak_rss_bytes = peak_rss_bytes()

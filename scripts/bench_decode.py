@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     path = args.model or pull("smollm2")
-    model = load_model(path, backend="numpy", max_context=args.tokens + 64)
+    model = load_model(path, backend="numpy", max_context=args.tokens + 64, tune_process=True)  # as the CLI
     assert model.tokenizer is not None
     prompt_ids = model.tokenizer.encode(PROMPT)
     edgert_round(model, prompt_ids, 4)  # warm up: loads and prepares every weight

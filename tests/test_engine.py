@@ -17,23 +17,15 @@ import model_helpers as mh
 import numpy as np
 import pytest
 
-from edgert_core import (
-    ExecutionPlan,
-    LayerGroup,
-    ModelLayout,
-    PartitionStrategy,
-    PluginRegistry,
-    group_stages,
-    hookimpl,
-    make_plan,
-    weight_cache,
-)
+from edgert_core import ExecutionPlan, LayerGroup, ModelLayout, PluginRegistry, weight_cache
 from edgert_core.api import load_model
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.engine import Engine, EngineStateError, ReadyEngine
 from edgert_core.errors import InfeasibleBudgetError, ModelError
+from edgert_core.generate import generate_ids
 from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.plan import PlanningContext, minimum_budget
+from edgert_core.plugin_api import PartitionStrategy, group_stages, hookimpl, make_plan
 from edgert_core.plugins import load_registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,12 +214,12 @@ def test_steps_out_of_order_fail_at_run_time(q8_gguf: Path) -> None:
     ready = planned.prepare()
     with pytest.raises(EngineStateError, match="prepare"):
         planned.prepare()
-    assert list(ready.generate([1, 2, 3], max_tokens=2))
+    assert list(generate_ids(ready, [1, 2, 3], max_tokens=2))
     ready.close()
     with pytest.raises(EngineStateError, match="closed"):
         ready.forward([1], 0)
     with pytest.raises(EngineStateError, match="closed"):
-        ready.generate([1, 2], max_tokens=1)
+        list(generate_ids(ready, [1, 2], max_tokens=1))
     assert ready.pool.held_bytes == 0
 
 
@@ -235,26 +227,30 @@ def test_steps_out_of_order_are_type_errors(tmp_path: Path) -> None:
     snippet = tmp_path / "out_of_order.py"
     snippet.write_text(textwrap.dedent("""
         from edgert_core.engine import Engine
+        from edgert_core.generate import generate_ids
         from edgert_core.plan import PlanningContext
 
         def run(engine: Engine, ctx: PlanningContext) -> None:
-            engine.generate([1, 2], max_tokens=3)
+            generate_ids(engine, [1, 2], max_tokens=3)
             planned = engine.plan(ctx)
             planned.forward([1], 0)
+            generate_ids(planned, [1], max_tokens=1)
             planned.prepare().prepare()
-            planned.prepare().generate([1], max_tokens=1)
+            generate_ids(planned.prepare(), [1], max_tokens=1)
     """))
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--follow-imports=silent",
          "--cache-dir", str(REPO / ".mypy_cache"), str(snippet)],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
-    lines = result.stdout.splitlines()
+    lines = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert result.returncode == 1, result.stdout + result.stderr
-    assert any('"Engine" has no attribute "generate"' in line for line in lines), lines
+    wrong_engine = 'Argument 1 to "generate_ids" has incompatible type "{}"; expected "StepEngine"'
+    assert any(wrong_engine.format("Engine") in line for line in lines), lines
     assert any('"PlannedEngine" has no attribute "forward"' in line for line in lines), lines
+    assert any(wrong_engine.format("PlannedEngine") in line for line in lines), lines
     assert any('"ReadyEngine" has no attribute "prepare"' in line for line in lines), lines
-    assert len(lines) == 3, lines  # the last call, in order, type-checks
+    assert len(lines) == 4, lines  # the last call, in order, type-checks
 
 
 def prefetch_threads() -> list[threading.Thread]:
@@ -280,27 +276,65 @@ def test_a_prefetch_error_surfaces_and_the_thread_ends(q8_gguf: Path, cache_dir:
 
     monkeypatch.setattr(engine.reader, "fill_stage", failing)
     with pytest.raises(ModelError, match="disk on fire"):
-        list(engine.generate([5, 6, 7], max_tokens=8))
+        list(generate_ids(engine, [5, 6, 7], max_tokens=8))
     model.close()
     assert engine.pool.held_bytes == 0
     assert not prefetch_threads()
 
 
-def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path) -> None:
+def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each load is slowed to LOAD s and the compute thread's every projection to COMPUTE s, so a
+    stage computes for longer than the next one takes to load: with prefetch the main thread must
+    wait for at most half of the load time; without it, it waits for all of it."""
+    import time
+
+    from edgert_core.api import Model
+
+    load_s, compute_s = 0.01, 0.01
+
+    def slowed(model: Model) -> dict[str, int]:
+        engine, backend = model.engine, model.backend
+        calls = {"loads": 0, "projections": 0}
+        fill, linear = engine.reader.fill_stage, backend.linear
+
+        def slow_fill(stage, raw):  # type: ignore[no-untyped-def]
+            calls["loads"] += 1
+            time.sleep(load_s)
+            return fill(stage, raw)
+
+        def slow_linear(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if threading.current_thread() is threading.main_thread():
+                calls["projections"] += 1
+                time.sleep(compute_s)
+            return linear(*args, **kwargs)
+
+        monkeypatch.setattr(engine.reader, "fill_stage", slow_fill)
+        monkeypatch.setattr(backend, "linear", slow_linear)
+        return calls
+
     budget = prefetch_budget(q8_gguf)
     model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
                        max_context=64, notify=None)
-    gen = model.generate([5, 6, 7], max_tokens=6).result()
-    s = gen.stats
-    assert s.prefetch and s.hidden_load_fraction is not None and 0 <= s.hidden_load_fraction <= 1
-    assert s.decode_load_seconds > 0 and s.decode_compute_seconds > 0
+    calls = slowed(model)
+    s = model.generate([5, 6, 7], max_tokens=6).result().stats
+    assert calls["loads"] > 0 and calls["projections"] > 0, calls
+    assert s.prefetch and s.decode_compute_seconds > 0
+    assert s.decode_load_seconds >= load_s * 5  # at least one streamed stage per decode step
+    assert s.decode_wait_seconds < 0.5 * s.decode_load_seconds, (s.decode_wait_seconds,
+                                                                 s.decode_load_seconds)
+    assert s.hidden_load_fraction is not None and s.hidden_load_fraction > 0.5
     assert s.pool_peak_bytes is not None and s.pool_peak_bytes <= budget
     model.close()
     assert not prefetch_threads()
     seq = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="sequential",
                      max_context=64, notify=None)
+    calls = slowed(seq)
     s2 = seq.generate([5, 6, 7], max_tokens=6).result().stats
+    assert calls["loads"] > 0
     assert not s2.prefetch and s2.hidden_load_fraction is None
+    assert s2.decode_load_seconds >= load_s * 5
+    assert s2.decode_wait_seconds >= s2.decode_load_seconds  # every load blocks the main thread
     seq.close()
 
 
@@ -312,12 +346,12 @@ def test_prefetch_leaves_a_core_for_the_loads(q8_gguf: Path, cache_dir: Path) ->
     backend.threads = 64
     source = load_model(q8_gguf, backend="numpy", max_context=64, notify=None).source
     ctx = PlanningContext(prefetch_budget(q8_gguf), max_context=64)
-    ready = Engine(source, backend).plan(ctx, "speculative-prefetch").prepare()
+    ready = Engine(source, backend).plan(ctx, "speculative-prefetch").prepare(tune_process=True)
     assert ready.prefetch
     assert backend.threads == max(1, len(os.sched_getaffinity(0)) - 1)  # for this run only
     ready.close()
     assert backend.threads == 64
-    ready = Engine(source, backend).plan(ctx, "sequential").prepare()
+    ready = Engine(source, backend).plan(ctx, "sequential").prepare(tune_process=True)
     assert not ready.prefetch and backend.threads == 64  # no prefetch thread: every core computes
     ready.close()
 
@@ -325,10 +359,10 @@ def test_prefetch_leaves_a_core_for_the_loads(q8_gguf: Path, cache_dir: Path) ->
 def test_no_rss_growth_over_a_long_run(q8_gguf: Path, cache_dir: Path) -> None:
     budget = prefetch_budget(q8_gguf, 600)
     model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
-                       max_context=600, notify=None)
+                       max_context=600, notify=None, tune_process=True)  # as the CLI runs
     rss: list[int] = []
     mapped: list[int] = []
-    for i, _ in enumerate(model.engine.generate([5, 6, 7], max_tokens=500)):  # no stop ids
+    for i, _ in enumerate(generate_ids(model.engine, [5, 6, 7], max_tokens=500)):  # no stop ids
         if i in (50, 499):
             rss.append(current_rss_bytes())
             mapped.append(model.engine.pool.stats().fresh_blocks)

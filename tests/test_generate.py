@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import model_helpers as mh
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from edgert_core.api import Model, load_model
-from edgert_core.engine import Engine, ReadyEngine
+from edgert_core.engine import Engine, EngineTimes, ReadyEngine
 from edgert_core.generate import GenerationStats, Sampler, SamplingParams, generate_ids
 from edgert_core.layout import ModelLayout
 from edgert_core.plan import LayerGroup, PlanningContext, make_plan
@@ -196,3 +198,49 @@ def test_closing_a_generation_early_keeps_its_tokens() -> None:
     assert gen.finished and gen.ids == first and gen.stats.stop_reason == "stopped"
     assert list(it) == []
     assert model.generate([5, 6, 7], max_tokens=3).result().ids == first
+
+
+class CountingEngine:
+    """A stand-in engine with only what :class:`~edgert_core.generate.StepEngine` asks for: its
+    greedy next token is always the last token + 1 (mod vocab), and it records its forward passes."""
+
+    vocab = 11
+    max_context = 12
+    baseline_rss_bytes = 1
+    prefetch = False
+    pool_peak_bytes = 0
+
+    def __init__(self) -> None:
+        self.cached_ids: list[int] = []
+        self.times = EngineTimes()
+        self.passes: list[tuple[list[int], int]] = []
+        self.ended = 0
+
+    def forward(self, ids: Sequence[int], start: int, *, all_logits: bool = False) -> NDArray[np.float32]:
+        self.passes.append((list(ids), start))
+        del self.cached_ids[start:]
+        self.cached_ids.extend(ids)
+        self.times.compute += 1.0
+        logits = np.zeros((len(ids), self.vocab), dtype=np.float32)
+        logits[np.arange(len(ids)), (np.asarray(ids) + 1) % self.vocab] = 1.0
+        return logits if all_logits else logits[-1:]
+
+    def end_of_step(self) -> None:
+        self.ended += 1
+
+
+def test_generation_drives_any_engine_with_the_small_interface() -> None:
+    engine = CountingEngine()
+    stats = GenerationStats()
+    assert list(generate_ids(engine, [3, 4], max_tokens=3, stats=stats)) == [5, 6, 7]
+    assert engine.passes == [([3, 4], 0), ([5], 2), ([6], 3)]
+    assert stats.stop_reason == "max_tokens" and engine.ended == 1
+    assert stats.decode_compute_seconds == 2.0  # the engine's times over the two decode steps
+    # a second request that shares the cached prefix runs only what is new
+    engine.passes.clear()
+    out = list(generate_ids(engine, [3, 4, 5, 9], max_tokens=10, stop_ids=[2], stats=stats))
+    assert engine.passes[0] == ([9], 3) and stats.reused_tokens == 3
+    assert out == [10, 0, 1] and stats.stop_reason == "eos"  # 2 stops it
+    engine.cached_ids.clear()
+    out = list(generate_ids(engine, list(range(1, 11)), max_tokens=10, stats=stats))
+    assert out == [0, 1, 2] and stats.stop_reason == "max_context"  # 10 + 2 = 12 positions

@@ -60,8 +60,9 @@ class KernelBackend(ABC):
     priority: ClassVar[int] = 0
     threads: int | None = None
     """Kernel threads, for a backend that runs its own (``None``: it has none). ``load_model``'s
-    ``threads`` sets it; while a prefetching engine runs, the engine lowers it to one fewer than
-    the CPUs so the prefetch thread has a core."""
+    ``threads`` sets it; while a prefetching engine with process tuning on runs (``load_model(...,
+    tune_process=True)``, as the CLI does), the engine lowers it to one fewer than the CPUs so the
+    prefetch thread has a core, and puts it back on close."""
 
     @abstractmethod
     def status(self) -> BackendStatus:

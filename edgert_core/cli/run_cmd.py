@@ -71,6 +71,7 @@ def _load(values: dict[str, Any], weight_cache: bool | None = None) -> Model:
         prefill_chunk=values["prefill_chunk"],
         threads=values.get("threads"),
         weight_cache=weight_cache,
+        tune_process=True,  # the CLI owns its process (see edgert_core.engine.tuning)
     )
     if model.synthetic:
         typer.echo(

@@ -46,7 +46,7 @@ def peak_rss_bytes() -> int:
 def run_edgert(backend: str, model: str, threads: int, tokens: int, ctx: int) -> dict[str, Any]:
     from edgert_core.api import load_model
 
-    m = load_model(model, backend=backend, max_context=ctx)
+    m = load_model(model, backend=backend, max_context=ctx, tune_process=True)  # as the CLI runs
     if hasattr(m.backend, "threads"):
         m.backend.threads = threads
     ids = m.encode(PROMPT)
