@@ -1,13 +1,20 @@
 """edge-rt core: run transformer language models on small devices under a strict memory budget.
 
-This module is the public API. Plugins import only from here.
+This module is the library's API for applications: load a model and generate, build a plugin
+registry and choose plans with it, and the errors. Plugins import from
+:mod:`edgert_core.plugin_api`, the versioned plugin API, instead.
+
+The names that need the model-file and tokenizer libraries (``load_model``, ``Model``, the engine,
+the loaders) are imported on first use, so ``import edgert_core.plugin_api`` (which runs this file)
+does not load them.
 """
 
-from edgert_core.api import ChatSession, Generation, Model, Token, generation_report, load_model, open_source
-from edgert_core.backends.base import BackendStatus, KernelBackend, Weight, usable_cpus
-from edgert_core.backends.numpy_ref import NumpyBackend
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from edgert_core.budget import MemoryBudget, format_bytes
-from edgert_core.engine import Engine, EngineStateError, PlannedEngine, ReadyEngine
 from edgert_core.errors import (
     BudgetError,
     ConfigError,
@@ -20,10 +27,8 @@ from edgert_core.errors import (
     PluginError,
     UnknownNameError,
 )
-from edgert_core.generate import GenerationStats, SamplingParams
-from edgert_core.hookspecs import hookimpl
+from edgert_core.hookspecs import API_VERSION
 from edgert_core.layout import (
-    BLOCK_PARTS,
     LayerInfo,
     ModelDims,
     ModelLayout,
@@ -31,41 +36,56 @@ from edgert_core.layout import (
     layout_from_dims,
     synthetic_layout,
 )
-from edgert_core.loaders import ModelSource, ValidatedModel, open_model
-from edgert_core.monitors.base import Reading, SystemMonitor
-from edgert_core.plan import (
-    DEFAULT_STAGE_BYTES,
-    PREFETCH_DEPTH,
-    ExecutionPlan,
-    LayerGroup,
-    PartitionStrategy,
-    PlanningContext,
-    check_feasible,
-    default_head_slice,
-    estimated_seconds_per_token,
-    fixed_bytes,
-    group_stages,
-    largest_fitting,
-    make_plan,
-    minimum_budget,
-    predict_peak,
-    resident_prefix,
-    streamed_stages,
-    streaming_rank,
-    validate_plan,
-)
+from edgert_core.plan import ExecutionPlan, LayerGroup, PlanningContext
 from edgert_core.planner import AUTO, all_plans, choose_auto, plan_with
 from edgert_core.plugins import PluginInfo, PluginRegistry, load_registry
 from edgert_core.pull import pull
 
+if TYPE_CHECKING:
+    from edgert_core.api import (
+        ChatSession,
+        Generation,
+        Model,
+        Token,
+        generation_report,
+        load_model,
+        open_source,
+    )
+    from edgert_core.engine import Engine, EngineStateError, PlannedEngine, ReadyEngine
+    from edgert_core.generate import GenerationStats, SamplingParams
+    from edgert_core.loaders import ModelSource, ValidatedModel, open_model
+
 __version__ = "0.1.0"
 
+#: Names imported on first use (they load numpy-heavy model code, gguf, tokenizers), by module.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("ChatSession", "Generation", "Model", "Token", "generation_report", "load_model", "open_source"),
+        "edgert_core.api",
+    ),
+    **dict.fromkeys(("Engine", "EngineStateError", "PlannedEngine", "ReadyEngine"), "edgert_core.engine"),
+    **dict.fromkeys(("GenerationStats", "SamplingParams"), "edgert_core.generate"),
+    **dict.fromkeys(("ModelSource", "ValidatedModel", "open_model"), "edgert_core.loaders"),
+}
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all attribute
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'edgert_core' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "API_VERSION",
     "AUTO",
-    "BLOCK_PARTS",
-    "DEFAULT_STAGE_BYTES",
-    "PREFETCH_DEPTH",
-    "BackendStatus",
     "BudgetError",
     "ChatSession",
     "ConfigError",
@@ -77,7 +97,6 @@ __all__ = [
     "GenerationError",
     "GenerationStats",
     "InfeasibleBudgetError",
-    "KernelBackend",
     "LayerGroup",
     "LayerInfo",
     "MemoryBudget",
@@ -87,49 +106,29 @@ __all__ = [
     "ModelError",
     "ModelLayout",
     "ModelSource",
-    "NumpyBackend",
-    "PartitionStrategy",
     "PlanValidationError",
     "PlannedEngine",
     "PlanningContext",
     "PluginError",
     "PluginInfo",
     "PluginRegistry",
-    "Reading",
     "ReadyEngine",
     "SamplingParams",
-    "SystemMonitor",
     "TensorInfo",
     "Token",
     "UnknownNameError",
     "ValidatedModel",
-    "Weight",
     "__version__",
     "all_plans",
-    "check_feasible",
     "choose_auto",
-    "default_head_slice",
-    "estimated_seconds_per_token",
-    "fixed_bytes",
     "format_bytes",
     "generation_report",
-    "group_stages",
-    "hookimpl",
-    "largest_fitting",
     "layout_from_dims",
     "load_model",
     "load_registry",
-    "make_plan",
-    "minimum_budget",
     "open_model",
     "open_source",
     "plan_with",
-    "predict_peak",
     "pull",
-    "resident_prefix",
-    "streamed_stages",
-    "streaming_rank",
     "synthetic_layout",
-    "usable_cpus",
-    "validate_plan",
 ]

@@ -2,7 +2,12 @@
 
 Every hook is a *registration* hook: the core passes a ``register`` callback and the plugin calls it
 once per class it provides. Registered classes carry a ``name`` class attribute, the name users type.
-A plugin needs only ``from edgert_core import hookimpl``; see ``docs/plugins.md``.
+Plugins import this module's names through :mod:`edgert_core.plugin_api`; see ``docs/plugins.md``.
+
+The plugin API has a version, :data:`API_VERSION` (``"MAJOR.MINOR"``). A plugin declares the version
+it was written against in the attribute :data:`API_ATTRIBUTE` (``EDGERT_API = "1.0"``) of the module
+its entry point names; the registry loads it when the major versions are equal and the plugin's
+minor version is at most the core's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ if TYPE_CHECKING:
 PROJECT = "edgert"
 ENTRY_POINT_GROUP = "edgert"
 
+#: The plugin API's version: the major version changes when a name is removed or changes meaning,
+#: the minor version when one is added.
+API_VERSION = "1.0"
+#: The attribute in which a plugin declares the API version it was written against.
+API_ATTRIBUTE = "EDGERT_API"
+#: The hooks a plugin may implement.
+HOOK_NAMES = ("edgert_register_strategies", "edgert_register_backends", "edgert_register_monitors")
+
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -28,8 +41,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def edgert_register_strategies(register: Callable[[type[PartitionStrategy]], None]) -> None:
     """Register partition strategies.
 
-    Call ``register(cls)`` for each :class:`edgert_core.PartitionStrategy` subclass the plugin
-    provides. ``cls.name`` must be unique across installed plugins.
+    Call ``register(cls)`` for each :class:`~edgert_core.plugin_api.PartitionStrategy` subclass
+    the plugin provides. ``cls.name`` must be unique across installed plugins.
     """
 
 
@@ -37,8 +50,9 @@ def edgert_register_strategies(register: Callable[[type[PartitionStrategy]], Non
 def edgert_register_backends(register: Callable[[type[KernelBackend]], None]) -> None:
     """Register kernel backends.
 
-    Call ``register(cls)`` for each :class:`edgert_core.KernelBackend` subclass. A backend whose native
-    code cannot load should still register and report ``status().available = False`` with a reason.
+    Call ``register(cls)`` for each :class:`~edgert_core.plugin_api.KernelBackend` subclass. A
+    backend whose native code cannot load should still register and report
+    ``status().available = False`` with a reason.
     """
 
 
@@ -46,6 +60,6 @@ def edgert_register_backends(register: Callable[[type[KernelBackend]], None]) ->
 def edgert_register_monitors(register: Callable[[type[SystemMonitor]], None]) -> None:
     """Register system monitors.
 
-    Call ``register(cls)`` for each :class:`edgert_core.SystemMonitor` subclass. A monitor reports a
-    sensor it cannot read as absent (value ``None``), never by raising.
+    Call ``register(cls)`` for each :class:`~edgert_core.plugin_api.SystemMonitor` subclass. A
+    monitor reports a sensor it cannot read as absent (value ``None``), never by raising.
     """

@@ -341,10 +341,10 @@ def validate_plan(plan: ExecutionPlan, layout: ModelLayout, ctx: PlanningContext
 
     if not isinstance(plan, ExecutionPlan):
         raise fail(f"it is a {type(plan).__name__}, not an ExecutionPlan; build plans with "
-                   "edgert_core.make_plan")
+                   "edgert_core.plugin_api.make_plan")
     if not isinstance(plan.groups, tuple) or not all(isinstance(g, LayerGroup) for g in plan.groups):
-        raise fail("groups must be a tuple of edgert_core.LayerGroup; build plans with "
-                   "edgert_core.make_plan")
+        raise fail("groups must be a tuple of LayerGroup; build plans with "
+                   "edgert_core.plugin_api.make_plan")
     for g in plan.groups:
         if not isinstance(g.layers, (tuple, list)) or not all(
             isinstance(i, Integral) and not isinstance(i, bool) for i in g.layers
@@ -383,7 +383,7 @@ def validate_plan(plan: ExecutionPlan, layout: ModelLayout, ctx: PlanningContext
     if plan.predicted_peak_bytes != peak:
         raise fail(
             f"it predicts a peak of {plan.predicted_peak_bytes} bytes where the core's rule gives "
-            f"{peak}; build plans with edgert_core.make_plan"
+            f"{peak}; build plans with edgert_core.plugin_api.make_plan"
         )
     if ctx.budget_bytes is not None and peak > ctx.budget_bytes:
         raise fail(

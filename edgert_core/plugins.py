@@ -6,9 +6,20 @@ objects). Plugins come from three places, in this order: the core's built-in plu
 (``DEFAULT_PLUGINS``), installed distributions' entry points in group ``edgert``, and ``extra``
 plugin objects passed by the caller.
 
-A plugin whose import or registration fails is recorded with its error (shown by ``edge-rt plugins``
-and logged) and skipped; the others keep working. ``EDGERT_DISABLE_PLUGINS`` (a comma list of plugin
-names) blocks plugins. ``EDGERT_TRACE_HOOKS=1`` prints every hook call to stderr.
+Each plugin declares the plugin API version it was written against (``EDGERT_API = "1.0"`` in the
+module its entry point names, see :mod:`edgert_core.plugin_api`); the registry checks it. What goes
+wrong with one plugin is recorded on it (shown by ``edge-rt plugins`` and logged) and the others keep
+working:
+
+- an ``ImportError`` while importing it (a missing dependency, a native extension that does not fit
+  this CPU, a name this core does not have) or a declared API version this core does not provide:
+  the plugin is *skipped*;
+- any other exception while importing it, an invalid hook or a registration hook that raises: the
+  plugin is *broken* (a bug in it), named with the exception's type and message;
+- no declaration: the plugin is loaded as if it declared API 1.0, with an ``unversioned`` warning.
+
+The core's built-in plugins are part of the core and are not checked. ``EDGERT_DISABLE_PLUGINS`` (a
+comma list of plugin names) blocks plugins. ``EDGERT_TRACE_HOOKS=1`` prints every hook call to stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +46,8 @@ from edgert_core.plan import PartitionStrategy
 log = logging.getLogger("edgert_core.plugins")
 
 CORE_DISTRIBUTION = "edgert-core"
+#: What an undeclared plugin is taken to be written against: the first versioned API.
+UNVERSIONED_API = "1.0"
 DISABLE_ENV = "EDGERT_DISABLE_PLUGINS"
 TRACE_ENV = "EDGERT_TRACE_HOOKS"
 
@@ -68,10 +82,26 @@ class PluginInfo:
     monitors: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     blocked: bool = False
+    #: The plugin API version the plugin declares ("" when it declares none or was not imported).
+    api: str = ""
+    #: Problems that do not stop the plugin from loading (no API version declared).
+    warnings: list[str] = field(default_factory=list)
+    #: True when an error is a bug in the plugin (not a missing dependency or another API version).
+    broken: bool = False
 
     @property
     def loaded(self) -> bool:
         return not self.blocked and not self.errors
+
+    @property
+    def state(self) -> str:
+        """``blocked``, ``broken`` (a bug in the plugin), ``skipped`` (an import error or another API
+        version), ``warning`` (loaded, with warnings) or ``ok``."""
+        if self.blocked:
+            return "blocked"
+        if self.errors:
+            return "broken" if self.broken else "skipped"
+        return "warning" if self.warnings else "ok"
 
     def provided(self, kind: str) -> list[str]:
         return {"strategy": self.strategies, "backend": self.backends, "monitor": self.monitors}[
@@ -89,6 +119,9 @@ class PluginInfo:
             "monitors": self.monitors,
             "blocked": self.blocked,
             "errors": self.errors,
+            "state": self.state,
+            "api": self.api,
+            "warnings": self.warnings,
         }
 
 
@@ -291,13 +324,15 @@ def load_registry(
         obj = _load_one(info, load)
         if obj is None:
             continue
+        if info.distribution != CORE_DISTRIBUTION and not _api_accepted(info, obj):
+            continue
         try:
             manager.register(obj, name=info.name)
             manager.check_pending()
         except Exception as exc:  # a misspelt hook or a bad marker: name the plugin, skip it
             if manager.is_registered(obj):
                 manager.unregister(obj)
-            _record(info, f"invalid hooks: {exc}")
+            _record(info, f"invalid hooks: {exc}", bug=True)
             continue
         loaded.append((info, obj))
 
@@ -320,7 +355,7 @@ def load_registry(
             try:
                 caller(register=register)
             except Exception as exc:
-                _record(info, f"{hook_name} failed: {type(exc).__name__}: {exc}")
+                _record(info, f"{hook_name} failed: {type(exc).__name__}: {exc}", bug=True)
                 continue
             for reg in accepted:
                 registry._add(kind, reg)
@@ -337,19 +372,90 @@ def _check_class(cls: object, base: type[Any], info: PluginInfo) -> None:
         raise PluginError(f"plugin {info.name!r} registered {cls.__name__} without a name")
 
 
-def _record(info: PluginInfo, message: str) -> None:
+def _record(info: PluginInfo, message: str, *, bug: bool = False) -> None:
     info.errors.append(message)
-    log.warning("edge-rt plugin %r (%s) skipped: %s", info.name, info.distribution, message)
+    if bug:
+        info.broken = True
+        log.error(
+            "edge-rt plugin %r (%s) has a bug: %s; report it to its authors or block it with %s=%s",
+            info.name, info.distribution, message, DISABLE_ENV, info.name,
+        )
+    else:
+        log.warning("edge-rt plugin %r (%s) skipped: %s", info.name, info.distribution, message)
 
 
 def _load_one(info: PluginInfo, load: Callable[[], object]) -> object | None:
+    """The plugin object, or ``None`` (recorded on ``info``) when importing it failed."""
     try:
         return load()
-    except ImportError as exc:
-        _record(info, f"import failed: {exc}")
-    except Exception as exc:  # a broken plugin must not take the others down
-        _record(info, f"import failed: {type(exc).__name__}: {exc}")
+    except ImportError as exc:  # a missing dependency or a name this core lacks: skipped
+        hint = ""
+        if (exc.name or "").partition(".")[0] == "edgert_core":
+            hint = (
+                f" (the plugin was written for another edgert-core; this one provides plugin API "
+                f"{hookspecs.API_VERSION} in edgert_core.plugin_api)"
+            )
+        _record(info, f"import failed: {exc}{hint}")
+    except (Exception, SystemExit) as exc:  # a bug in the plugin must not take the others down
+        _record(info, f"plugin bug: importing it raised {type(exc).__name__}: {exc}", bug=True)
     return None
+
+
+_VERSION = re.compile(r"(\d+)\.(\d+)")
+
+
+def api_compatible(declared: str, core: str = hookspecs.API_VERSION) -> bool:
+    """Whether a plugin written against API ``declared`` runs on a core providing API ``core``: the
+    same major version and a minor version no newer than the core's."""
+    want, have = _VERSION.fullmatch(declared), _VERSION.fullmatch(core)
+    if want is None or have is None:
+        return False
+    return int(want[1]) == int(have[1]) and int(want[2]) <= int(have[2])
+
+
+def _declared_api(obj: object) -> object:
+    """The plugin's ``EDGERT_API``: an attribute of the plugin object, else of the module that
+    defines it (for an entry point naming a function or an object inside a module)."""
+    if hasattr(obj, hookspecs.API_ATTRIBUTE):
+        return getattr(obj, hookspecs.API_ATTRIBUTE)
+    if isinstance(obj, ModuleType):
+        return None
+    owner = getattr(obj, "__module__", None) or type(obj).__module__
+    module = sys.modules.get(owner) if isinstance(owner, str) else None
+    return getattr(module, hookspecs.API_ATTRIBUTE, None)
+
+
+def _api_accepted(info: PluginInfo, obj: object) -> bool:
+    """Check the plugin's declared API version; record why it is not accepted."""
+    core = hookspecs.API_VERSION
+    attr = hookspecs.API_ATTRIBUTE
+    declared = _declared_api(obj)
+    if declared is None:
+        declared = UNVERSIONED_API
+        info.warnings.append(
+            f"unversioned: the plugin declares no {attr}; it is taken as written for plugin API "
+            f"{UNVERSIONED_API}; its authors should add {attr} = \"{core}\" to {info.module}"
+        )
+        log.warning("edge-rt plugin %r (%s): %s", info.name, info.distribution, info.warnings[-1])
+    elif not isinstance(declared, str) or _VERSION.fullmatch(declared) is None:
+        _record(
+            info,
+            f"invalid {attr} = {declared!r}: the plugin API version must be a string "
+            f"\"MAJOR.MINOR\" such as \"{core}\"",
+            bug=True,
+        )
+        return False
+    info.api = declared
+    if not api_compatible(declared, core):
+        _record(
+            info,
+            f"incompatible: written for plugin API {declared}, but this edgert-core "
+            f"({_core_version()}) provides API {core} (it loads plugins for "
+            f"{core.partition('.')[0]}.0 to {core}); install a version of {info.distribution} "
+            f"written for API {core.partition('.')[0]}.x",
+        )
+        return False
+    return True
 
 
 def _importer(module: str) -> Callable[[], ModuleType]:

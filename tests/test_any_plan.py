@@ -20,19 +20,10 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from safetensors.numpy import save_file
 
-from edgert_core import (
-    ExecutionPlan,
-    LayerGroup,
-    ModelLayout,
-    PartitionStrategy,
-    PlanningContext,
-    hookimpl,
-    load_registry,
-    make_plan,
-    validate_plan,
-)
+from edgert_core import ExecutionPlan, LayerGroup, ModelLayout, PlanningContext, load_registry
 from edgert_core.api import load_model
 from edgert_core.engine import Engine
+from edgert_core.plugin_api import PartitionStrategy, hookimpl, make_plan, validate_plan
 
 MAX_CONTEXT = 64
 PREFILL_CHUNK = 4

@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 
 from edgert_core import (
-    BLOCK_PARTS,
-    PREFETCH_DEPTH,
     ExecutionPlan,
     LayerGroup,
     PlanningContext,
     PlanValidationError,
+    synthetic_layout,
+)
+from edgert_core.plan import head_slices
+from edgert_core.plugin_api import (
+    BLOCK_PARTS,
+    PREFETCH_DEPTH,
     fixed_bytes,
     group_stages,
     make_plan,
     minimum_budget,
     predict_peak,
-    synthetic_layout,
     validate_plan,
 )
-from edgert_core.plan import head_slices
 from edgert_core.testing import handmade_layout as handmade
 
 LAYERS = [100, 200, 300]
@@ -243,7 +245,7 @@ def test_a_peak_not_from_the_core_rule_is_rejected() -> None:
 
 
 def test_largest_fitting_bisects_to_the_last_true() -> None:
-    from edgert_core import largest_fitting
+    from edgert_core.plugin_api import largest_fitting
 
     assert largest_fitting(10, lambda k: k <= 7) == 7
     assert largest_fitting(10, lambda k: True) == 10

@@ -20,33 +20,35 @@ import pytest
 
 import edgert_core
 from edgert_core import (
-    PREFETCH_DEPTH,
     ExecutionPlan,
     InfeasibleBudgetError,
-    KernelBackend,
     LayerGroup,
     ModelLayout,
-    PartitionStrategy,
     PlanningContext,
     PlanValidationError,
     PluginError,
     PluginInfo,
     PluginRegistry,
-    Reading,
-    SystemMonitor,
     UnknownNameError,
-    estimated_seconds_per_token,
-    fixed_bytes,
-    hookimpl,
     hookspecs,
     load_registry,
-    make_plan,
-    minimum_budget,
     plan_with,
     synthetic_layout,
 )
 from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.plan import estimated_seconds_per_token
 from edgert_core.planner import all_plans
+from edgert_core.plugin_api import (
+    PREFETCH_DEPTH,
+    KernelBackend,
+    PartitionStrategy,
+    Reading,
+    SystemMonitor,
+    fixed_bytes,
+    hookimpl,
+    make_plan,
+    minimum_budget,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024**2
@@ -84,7 +86,7 @@ def entry_point(name: str, plugin: object, dist: str, version: str = "1.0") -> F
     )
 
 
-def failing_entry_point(name: str, exc: Exception, dist: str) -> FakeEntryPoint:
+def failing_entry_point(name: str, exc: BaseException, dist: str) -> FakeEntryPoint:
     def load() -> object:
         raise exc
 
@@ -266,23 +268,60 @@ def test_entry_point_without_a_distribution(installed: Callable[..., None]) -> N
 # -- error isolation --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exc", [ImportError("No module named 'edgert_broken'"), RuntimeError("bad CPU")])
-def test_plugin_whose_import_fails_is_reported_and_skipped(
-    installed: Callable[..., None], caplog: pytest.LogCaptureFixture, exc: Exception
+def test_plugin_whose_import_fails_is_skipped(
+    installed: Callable[..., None], caplog: pytest.LogCaptureFixture
 ) -> None:
     installed(
-        failing_entry_point("broken", exc, "edgert-broken"),
+        failing_entry_point("broken", ImportError("No module named 'edgert_broken'"), "edgert-broken"),
         entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
     )
     with caplog.at_level(logging.WARNING, logger="edgert_core.plugins"):
         registry = load_registry(builtins=False)
     broken = info(registry, "broken")
     assert not broken.loaded and broken.distribution == "edgert-broken"
-    assert len(broken.errors) == 1 and broken.errors[0].startswith("import failed")
-    assert str(exc) in broken.errors[0]
+    assert broken.errors == ["import failed: No module named 'edgert_broken'"]
+    assert broken.state == "skipped" and not broken.broken
     assert "'broken'" in caplog.text and "edgert-broken" in caplog.text
+    assert all(r.levelno == logging.WARNING for r in caplog.records if "'broken'" in r.getMessage())
     assert registry.names("strategy") == ["good-one"]
     assert info(registry, "good").loaded
+
+
+@pytest.mark.parametrize(
+    ("exc", "shown"),
+    [
+        (ZeroDivisionError("division by zero"), "ZeroDivisionError: division by zero"),
+        (SystemExit(3), "SystemExit: 3"),
+    ],
+)
+def test_plugin_whose_import_raises_anything_else_is_reported_as_its_bug(
+    installed: Callable[..., None], caplog: pytest.LogCaptureFixture, exc: BaseException, shown: str
+) -> None:
+    installed(
+        failing_entry_point("buggy", exc, "edgert-buggy"),
+        entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
+    )
+    with caplog.at_level(logging.WARNING, logger="edgert_core.plugins"):
+        registry = load_registry(builtins=False)
+    buggy = info(registry, "buggy")
+    assert buggy.errors == [f"plugin bug: importing it raised {shown}"]
+    assert buggy.state == "broken" and buggy.broken and not buggy.loaded
+    [record] = [r for r in caplog.records if "'buggy'" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert "edgert-buggy" in record.getMessage() and "EDGERT_DISABLE_PLUGINS=buggy" in record.getMessage()
+    assert registry.names("strategy") == ["good-one"] and info(registry, "good").state != "broken"
+
+
+def test_import_error_of_a_core_name_points_at_the_plugin_api(installed: Callable[..., None]) -> None:
+    def load_old_plugin() -> object:
+        from edgert_core import largest_fitting  # type: ignore[attr-defined]  # left edgert_core
+
+        return largest_fitting
+
+    installed(FakeEntryPoint("old", "edgert_old", FakeDistribution("edgert-old", "0.1"), load_old_plugin))
+    [error] = info(load_registry(builtins=False), "old").errors
+    assert error.startswith("import failed: cannot import name 'largest_fitting'")
+    assert "edgert_core.plugin_api" in error and hookspecs.API_VERSION in error
 
 
 def test_plugin_whose_register_hook_raises(installed: Callable[..., None]) -> None:
@@ -293,6 +332,7 @@ def test_plugin_whose_register_hook_raises(installed: Callable[..., None]) -> No
     registry = load_registry(builtins=False)
     raising = info(registry, "raising")
     assert raising.errors == ["edgert_register_strategies failed: RuntimeError: boom"]
+    assert raising.state == "broken"
     assert raising.strategies == []  # nothing half-registered
     assert registry.names("strategy") == ["good-one"]
 
@@ -458,7 +498,7 @@ class OverBudget(PartitionStrategy):
     ("cls", "why"),
     [
         (Backwards, "exactly once and in order"),
-        (OwnPeak, "build plans with edgert_core.make_plan"),
+        (OwnPeak, "build plans with edgert_core.plugin_api.make_plan"),
         (OverBudget, "exceeds the budget"),
     ],
 )
@@ -476,7 +516,8 @@ class Crashing(PartitionStrategy):
     name = "crashing"
 
     def plan(self, layout: ModelLayout, ctx: PlanningContext) -> ExecutionPlan:
-        return {}["no such key"]  # type: ignore[no-any-return]
+        plans: dict[str, ExecutionPlan] = {}
+        return plans["no such key"]
 
 
 def test_a_strategy_that_crashes_is_named_and_auto_uses_the_others() -> None:

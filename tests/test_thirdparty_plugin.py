@@ -107,6 +107,7 @@ def test_third_party_strategy_in_a_fresh_venv(tmp_path: Path) -> None:
     assert example["module"] == "edgert_example_strategy"
     assert example["strategies"] == ["pairs"]
     assert example["errors"] == [] and example["blocked"] is False
+    assert (example["state"], example["api"], example["warnings"]) == ("ok", "1.0", [])
     for plugin, dist, strategy in [
         ("sequential", "edgert-sequential", "sequential"),
         ("greedy", "edgert-greedy", "greedy-grouping"),
@@ -114,6 +115,7 @@ def test_third_party_strategy_in_a_fresh_venv(tmp_path: Path) -> None:
     ]:
         assert by_name[plugin]["distribution"] == dist
         assert by_name[plugin]["strategies"] == [strategy]
+        assert (by_name[plugin]["state"], by_name[plugin]["api"]) == ("ok", "1.0")
 
     result = json.loads(run([str(python), "-c", PLAN_SCRIPT], cwd=tmp_path))
     assert result["core_file"].startswith(str(venv))  # the installed core, not the work tree

@@ -12,7 +12,8 @@ from edgert_core.plugins import backend_statuses, load_registry
 def plugins_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of plugin objects."),
 ) -> None:
-    """List discovered plugins: name, distribution, version, strategies, backends, monitors, errors."""
+    """List discovered plugins: name, state, distribution, version, plugin API, what each provides,
+    errors and warnings."""
     registry = load_registry()
     statuses = backend_statuses(registry)
     rows = []
@@ -29,9 +30,11 @@ def plugins_command(
         print_json(rows)
         return
     for row in rows:
-        state = "blocked" if row["blocked"] else ("error" if row["errors"] else "ok")
         version = f" {row['version']}" if row["version"] else ""
-        typer.echo(f"{row['name']}  [{state}]  {row['distribution']}{version}  ({row['module']})")
+        api = f"  API {row['api']}" if row["api"] else ""
+        typer.echo(
+            f"{row['name']}  [{row['state']}]  {row['distribution']}{version}  ({row['module']}){api}"
+        )
         for kind in ("strategies", "backends", "monitors"):
             if row[kind]:
                 typer.echo(f"    {kind}: {', '.join(row[kind])}")
@@ -40,5 +43,7 @@ def plugins_command(
             typer.echo(f"    backend {name}: path {s['path']}, {avail}")
         for err in row["errors"]:
             typer.echo(f"    error: {err}")
+        for warning in row["warnings"]:
+            typer.echo(f"    warning: {warning}")
     for message in conflicts:
         typer.echo(f"conflict: {message}")

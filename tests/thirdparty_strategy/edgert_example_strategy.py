@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgert_core import (
+from edgert_core.plugin_api import (
     ExecutionPlan,
     InfeasibleBudgetError,
     LayerGroup,
@@ -15,6 +15,8 @@ from edgert_core import (
     hookimpl,
     make_plan,
 )
+
+EDGERT_API = "1.0"  # the edgert_core.plugin_api version this plugin is written against
 
 
 class PairsStrategy(PartitionStrategy):

@@ -2,7 +2,7 @@
 groups as fit the budget.
 
 The rule, with ``room = budget - fixed bytes`` (KV cache, activations, logits; see
-:mod:`edgert_core.plan`):
+:mod:`edgert_core.plugin_api`):
 
 1. **Everything fits** (or there is no budget): all layers form one resident group and the head is
    resident. Nothing is streamed; the weights are read once.
@@ -22,14 +22,14 @@ The rule, with ``room = budget - fixed bytes`` (KV cache, activations, logits; s
 The peak of the tightest plan only grows with ``k`` (each layer moved from the stream into the
 resident prefix adds its bytes to the resident part and removes at most as many from the window), so
 the largest fitting ``k`` is found by bisection. Every peak comes from
-:func:`edgert_core.make_plan`.
+:func:`edgert_core.plugin_api.make_plan`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgert_core import (
+from edgert_core.plugin_api import (
     ExecutionPlan,
     InfeasibleBudgetError,
     LayerGroup,
@@ -45,6 +45,8 @@ from edgert_core import (
     resident_prefix,
     streaming_rank,
 )
+
+EDGERT_API = "1.0"  # the edgert_core.plugin_api version this plugin is written against
 
 __all__ = ["GreedyGroupingStrategy", "edgert_register_strategies"]
 

@@ -15,15 +15,12 @@ from edgert_core import (
     LayerGroup,
     ModelLayout,
     PlanningContext,
-    fixed_bytes,
     format_bytes,
     load_registry,
-    make_plan,
-    minimum_budget,
     plan_with,
     synthetic_layout,
-    validate_plan,
 )
+from edgert_core.plugin_api import fixed_bytes, make_plan, minimum_budget, validate_plan
 from edgert_core.testing import handmade_layout as handmade
 from edgert_core.testing import small_context as small_ctx
 

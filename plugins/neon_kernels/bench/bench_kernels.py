@@ -20,8 +20,8 @@ from collections.abc import Callable
 import numpy as np
 from edgert_neon_kernels import kernels
 
-from edgert_core import usable_cpus
 from edgert_core.backends.numpy_ref import dequantize
+from edgert_core.plugin_api import usable_cpus
 
 # (name, dtype, rows, cols) of SmolLM2-135M Q4_1: per layer, then the tied Q8_0 output projection
 SHAPES = [

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core import BackendStatus, TensorInfo, Weight, usable_cpus
-from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.plugin_api import BackendStatus, NumpyBackend, TensorInfo, Weight, usable_cpus
 from edgert_neon_kernels import kernels
 
 F32 = NDArray[np.float32]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgert_core import KernelBackend, hookimpl
+from edgert_core.plugin_api import KernelBackend, hookimpl
 from edgert_neon_kernels.backend import NeonBackend
+
+EDGERT_API = "1.0"  # the edgert_core.plugin_api version this plugin is written against
 
 
 @hookimpl

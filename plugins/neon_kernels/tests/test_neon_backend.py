@@ -10,8 +10,7 @@ import pytest
 from edgert_neon_kernels import NeonBackend, kernels
 from neon_testutil import dequantize, magnitude, q8_tolerance, random_blocks
 
-from edgert_core import TensorInfo
-from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.plugin_api import NumpyBackend, TensorInfo
 from edgert_core.plugins import backend_statuses, load_registry
 
 

@@ -19,8 +19,7 @@ import pytest
 from edgert_neon_kernels import NeonBackend, kernels
 from neon_testutil import random_blocks
 
-from edgert_core import TensorInfo, Weight
-from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.plugin_api import NumpyBackend, TensorInfo, Weight
 
 
 def runnable_paths() -> list[str]:

@@ -2,7 +2,7 @@
 
 Every layer is its own streamed group: it is loaded, computed and released before the next one is
 loaded. The head is streamed in slices of the core's default size (no larger than the largest layer)
-and nothing is prefetched, so the predicted peak is exactly :func:`edgert_core.minimum_budget`: if
+and nothing is prefetched, so the predicted peak is exactly :func:`edgert_core.plugin_api.minimum_budget`: if
 this plan does not fit, nothing does.
 
 Without a budget the plan is the same; it is the plan to pick when memory matters more than speed.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgert_core import (
+from edgert_core.plugin_api import (
     ExecutionPlan,
     InfeasibleBudgetError,
     LayerGroup,
@@ -24,6 +24,8 @@ from edgert_core import (
     make_plan,
     minimum_budget,
 )
+
+EDGERT_API = "1.0"  # the edgert_core.plugin_api version this plugin is written against
 
 __all__ = ["SequentialStrategy", "edgert_register_strategies"]
 

@@ -10,11 +10,10 @@ from edgert_core import (
     PlanningContext,
     format_bytes,
     load_registry,
-    minimum_budget,
     plan_with,
     synthetic_layout,
-    validate_plan,
 )
+from edgert_core.plugin_api import minimum_budget, validate_plan
 from edgert_core.testing import handmade_layout as handmade
 from edgert_core.testing import small_context as small_ctx
 

@@ -2,8 +2,8 @@
 load on a background thread, in stages small enough to stay in the CPU's cache.
 
 With prefetch the core's rule holds one stage slot for the stage computing and one for each of the
-:data:`edgert_core.PREFETCH_DEPTH` stages loading ahead (the head's slices count as stages, and after
-the head comes the next token's first stage), each as large as the largest stage:
+:data:`edgert_core.plugin_api.PREFETCH_DEPTH` stages loading ahead (the head's slices count as
+stages, and after the head comes the next token's first stage), each as large as the largest stage:
 ``fixed + resident + slots * max(stage)``. The rule, with ``room = budget - fixed bytes``:
 
 1. **Everything fits** (or there is no budget): all layers and the head are resident, as with
@@ -17,18 +17,18 @@ the head comes the next token's first stage), each as large as the largest stage
    keeps the choice that streams fewer bytes per token (then fewer stages, then the lower peak).
 3. **Below the prefetch minimum** (the lowest peak of any resident prefix with stages of single
    block parts, usually with nothing resident) the strategy raises
-   :class:`edgert_core.InfeasibleBudgetError` stating that minimum.
+   :class:`edgert_core.plugin_api.InfeasibleBudgetError` stating that minimum.
 
 The strategy tries ``k`` from the largest down and keeps the first that fits: a larger ``k`` shrinks
 the window, but it can also take the largest layer out of the stage slots, so whether ``k`` fits is
-not monotone in ``k``. Every peak comes from :func:`edgert_core.make_plan`.
+not monotone in ``k``. Every peak comes from :func:`edgert_core.plugin_api.make_plan`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from edgert_core import (
+from edgert_core.plugin_api import (
     PREFETCH_DEPTH,
     ExecutionPlan,
     InfeasibleBudgetError,
@@ -44,6 +44,8 @@ from edgert_core import (
     resident_prefix,
     streaming_rank,
 )
+
+EDGERT_API = "1.0"  # the edgert_core.plugin_api version this plugin is written against
 
 __all__ = ["SpeculativePrefetchStrategy", "edgert_register_strategies", "prefetch_minimum"]
 

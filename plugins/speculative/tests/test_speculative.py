@@ -9,21 +9,23 @@ import pytest
 from edgert_speculative import SpeculativePrefetchStrategy, prefetch_minimum
 
 from edgert_core import (
-    PREFETCH_DEPTH,
     ExecutionPlan,
     InfeasibleBudgetError,
     LayerGroup,
     ModelLayout,
     PlanningContext,
-    fixed_bytes,
     format_bytes,
-    group_stages,
     load_registry,
+    plan_with,
+    synthetic_layout,
+)
+from edgert_core.plugin_api import (
+    PREFETCH_DEPTH,
+    fixed_bytes,
+    group_stages,
     make_plan,
     minimum_budget,
-    plan_with,
     streamed_stages,
-    synthetic_layout,
     validate_plan,
 )
 from edgert_core.testing import handmade_layout as handmade
