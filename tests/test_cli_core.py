@@ -43,15 +43,31 @@ def test_every_option_has_help_and_defaults_show(cmd: str) -> None:
 
     click_cmd = typer.main.get_command(app)
     sub = click_cmd.commands[cmd]  # type: ignore[attr-defined]
-    out = edge_rt(cmd, "--help")
+    out = edge_rt(cmd, "--help", env={"COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     for param in sub.params:
         if param.param_type_name != "option":
             continue
         assert param.help, f"edge-rt {cmd} {param.opts[0]} has no help text"
-        assert param.opts[0] in out.stdout
-        if param.default not in (None, False) and not param.is_flag:
-            assert "default" in out.stdout.lower()
+        entry = option_entry(out.stdout, param.opts[0])
+        if param.default is not None and param.default is not False and not param.is_flag:
+            assert f"[default: {param.default}]" in entry, f"edge-rt {cmd} {param.opts[0]}: {entry!r}"
+
+
+def option_entry(help_text: str, option: str) -> str:
+    """The row of ``option`` in a help screen (wrapped lines joined, box lines and spaces squeezed)."""
+    rows: list[str] = []
+    for line in help_text.splitlines():
+        cells = line.strip().strip("│").strip()
+        if cells.startswith("-") or cells.startswith("╰") or not cells:
+            if rows:
+                break
+            if cells.split(" ", 1)[0] == option:
+                rows.append(cells)
+        elif rows:
+            rows.append(cells)
+    assert rows, f"{option} is not in the help screen"
+    return " ".join(" ".join(rows).split())
 
 
 def test_plugins_json_lists_builtins() -> None:

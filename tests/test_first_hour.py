@@ -18,6 +18,7 @@ from pathlib import Path
 
 import model_helpers as mh
 import pytest
+from table_helpers import parse_table
 
 from edgert_core.backends.base import usable_cpus
 from edgert_core.benchmark import BenchConfig, BenchResult, _add_ratios, parse_run, summarize
@@ -134,7 +135,8 @@ def test_benchmark_prints_the_table_when_the_plot_fails_after_the_sweep(
                          monkeypatch, capsys)
     assert code == 2
     assert "disk full" in error_lines(err)[0]
-    assert re.search(r"^sequential\s+64M\s+2\s", out, re.M), out  # the row made it out
+    [row] = [r for r in parse_table(out, "strategy") if r["strategy"] == "sequential"]  # made it out
+    assert (row["budget"], row["groups"], row["tok/s"], row["x base"]) == ("64M", "2", "10.0", "0.25")
     assert "fastest: sequential @ 64M" in out
 
 
@@ -161,7 +163,9 @@ def test_benchmark_real_sweep_prints_table_then_reports_the_csv_failure(
                           "--max-context", "32", "--csv", str(folder)], monkeypatch, capsys)
     assert code == 2, err
     assert "[2/2]" in err  # both processes ran
-    assert re.search(r"^sequential\s+600K\s+2\s", out, re.M), out
+    [row] = [r for r in parse_table(out, "strategy") if r["strategy"] == "sequential"]
+    assert row["budget"] == "600K" and int(row["groups"]) >= 1 and float(row["tok/s"]) > 0, row
+    assert SIZE.fullmatch(row["peak RSS"]), row
     [line] = error_lines(err)
     assert "Could not write the CSV" in line and str(folder) in line
 
@@ -177,9 +181,9 @@ def test_benchmark_table_uses_the_shared_formatter(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     seq = rows[1]
     assert seq.peak_rss_bytes is not None and seq.peak_over_baseline_bytes is not None
-    line = next(x for x in out.splitlines() if x.startswith("sequential"))
-    assert format_bytes(seq.peak_rss_bytes) in line  # 90.0 MiB
-    assert format_bytes(seq.peak_over_baseline_bytes) in line  # 60.0 MiB
+    [row] = [r for r in parse_table(out, "strategy") if r["strategy"] == "sequential"]
+    assert row["peak RSS"] == format_bytes(seq.peak_rss_bytes)  # 90.0 MiB
+    assert row["over base"] == format_bytes(seq.peak_over_baseline_bytes)  # 60.0 MiB
     units = {m.group(1) for m in SIZE.finditer(out)}
     assert units and units <= {"B", "KiB", "MiB", "GiB"}, units
     assert " MB" not in out

@@ -1,12 +1,11 @@
-"""The memory pool: budget, reuse, guards, waiting, counters under threads, leaks, trimming."""
+"""The memory pool: budget, reuse, guards, counters under threads, leaks, trimming."""
 
 from __future__ import annotations
 
 import gc
 import random
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,6 @@ from edgert_core.memory import (
 from edgert_core.memory.pool import HUGEPAGE_MIN_BYTES
 
 MiB = 1024 * 1024
-JOIN_TIMEOUT = 10.0
 
 
 @pytest.fixture
@@ -39,14 +37,6 @@ def pool() -> Iterator[MemoryPool]:
 
 def address(a: NDArray[Any]) -> int:
     return int(a.__array_interface__["data"][0])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
 
 
 # -- sizes and layout -------------------------------------------------------------------------------
@@ -265,11 +255,10 @@ def test_budget_exceeded_error_says_what_was_asked_held_and_what_to_do(pool: Mem
     assert pool.held_bytes == 7 * MiB  # the failed request took nothing
 
 
-def test_request_larger_than_budget_fails_at_once_even_when_waiting(pool: MemoryPool) -> None:
-    start = time.monotonic()
+def test_request_larger_than_budget_says_it_can_never_fit(pool: MemoryPool) -> None:
     with pytest.raises(MemoryPoolError, match=r"larger than the whole memory budget of 8\.0 MiB"):
-        pool.allocate(9 * MiB, label="huge", wait=True, timeout=JOIN_TIMEOUT)
-    assert time.monotonic() - start < 1.0
+        pool.allocate(9 * MiB, label="huge")
+    assert pool.stats().failures == 1 and pool.held_bytes == 0
 
 
 def test_pool_never_holds_more_than_its_budget(pool: MemoryPool) -> None:
@@ -280,60 +269,6 @@ def test_pool_never_holds_more_than_its_budget(pool: MemoryPool) -> None:
     assert len(bufs) == 8 and pool.held_bytes == 8 * MiB == pool.peak_bytes
     for b in bufs:
         b.release()
-
-
-def test_wait_unblocks_when_another_thread_releases(pool: MemoryPool) -> None:
-    hog = pool.allocate(6 * MiB, label="stage 1")
-    got: list[PoolBuffer] = []
-    errors: list[BaseException] = []
-
-    def prefetch() -> None:
-        try:
-            got.append(pool.allocate(4 * MiB, label="stage 2", wait=True, timeout=JOIN_TIMEOUT))
-        except BaseException as e:  # reported to the main thread
-            errors.append(e)
-
-    t = threading.Thread(target=prefetch)
-    t.start()
-    wait_until(lambda: pool.stats().waiting_threads == 1)
-    assert not got
-    hog.release()
-    t.join(JOIN_TIMEOUT)
-    assert not t.is_alive() and not errors
-    assert got[0].array.shape == (4 * MiB,)
-    assert pool.stats().waits == 1
-    got[0].release()
-
-
-def test_wait_times_out_with_a_clear_error(pool: MemoryPool) -> None:
-    with pool.allocate(6 * MiB, label="stage 1"):
-        start = time.monotonic()
-        with pytest.raises(MemoryPoolError, match=r"Timed out after 0.05 s .* 'stage 2'"):
-            pool.allocate(4 * MiB, label="stage 2", wait=True, timeout=0.05)
-        assert 0.04 < time.monotonic() - start < 2.0
-
-
-def test_close_wakes_a_waiting_thread() -> None:
-    pool = MemoryPool(MiB)
-    hog = pool.allocate(MiB)
-    errors: list[BaseException] = []
-
-    def waiter() -> None:
-        try:
-            pool.allocate(MiB, wait=True, timeout=JOIN_TIMEOUT)
-        except MemoryPoolError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=waiter)
-    t.start()
-    wait_until(lambda: pool.stats().waiting_threads == 1)
-    with pytest.raises(PoolLeakError):
-        pool.close()
-    t.join(JOIN_TIMEOUT)
-    assert not t.is_alive()
-    assert "closed" in str(errors[0])
-    hog.release()  # a buffer released after close is unmapped at once
-    assert pool.held_bytes == 0
 
 
 # -- threads ----------------------------------------------------------------------------------------
@@ -351,7 +286,7 @@ def test_counters_stay_right_with_a_concurrent_producer() -> None:
         try:
             for _ in range(n_per_thread):
                 size = rng.choice((100, 5000, 70_000, 300_000))
-                with pool.allocate(size, label=f"t{seed}", wait=True, timeout=JOIN_TIMEOUT) as buf:
+                with pool.allocate(size, label=f"t{seed}") as buf:
                     a = buf.array
                     a.fill(seed)  # nobody else may write into this block while we hold it
                     if pool.held_bytes > budget:

@@ -1,4 +1,4 @@
-"""OS-reported RSS figures: current, peak, peak reset, and the meter behind run --json."""
+"""OS-reported RSS figures: current, peak and peak reset."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from edgert_core.memory import (
-    RssMeter,
     current_rss_bytes,
     peak_rss_bytes,
     reset_peak_rss,
@@ -45,33 +44,8 @@ def test_reset_brings_the_peak_back_to_the_current_rss() -> None:
     assert peak_rss_bytes() - current_rss_bytes() < 10 * MiB
 
 
-@linux_only
-def test_meter_reports_the_window_peak_over_baseline() -> None:
-    touch(120 * MiB)  # a high peak before the window that must not count
-    with RssMeter() as meter:
-        touch(50 * MiB)
-    report = meter.report
-    assert report is not None and report.peak_scope == "window"
-    assert 45 * MiB < report.peak_over_baseline_bytes < 80 * MiB
-    assert report.end_rss_bytes < report.peak_rss_bytes
-
-
-def test_without_reset_the_peak_is_marked_process_wide(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rss_module, "reset_peak_rss", lambda: False)
-    meter = RssMeter()
-    meter.start()
-    report = meter.stop()
-    assert report.peak_scope == "process"
-    assert report.peak_rss_bytes >= report.baseline_rss_bytes
-
-
 def test_fallback_peak_uses_getrusage_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rss_module, "_status_kib", lambda field: None)
     assert not reset_peak_rss()
     # ru_maxrss never resets, so it is at least the current RSS
     assert peak_rss_bytes() >= current_rss_bytes() - MiB
-
-
-def test_stop_before_start_is_an_error() -> None:
-    with pytest.raises(RuntimeError):
-        RssMeter().stop()

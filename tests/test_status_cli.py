@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import ClassVar
 
 import psutil
 import pytest
+from table_helpers import parse_table
 from typer.testing import CliRunner
 
 import edgert_core.cli.status_cmd  # noqa: F401  (registers the command)
+from edgert_core.budget import format_bytes
 from edgert_core.cli.app import app
 from edgert_core.monitors import Reading, SystemMonitor
 from edgert_core.status import collect_status, format_value
 
 runner = CliRunner()
+SIZE = re.compile(r"\d+(?:\.\d+)? (B|KiB|MiB|GiB)")
+
+
+def sections_filled(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The status rows with each row's section name (printed on a section's first row only)."""
+    filled, section = [], ""
+    for row in rows:
+        section = row["SECTION"] or section
+        filled.append({**row, "SECTION": section})
+    return filled
 
 
 class GoodMonitor(SystemMonitor):
@@ -87,12 +100,12 @@ def test_collect_status_from_registry_has_builtin_sections() -> None:
 def test_status_table_has_memory_row() -> None:
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0].split() == ["SECTION", "READING", "VALUE", "NOTE"]
-    memory = next(line for line in lines if line.startswith("memory"))
-    assert "total" in memory
-    assert "GiB" in memory or "MiB" in memory  # bytes are human-readable
-    assert any("available" in line for line in lines)
+    assert result.output.splitlines()[0].split() == ["SECTION", "READING", "VALUE", "NOTE"]
+    raw = parse_table(result.output, "SECTION")
+    assert [row["SECTION"] for row in raw].count("memory") == 1  # the name on its first row only
+    memory = {row["READING"]: row for row in sections_filled(raw) if row["SECTION"] == "memory"}
+    assert memory["total"]["VALUE"] == format_bytes(psutil.virtual_memory().total)  # human-readable
+    assert SIZE.fullmatch(memory["available"]["VALUE"]), memory["available"]
 
 
 def test_status_json_has_sections() -> None:
@@ -124,7 +137,10 @@ def test_status_shows_broken_monitor_by_name(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(status_cmd, "collect_status", fake_collect)
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 0, result.output
-    broken = next(line for line in result.output.splitlines() if line.startswith("broken"))
-    assert "error" in broken and "sensor bus exploded" in broken
-    gone = next(line for line in result.output.splitlines() if "gone" in line)
-    assert "absent" in gone and "no sensor" in gone
+    rows = sections_filled(parse_table(result.output, "SECTION"))
+    [broken] = [row for row in rows if row["SECTION"] == "broken"]
+    assert broken["READING"] == "(monitor failed)" and broken["VALUE"] == "error"
+    assert "sensor bus exploded" in broken["NOTE"]
+    gone = next(row for row in rows if "gone" in row["READING"])
+    assert gone["VALUE"] == "absent" and gone["NOTE"] == "no sensor"
+    assert "\x1b[" not in result.output  # not a terminal: no colour codes

@@ -27,6 +27,7 @@ from edgert_core.cli.app import (
     require_at_least,
     warn_threads,
 )
+from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
 from edgert_core.errors import ConfigError, EdgeRTError
 from edgert_core.plan import DEFAULT_MAX_CONTEXT
 
@@ -65,7 +66,7 @@ def benchmark_command(
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the table to this CSV file."),
     plot_path: Path | None = typer.Option(
         None, "--plot", help="Also plot tok/s against budget to this PNG (needs matplotlib: "
-        "pip install 'edgert-core[plot]')."
+        "pip install 'edgert-core\\[plot]')."
     ),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -140,26 +141,32 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+BENCH_COLUMNS: list[tuple[str, Justify]] = [
+    ("strategy", "left"), ("budget", "right"), ("groups", "right"), ("peak RSS", "right"),
+    ("over base", "right"), ("ms/tok", "right"), ("compute ms", "right"), ("load ms", "right"),
+    ("hidden", "right"), ("tok/s", "right"), ("x base", "right"),
+]
+
+
 def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
-    head = (
-        f"{'strategy':<22}{'budget':>8}{'groups':>7}{'peak RSS':>11}{'over base':>11}"
-        f"{'ms/tok':>8}{'compute ms':>11}{'load ms':>8}{'hidden':>7}{'tok/s':>7}{'x base':>7}"
-    )
-    typer.echo(head)
-    for r in results:
+    notes = ["failed: " + r.error if r.error else
+             "" if r.within_budget in (None, True) else "OVER BUDGET" for r in results]
+    table = make_table(BENCH_COLUMNS + ([("note", "left")] if any(notes) else []))
+    for r, note in zip(results, notes, strict=True):
         budget = r.budget or "none"
         if r.error:
-            typer.echo(f"{r.strategy:<22}{budget:>8}  failed: {r.error}")
-            continue
-        peak = "-" if r.peak_rss_bytes is None else format_bytes(r.peak_rss_bytes)
-        over = "-" if r.peak_over_baseline_bytes is None else format_bytes(r.peak_over_baseline_bytes)
-        flag = "" if r.within_budget in (None, True) else " OVER BUDGET"
-        typer.echo(
-            f"{r.strategy:<22}{budget:>8}{r.groups or 0:>7}{peak:>11}{over:>11}"
-            f"{_fmt(r.ms_per_token, '.1f'):>8}{_fmt(r.compute_ms_per_token, '.1f'):>11}"
-            f"{_fmt(r.load_ms_per_token, '.1f'):>8}{_fmt(r.hidden_load_fraction, '.0%'):>7}"
-            f"{_fmt(r.decode_tokens_per_s, '.1f'):>7}{_fmt(r.speed_vs_baseline, '.2f'):>7}{flag}"
-        )
+            cells = [r.strategy, budget] + ["-"] * (len(BENCH_COLUMNS) - 2)
+        else:
+            cells = [
+                r.strategy, budget, str(r.groups or 0),
+                "-" if r.peak_rss_bytes is None else format_bytes(r.peak_rss_bytes),
+                "-" if r.peak_over_baseline_bytes is None else format_bytes(r.peak_over_baseline_bytes),
+                _fmt(r.ms_per_token, ".1f"), _fmt(r.compute_ms_per_token, ".1f"),
+                _fmt(r.load_ms_per_token, ".1f"), _fmt(r.hidden_load_fraction, ".0%"),
+                _fmt(r.decode_tokens_per_s, ".1f"), _fmt(r.speed_vs_baseline, ".2f"),
+            ]
+        add_row(table, cells + ([note] if any(notes) else []))
+    echo_table(table)
     typer.echo("")
     typer.echo(f"fastest: {summary['fastest']}")
     typer.echo(f"most memory-efficient: {summary['most_memory_efficient']}")

@@ -10,6 +10,7 @@ import typer
 from edgert_core.api import choose_backend, open_source
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json, require_at_least
+from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
 from edgert_core.inspection import ALL_RESIDENT, compare_plans, describe_layout
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, PlanningContext
 from edgert_core.plugins import load_registry
@@ -64,6 +65,12 @@ def inspect_command(
     _print_report(report)
 
 
+PLAN_COLUMNS: list[tuple[str, Justify]] = [
+    ("strategy", "left"), ("groups", "right"), ("resident", "right"), ("streamed/tok", "right"),
+    ("stages/tok", "right"), ("slots", "right"), ("prefetch", "right"), ("peak", "right"),
+]
+
+
 def _print_report(report: dict[str, Any]) -> None:
     m = report["model"]
     typer.echo(
@@ -84,20 +91,20 @@ def _print_report(report: dict[str, Any]) -> None:
         f"{format_bytes(p['fixed_bytes'])}, minimum budget "
         f"{format_bytes(p['minimum_budget_bytes'])}"
     )
-    header = (f"{'strategy':<22}{'groups':>7}{'resident':>13}{'streamed/tok':>14}"
-              f"{'stages/tok':>11}{'slots':>6}{'prefetch':>9}")
-    typer.echo(header + f"{'peak':>13}")
+    errors = any(row["error"] for row in p["plans"])
+    table = make_table(PLAN_COLUMNS + ([("note", "left")] if errors else []))
     for row in p["plans"]:
         if row["error"]:
-            typer.echo(f"{row['strategy']:<22}  {row['error']}")
+            add_row(table, [row["strategy"]] + ["-"] * (len(PLAN_COLUMNS) - 1) + [row["error"]])
             continue
-        typer.echo(
-            f"{row['strategy']:<22}{row['n_groups']:>7}{format_bytes(row['resident_bytes']):>13}"
-            f"{format_bytes(row['streamed_bytes_per_token']):>14}"
-            f"{row['stages_per_token']:>11}{row['stage_slots']:>6}"
-            f"{'yes' if row['prefetch'] else 'no':>9}"
-            f"{format_bytes(row['predicted_peak_bytes']):>13}"
-        )
+        add_row(table, [
+            row["strategy"], str(row["n_groups"]), format_bytes(row["resident_bytes"]),
+            format_bytes(row["streamed_bytes_per_token"]), str(row["stages_per_token"]),
+            str(row["stage_slots"]), "yes" if row["prefetch"] else "no",
+            format_bytes(row["predicted_peak_bytes"]),
+        ] + ([""] if errors else []))
+    echo_table(table)
+    typer.echo("")
     resident = [row["strategy"] for row in p["plans"] if row["all_resident"]]
     if resident and p["budget_bytes"] is not None:
         typer.echo(f"{', '.join(resident)}: {ALL_RESIDENT}")

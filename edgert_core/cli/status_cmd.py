@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import typer
+from rich.table import Table
 
 from edgert_core.cli.app import app, print_json
+from edgert_core.cli.tables import add_row, echo_table, make_table
 from edgert_core.status import SystemStatus, collect_status, format_value
 
 HEADER = ("SECTION", "READING", "VALUE", "NOTE")
@@ -22,17 +24,15 @@ def status_rows(status: SystemStatus) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def render_table(rows: list[tuple[str, str, str, str]]) -> str:
+def render_table(rows: list[tuple[str, str, str, str]]) -> Table:
     """Left-aligned columns; the section name is shown on its first row only."""
-    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(3)]
-    lines = []
+    table = make_table([(header, "left") for header in HEADER])
     previous = None
-    for row in [HEADER, *rows]:
+    for row in rows:
         section = row[0] if row[0] != previous else ""
         previous = row[0]
-        cells = [section.ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]), row[3]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+        add_row(table, [section, *row[1:]])
+    return table
 
 
 @app.command("status")
@@ -50,4 +50,4 @@ def status(
     if json_output:
         print_json(result.as_dict())
         return
-    typer.echo(render_table(status_rows(result)))
+    echo_table(render_table(status_rows(result)))

@@ -18,8 +18,6 @@ from edgert_core.memory.pool import (
 )
 from edgert_core.memory.reader import FileRangeReader, drop_mapped_pages
 from edgert_core.memory.rss import (
-    RssMeter,
-    RssReport,
     current_rss_bytes,
     peak_rss_bytes,
     reset_peak_rss,
@@ -36,8 +34,6 @@ __all__ = [
     "PoolLeakError",
     "PoolSnapshot",
     "PoolStats",
-    "RssMeter",
-    "RssReport",
     "block_bytes",
     "current_rss_bytes",
     "drop_mapped_pages",

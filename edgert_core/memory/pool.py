@@ -20,19 +20,13 @@ class explicitly (``allocate_many(..., size_class=...)``) and is counted for the
 :meth:`MemoryPool.allocate_many` packs several arrays into one block at
 64-byte aligned offsets, which keeps rounding to less than a page per group.
 
-Raise or wait
--------------
-When a request does not fit, the pool first unmaps cached blocks, least recently released first, if
-that makes room. If it still does not fit:
-
-* ``allocate(..., wait=False)`` (the default) raises :class:`MemoryPoolError` at once. The engine
-  uses only this: it allocates all of a run's memory (stage slots included) when it gets ready, and a
-  plan that fits its budget never needs to wait, so a failure means the plan or the budget is wrong;
-  the message says what is held and what to do.
-* ``allocate(..., wait=True, timeout=...)`` blocks until other threads release enough, for callers
-  whose threads hand memory to each other. It raises at once when the request is larger than the
-  whole budget (it can never fit), on timeout, and when the pool is closed while it waits. It cannot
-  see a deadlock where the waiting thread itself holds what it waits for: pass a timeout.
+When a request does not fit
+---------------------------
+The pool first unmaps cached blocks, least recently released first, if that makes room. If it still
+does not fit, :class:`MemoryPoolError` is raised at once; nothing waits for memory. The engine
+allocates all of a run's memory (stage slots included) when it gets ready, and a plan that fits its
+budget never needs more, so a failure means the plan or the budget is wrong; the message says what is
+held and what to do.
 
 Views
 -----
@@ -44,8 +38,8 @@ unmapped (it becomes *stuck* and is retried on the next trim).
 
 Threads
 -------
-All counters and lists are guarded by one lock with a condition variable; buffers may be allocated
-and released from any thread.
+All counters and lists are guarded by one lock; buffers may be allocated and released from any
+thread.
 """
 
 from __future__ import annotations
@@ -297,8 +291,6 @@ class PoolStats:
     fresh_blocks: int
     releases: int
     unmapped_blocks: int
-    waits: int
-    waiting_threads: int
     failures: int
 
 
@@ -338,7 +330,7 @@ class PoolSnapshot:
             f"(in use {format_bytes(s.in_use_bytes)}, cached {format_bytes(s.free_list_bytes)}, "
             f"stuck {format_bytes(s.stuck_bytes)}), peak {format_bytes(s.peak_bytes)}",
             f"      {s.allocations} allocations ({s.reuses} reused, {s.fresh_blocks} mapped), "
-            f"{s.releases} releases, {s.unmapped_blocks} unmapped, {s.waits} waits, "
+            f"{s.releases} releases, {s.unmapped_blocks} unmapped, "
             f"{s.failures} failures",
         ]
         lines += [
@@ -367,7 +359,7 @@ class MemoryPool:
             raise MemoryPoolError(f"A memory pool budget must be positive, got {budget_bytes} bytes.")
         self.budget_bytes = budget_bytes
         self.poison = poison
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._free: dict[int, list[_Block]] = {}
         self._lru: OrderedDict[int, _Block] = OrderedDict()  # cached blocks, oldest release first
         self._stuck: list[_Block] = []
@@ -384,8 +376,6 @@ class MemoryPool:
         self._fresh = 0
         self._releases = 0
         self._unmapped = 0
-        self._waits = 0
-        self._waiting = 0
         self._failures = 0
 
     # -- allocation ---------------------------------------------------------------------------------
@@ -396,23 +386,18 @@ class MemoryPool:
         dtype: DTypeLike = np.uint8,
         *,
         label: str = "",
-        wait: bool = False,
-        timeout: float | None = None,
     ) -> PoolBuffer:
         """One array of ``shape`` and ``dtype`` (uninitialised), as ``PoolBuffer.array``.
 
-        Raises :class:`MemoryPoolError` when the request does not fit the budget; with ``wait=True``
-        blocks until it fits instead (at most ``timeout`` seconds; ``None`` waits without limit).
+        Raises :class:`MemoryPoolError` when the request does not fit the budget.
         """
-        return self.allocate_many([(shape, dtype)], label=label, wait=wait, timeout=timeout)
+        return self.allocate_many([(shape, dtype)], label=label)
 
     def allocate_many(
         self,
         specs: Sequence[BufferSpec],
         *,
         label: str = "",
-        wait: bool = False,
-        timeout: float | None = None,
         size_class: int | None = None,
         hugepages: bool = True,
     ) -> PoolBuffer:
@@ -436,7 +421,7 @@ class MemoryPool:
                     f"size_class {size_class} is smaller than the {total} bytes of {label!r}"
                 )
             size = block_bytes(size_class)
-        block, serial = self._acquire(size, label, wait, timeout, hugepages)
+        block, serial = self._acquire(size, label, hugepages)
         data = block.data
         assert data is not None
         arrays = tuple(
@@ -445,15 +430,12 @@ class MemoryPool:
         )
         del data
         buf = PoolBuffer(self, block, arrays, total, label, serial)
-        with self._cond:
+        with self._lock:
             self._live[serial] = buf
         return buf
 
-    def _acquire(
-        self, size: int, label: str, wait: bool, timeout: float | None, hugepages: bool = True
-    ) -> tuple[_Block, int]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+    def _acquire(self, size: int, label: str, hugepages: bool = True) -> tuple[_Block, int]:
+        with self._lock:
             self._check_open(size, label)
             budget = self.budget_bytes
             if budget is not None and size > budget:
@@ -464,31 +446,14 @@ class MemoryPool:
                     "never fit. Raise --memory-budget or choose a plan with smaller groups and "
                     "head slices."
                 )
-            waited = False
-            while True:
-                block = self._take_cached(size, hugepages)
-                if block is None and not self._fits(size) and self._trimming_helps(size):
-                    self._make_room(size)
-                if block is None and self._fits(size):
-                    block = self._map(size, label, hugepages)
-                if block is not None:
-                    break
-                if not wait:
-                    self._failures += 1
-                    raise self._no_room_error(size, label)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    self._failures += 1
-                    raise self._no_room_error(size, label, timed_out=timeout)
-                if not waited:
-                    self._waits += 1
-                    waited = True
-                self._waiting += 1
-                try:
-                    self._cond.wait(remaining)
-                finally:
-                    self._waiting -= 1
-                self._check_open(size, label)
+            block = self._take_cached(size, hugepages)
+            if block is None and not self._fits(size) and self._trimming_helps(size):
+                self._make_room(size)
+            if block is None and self._fits(size):
+                block = self._map(size, label, hugepages)
+            if block is None:
+                self._failures += 1
+                raise self._no_room_error(size, label)
             self._in_use += size
             self._allocations += 1
             self._serial += 1
@@ -555,9 +520,7 @@ class MemoryPool:
                 "is closed."
             )
 
-    def _no_room_error(
-        self, size: int, label: str, timed_out: float | None = None
-    ) -> MemoryPoolError:
+    def _no_room_error(self, size: int, label: str) -> MemoryPoolError:
         budget = self.budget_bytes
         assert budget is not None
         largest = sorted(self._live.values(), key=lambda b: b.block_bytes, reverse=True)[:3]
@@ -568,13 +531,9 @@ class MemoryPool:
                 f"; {format_bytes(self._stuck_bytes)} cannot be returned because arrays of "
                 "released buffers are still referenced"
             )
-        head = f"Cannot allocate {format_bytes(size)} for {label or 'a buffer'!r}"
-        if timed_out is not None:
-            head = f"Timed out after {timed_out:g} s waiting to allocate {format_bytes(size)} for " + (
-                f"{label or 'a buffer'!r}"
-            )
         return MemoryPoolError(
-            f"{head}: {format_bytes(self._in_use)} of the {format_bytes(budget)} memory budget is "
+            f"Cannot allocate {format_bytes(size)} for {label or 'a buffer'!r}: "
+            f"{format_bytes(self._in_use)} of the {format_bytes(budget)} memory budget is "
             f"in use ({len(self._live)} buffers{': ' + users if users else ''}){stuck}. Raise "
             "--memory-budget or choose a plan with smaller groups (or without prefetch)."
         )
@@ -584,7 +543,7 @@ class MemoryPool:
     def _release(self, buf: PoolBuffer, block: _Block) -> None:
         if self.poison and block.data is not None:
             block.data.fill(POISON_BYTE)  # outside the lock: the block still belongs to the caller
-        with self._cond:
+        with self._lock:
             self._live.pop(buf.serial, None)
             self._in_use -= block.nbytes
             self._releases += 1
@@ -594,7 +553,6 @@ class MemoryPool:
                 self._free.setdefault(block.nbytes, []).append(block)
                 self._lru[block.serial] = block
                 self._cached += block.nbytes
-            self._cond.notify_all()
 
     def _unmap_locked(self, block: _Block) -> None:
         if block.unmap():
@@ -628,15 +586,12 @@ class MemoryPool:
         self._retry_stuck()
         while self._lru and self._cached > keep_bytes:
             self._unmap_oldest_cached()
-        freed = before - self._held()
-        if freed:
-            self._cond.notify_all()
-        return freed
+        return before - self._held()
 
     def trim(self, keep_bytes: int = 0) -> int:
         """Unmap cached blocks (oldest first) until at most ``keep_bytes`` stay cached; returns the
         bytes given back to the OS."""
-        with self._cond:
+        with self._lock:
             return self._trim_locked(keep_bytes)
 
     # -- inspection ---------------------------------------------------------------------------------
@@ -644,23 +599,23 @@ class MemoryPool:
     @property
     def held_bytes(self) -> int:
         """Bytes the pool has mapped: in use + cached + stuck. Never more than the budget."""
-        with self._cond:
+        with self._lock:
             return self._held()
 
     @property
     def in_use_bytes(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._in_use
 
     @property
     def free_list_bytes(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._cached
 
     @property
     def peak_bytes(self) -> int:
         """Highest ``held_bytes`` since the pool was made."""
-        with self._cond:
+        with self._lock:
             return self._peak
 
     @property
@@ -668,7 +623,7 @@ class MemoryPool:
         return self._closed
 
     def stats(self) -> PoolStats:
-        with self._cond:
+        with self._lock:
             return self._stats_locked()
 
     def _stats_locked(self) -> PoolStats:
@@ -686,14 +641,12 @@ class MemoryPool:
             fresh_blocks=self._fresh,
             releases=self._releases,
             unmapped_blocks=self._unmapped,
-            waits=self._waits,
-            waiting_threads=self._waiting,
             failures=self._failures,
         )
 
     def snapshot(self) -> PoolSnapshot:
         """Counters, the buffers in use with their labels, and the cached blocks per size class."""
-        with self._cond:
+        with self._lock:
             return self._snapshot_locked()
 
     def _snapshot_locked(self) -> PoolSnapshot:
@@ -711,16 +664,15 @@ class MemoryPool:
     # -- closing -------------------------------------------------------------------------------------
 
     def close(self, *, check_leaks: bool = True) -> None:
-        """Unmap every cached block, wake waiting threads (they raise) and refuse new allocations.
+        """Unmap every cached block and refuse new allocations.
 
         Buffers still in use stay valid and are unmapped when released. With ``check_leaks`` raises
         :class:`PoolLeakError` listing them; otherwise logs them. Closing twice is a no-op.
         """
-        with self._cond:
+        with self._lock:
             first = not self._closed
             self._closed = True
             self._trim_locked(0)
-            self._cond.notify_all()
             leaked = list(self._live.values())
             report = self._snapshot_locked().format() if leaked else ""
         if not leaked or not first:

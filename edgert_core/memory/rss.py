@@ -6,22 +6,15 @@
   ``peak_wset`` on Windows.
 * The peak can be reset only on Linux: writing ``5`` to ``/proc/self/clear_refs`` sets ``VmHWM`` back
   to the current RSS (Linux 4.0+; checked on the dev machine, kernel 6.18; not yet on a Pi).
-  Where that fails, the peak stays the peak since the process started, and :class:`RssReport` says so
-  (``peak_scope == "process"``). The reset is process-wide: two meters in one process interfere.
-
-:class:`RssMeter` gives the figures ``run --json`` reports as ``baseline_rss_bytes`` and
-``peak_rss_bytes``.
+  Where that fails, the peak stays the peak since the process started (the engine then reports
+  ``peak_scope == "process"``). The reset is process-wide: two measurements in one process interfere.
 """
 
 from __future__ import annotations
 
 import resource
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal
 
 import psutil
 
@@ -78,71 +71,3 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-@dataclass(frozen=True)
-class RssReport:
-    """RSS over a measured window, in bytes.
-
-    ``peak_scope`` is ``"window"`` when the peak was reset at the start, ``"process"`` when it could not
-    be and ``peak_rss_bytes`` may come from before the window.
-    """
-
-    baseline_rss_bytes: int
-    peak_rss_bytes: int
-    end_rss_bytes: int
-    peak_scope: Literal["window", "process"]
-    seconds: float
-
-    @property
-    def peak_over_baseline_bytes(self) -> int:
-        """What the window added at its peak: the figure a memory budget limits."""
-        return max(0, self.peak_rss_bytes - self.baseline_rss_bytes)
-
-
-class RssMeter:
-    """Measures baseline and peak RSS around a run::
-
-        with RssMeter() as meter:
-            run()
-        report = meter.report   # baseline_rss_bytes, peak_rss_bytes, ...
-    """
-
-    def __init__(self) -> None:
-        self._baseline: int | None = None
-        self._scope: Literal["window", "process"] = "process"
-        self._start = 0.0
-        self.report: RssReport | None = None
-
-    def start(self) -> None:
-        """Record the baseline and reset the peak (where the OS allows)."""
-        self._scope = "window" if reset_peak_rss() else "process"
-        self._baseline = current_rss_bytes()
-        self._start = time.monotonic()
-        self.report = None
-
-    def stop(self) -> RssReport:
-        """The figures since :meth:`start`; also kept as :attr:`report`."""
-        if self._baseline is None:
-            raise RuntimeError("RssMeter.stop() called before start()")
-        end = current_rss_bytes()
-        self.report = RssReport(
-            baseline_rss_bytes=self._baseline,
-            peak_rss_bytes=max(peak_rss_bytes(), end, self._baseline),
-            end_rss_bytes=end,
-            peak_scope=self._scope,
-            seconds=time.monotonic() - self._start,
-        )
-        return self.report
-
-    def __enter__(self) -> RssMeter:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
