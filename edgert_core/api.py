@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.backends.base import KernelBackend
 from edgert_core.budget import MemoryBudget
 from edgert_core.chat import Conversation, turns_to_drop
 from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
@@ -64,7 +64,7 @@ def open_source(model: str | Path | None) -> ModelSource:
 
 def choose_backend(
     registry: PluginRegistry, dtypes: frozenset[str], name: str | None = None
-) -> NumpyBackend:
+) -> KernelBackend:
     """The named backend, or the available one of highest priority that supports ``dtypes``."""
     if name is not None and name != AUTO:
         backend = registry.backend(name)
@@ -77,17 +77,9 @@ def choose_backend(
                 f"Backend {name!r} cannot load tensor type {missing[0]} used by this model; "
                 "choose another --backend."
             )
-        if not isinstance(backend, NumpyBackend):
-            raise EdgeRTError(
-                f"Backend {name!r} does not provide the model math ops (subclass NumpyBackend)."
-            )
         return backend
     for backend in registry.backends():
-        if (
-            isinstance(backend, NumpyBackend)
-            and backend.status().available
-            and dtypes <= backend.supported_dtypes()
-        ):
+        if backend.status().available and dtypes <= backend.supported_dtypes():
             return backend
     raise ModelError(
         f"No installed backend supports this model's tensor types ({', '.join(sorted(dtypes))})."

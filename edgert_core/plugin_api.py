@@ -3,7 +3,7 @@
 A plugin imports only from this module (``from edgert_core.plugin_api import ...``) and declares the
 API version it was written against in the module its entry point names::
 
-    EDGERT_API = "1.0"
+    EDGERT_API = "1.1"
 
 The registry loads a plugin when the declared major version equals :data:`API_VERSION`'s and the
 declared minor version is at most the core's (a plugin written for ``1.0`` runs on a core with API
@@ -21,7 +21,8 @@ name is added. See ``docs/plugins.md``.
   ``largest_fitting``, ``validate_plan``, ``BLOCK_PARTS``, ``DEFAULT_STAGE_BYTES``,
   ``PREFETCH_DEPTH``);
 - backends: ``KernelBackend``, ``NumpyBackend`` (the reference, which a backend may subclass),
-  ``Weight``, ``BackendStatus``, ``TensorInfo``, ``usable_cpus``;
+  ``Weight``, ``TensorForm`` (how a backend holds a prepared tensor, added in 1.1),
+  ``BackendStatus``, ``TensorInfo``, ``usable_cpus``;
 - monitors: ``SystemMonitor``, ``Reading``;
 - errors a plugin raises: ``EdgeRTError``, ``InfeasibleBudgetError``, ``ModelError``,
   ``ConfigError``, ``PluginError``; and ``format_bytes`` for their messages.
@@ -32,7 +33,13 @@ Importing this module loads numpy and pluggy, never the model-file, tokenizer or
 
 from __future__ import annotations
 
-from edgert_core.backends.base import BackendStatus, KernelBackend, Weight, usable_cpus
+from edgert_core.backends.base import (
+    BackendStatus,
+    KernelBackend,
+    TensorForm,
+    Weight,
+    usable_cpus,
+)
 from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.budget import format_bytes
 from edgert_core.errors import (
@@ -95,6 +102,7 @@ __all__ = [
     "PluginError",
     "Reading",
     "SystemMonitor",
+    "TensorForm",
     "TensorInfo",
     "Weight",
     "fixed_bytes",

@@ -39,10 +39,12 @@ HEAVY = ("tokenizers", "gguf", "safetensors", "jinja2")
 #: Every plugin module shipped in this repository (the modules their entry points name and the
 #: modules those import), and the example installed by test_thirdparty_plugin.py.
 SHIPPED = sorted(
-    [*ROOT.glob("plugins/*/edgert_*/*.py"), ROOT / "tests/thirdparty_strategy/edgert_example_strategy.py"]
+    [*ROOT.glob("plugins/*/edgert_*/*.py"), ROOT / "tests/thirdparty_strategy/edgert_example_strategy.py",
+     ROOT / "tests/thirdparty_backend/edgert_example_backend.py"]
 )
 PYPROJECTS = sorted(
-    [*ROOT.glob("plugins/*/pyproject.toml"), ROOT / "tests/thirdparty_strategy/pyproject.toml"]
+    [*ROOT.glob("plugins/*/pyproject.toml"), ROOT / "tests/thirdparty_strategy/pyproject.toml",
+     ROOT / "tests/thirdparty_backend/pyproject.toml"]
 )
 #: The planning arithmetic that left ``edgert_core.__all__`` (still in edgert_core.plan / plugin_api).
 ARITHMETIC = (
@@ -204,7 +206,11 @@ def test_a_plugin_declaring_this_api_loads(installed: Callable[..., PluginRegist
     assert plan.n_groups == 12
 
 
-@pytest.mark.parametrize("declared", ["1.1", "2.0", "0.9"])
+#: A minor version one past the core's: a plugin written for an API newer than this core's.
+NEXT_MINOR = f"{api.API_VERSION.split('.')[0]}.{int(api.API_VERSION.split('.')[1]) + 1}"
+
+
+@pytest.mark.parametrize("declared", [NEXT_MINOR, "2.0", "0.9"])
 def test_an_incompatible_declaration_skips_that_plugin_only(
     installed: Callable[..., PluginRegistry], caplog: pytest.LogCaptureFixture, declared: str
 ) -> None:
@@ -354,7 +360,17 @@ def test_installed_shipped_plugins_load_cleanly() -> None:
     for plugin in shipped:
         assert (plugin.state, plugin.warnings) == ("ok", []), plugin
         if plugin.distribution != "edgert-core":
-            assert plugin.api == api.API_VERSION
+            assert plugin.api is not None and api_compatible(plugin.api, api.API_VERSION), plugin
+
+
+def test_the_api_version_is_1_1_since_tensor_form_was_added() -> None:
+    """``TensorForm`` (a backend declares its prepared form) was added in 1.1; the neon plugin uses
+    it and declares 1.1, the strategy plugins still declare 1.0 and load."""
+    assert api.API_VERSION == "1.1"
+    assert "TensorForm" in api.__all__
+    registry = load_registry()
+    if "neon" in {p.name for p in registry.plugins}:
+        assert info(registry, "neon").api == "1.1"
 
 
 # -- edge-rt plugins -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""A real third-party strategy plugin, installed with pip into a fresh virtual environment beside the
-core and the three strategy distributions, then found through its entry point. No monkeypatching.
+"""Real third-party plugins, a strategy and a backend, installed with pip into a fresh virtual
+environment beside the core and the three strategy distributions, then found through their entry
+points. No monkeypatching.
 
-The plugin in ``tests/thirdparty_strategy/`` is the one printed in ``docs/plugins.md``; a fast test
-here keeps the two identical.
+The plugins in ``tests/thirdparty_strategy/`` and ``tests/thirdparty_backend/`` are the ones printed
+in ``docs/plugins.md``; a fast test here keeps them identical.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "tests" / "thirdparty_strategy"
+EXAMPLE_BACKEND = ROOT / "tests" / "thirdparty_backend"
+TINY = ROOT / "tests" / "fixtures" / "tiny_llama"
 DOCS = ROOT / "docs" / "plugins.md"
 DISTRIBUTIONS = {
     "core": ROOT,
@@ -27,6 +30,7 @@ DISTRIBUTIONS = {
     "greedy": ROOT / "plugins" / "greedy",
     "speculative": ROOT / "plugins" / "speculative",
     "example": EXAMPLE,
+    "backend": EXAMPLE_BACKEND,
 }
 SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", ".*", "tests", "*.so")
 
@@ -46,6 +50,32 @@ print(json.dumps({
     "auto": auto.strategy,
     "strategies": registry.names("strategy"),
     "core_file": __import__("edgert_core").__file__,
+}))
+"""
+
+
+BACKEND_SCRIPT = """
+import json, sys
+from edgert_core import load_model
+from edgert_core.plugins import load_registry
+from edgert_core.testing import check_backend
+
+registry = load_registry()
+lines = []
+backend = registry.backend("f64acc")
+check_backend(backend, report=lines.append)
+tokens = {}
+for name, strategy in (("numpy", "auto"), ("f64acc", "auto"), ("f64acc", "sequential")):
+    model = load_model(sys.argv[1], backend=name, strategy=strategy, max_context=64, notify=None)
+    ids = model.encode("Once upon a time")
+    tokens[name + "/" + strategy] = [t.id for t in model.generate(ids, max_tokens=16) if t.id >= 0]
+    model.close()
+print(json.dumps({
+    "class": [c.__name__ for c in type(backend).__mro__],
+    "module": type(backend).__module__,
+    "conformance": lines,
+    "tokens": tokens,
+    "auto": load_model(sys.argv[1], notify=None).backend.name,
 }))
 """
 
@@ -82,7 +112,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 
 @pytest.mark.slow
-def test_third_party_strategy_in_a_fresh_venv(tmp_path: Path) -> None:
+def test_third_party_strategy_and_backend_in_a_fresh_venv(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     python, edge_rt = venv / "bin" / "python", venv / "bin" / "edge-rt"
@@ -117,6 +147,20 @@ def test_third_party_strategy_in_a_fresh_venv(tmp_path: Path) -> None:
         assert by_name[plugin]["strategies"] == [strategy]
         assert (by_name[plugin]["state"], by_name[plugin]["api"]) == ("ok", "1.0")
 
+    backend = by_name["f64acc"]
+    assert backend["distribution"] == "edgert-example-backend"
+    assert backend["backends"] == ["f64acc"]
+    assert (backend["state"], backend["api"], backend["errors"], backend["warnings"]) == ("ok", "1.1", [], [])
+    found = json.loads(run([str(python), "-c", BACKEND_SCRIPT, str(TINY)], cwd=tmp_path))
+    assert found["module"] == "edgert_example_backend"
+    assert "NumpyBackend" not in found["class"] and "KernelBackend" in found["class"]
+    assert found["conformance"] and all(line.split()[-1] == "ok" or line.endswith("(not fused)")
+                                        for line in found["conformance"])
+    tokens = found["tokens"]
+    assert len(tokens["numpy/auto"]) == 16
+    assert tokens["f64acc/auto"] == tokens["f64acc/sequential"] == tokens["numpy/auto"]
+    assert found["auto"] == "numpy"
+
     result = json.loads(run([str(python), "-c", PLAN_SCRIPT], cwd=tmp_path))
     assert result["core_file"].startswith(str(venv))  # the installed core, not the work tree
     assert result["strategy"] == "pairs"
@@ -148,8 +192,13 @@ def doc_examples() -> dict[str, str]:
     return dict(pattern.findall(DOCS.read_text()))
 
 
-def test_docs_show_exactly_the_tested_plugin() -> None:
+def test_docs_show_exactly_the_tested_plugins() -> None:
     examples = doc_examples()
-    assert sorted(examples) == ["edgert_example_strategy.py", "pyproject.toml"]
+    assert sorted(examples) == [
+        "thirdparty_backend/edgert_example_backend.py",
+        "thirdparty_backend/pyproject.toml",
+        "thirdparty_strategy/edgert_example_strategy.py",
+        "thirdparty_strategy/pyproject.toml",
+    ]
     for name, text in examples.items():
-        assert text == (EXAMPLE / name).read_text(), f"docs/plugins.md differs from {name}"
+        assert text == (ROOT / "tests" / name).read_text(), f"docs/plugins.md differs from tests/{name}"

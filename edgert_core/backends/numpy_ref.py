@@ -1,8 +1,10 @@
 """The numpy reference kernel backend: every operation the model modules call, in fp32.
 
-Sections: dequantization (GGUF block formats and float types, exact), the backend class (how weights
-are held: fp32 ``[out, in]``), and the math ops. ``linear`` is where the time goes: one BLAS call of
-``x @ W.T`` on a C-contiguous fp32 ``[out, in]`` weight.
+Sections: dequantization (GGUF block formats and float types, exact), and the backend class (how
+weights are held: fp32 ``[out, in]``; ``linear``, ``rows`` and ``fuse_rows`` on them). The other math
+ops (norms, activations, RoPE, attention) are :class:`~edgert_core.backends.base.KernelBackend`'s
+reference implementations, which this class keeps. ``linear`` is where the time goes: one BLAS call
+of ``x @ W.T`` on a C-contiguous fp32 ``[out, in]`` weight.
 
 Every array here is float32; the code never lets a Python or numpy float64 scalar promote a result to
 float64 (under numpy 2 rules a ``np.float64`` scalar would make everything float64 and 20x slower).
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.backends.base import BackendStatus, KernelBackend, Weight
+from edgert_core.backends.base import BackendStatus, KernelBackend, TensorForm, Weight
 from edgert_core.errors import ModelError
 from edgert_core.hookspecs import hookimpl
 from edgert_core.layout import TensorInfo
@@ -135,8 +137,9 @@ class NumpyBackend(KernelBackend):
     def supported_dtypes(self) -> frozenset[str]:
         return SUPPORTED_DTYPES
 
-    def weight_nbytes(self, info: TensorInfo) -> int:
-        return info.n_elements * 4
+    def prepared_form(self, info: TensorInfo) -> TensorForm:
+        """fp32 of the logical shape; the file's bytes themselves for an F32 tensor."""
+        return TensorForm.of(np.float32, info.shape, identical=info.dtype == "F32")
 
     def prepare_weight(self, info: TensorInfo, raw: U8, out: U8) -> Weight:
         """Dequantize ``raw`` (``uint8 [info.nbytes]``) into ``out`` (``uint8 [4 * n_elements]``); the
@@ -206,101 +209,6 @@ class NumpyBackend(KernelBackend):
             data = np.lib.stride_tricks.as_strided(arrays[0], shape=(rows, cols), strides=(cols * 4, 4))
         name = "+".join(w.info.name for w in weights)
         return Weight(TensorInfo(name, (rows, cols), "F32", rows * cols * 4), data)
-
-    def rmsnorm(self, x: F32, w: Weight, eps: float) -> F32:
-        """RMSNorm over the last axis: ``x`` float32 ``[T, n]``, ``w`` ``[n]`` -> float32 ``[T, n]``."""
-        ms: F32 = np.einsum("ij,ij->i", x, x)[:, None]  # [T, 1]
-        ms *= np.float32(1.0 / x.shape[-1])
-        ms += np.float32(eps)
-        np.sqrt(ms, out=ms)
-        out: F32 = x / ms
-        out *= self.to_float(w)
-        return out
-
-    def layernorm(self, x: F32, w: Weight, b: Weight, eps: float) -> F32:
-        """LayerNorm over the last axis: ``x`` float32 ``[T, n]``, ``w`` and ``b`` ``[n]`` -> ``[T, n]``."""
-        mean = x.mean(axis=-1, keepdims=True, dtype=np.float32)
-        centered: F32 = x - mean
-        var: F32 = np.einsum("ij,ij->i", centered, centered)[:, None]
-        var *= np.float32(1.0 / x.shape[-1])
-        var += np.float32(eps)
-        np.sqrt(var, out=var)
-        centered /= var
-        centered *= self.to_float(w)
-        centered += self.to_float(b)
-        return centered
-
-    def silu(self, x: F32) -> F32:
-        """``x * sigmoid(x)`` elementwise, float32 any shape."""
-        out: F32 = np.exp(-x)
-        out += np.float32(1.0)
-        np.divide(x, out, out=out)
-        return out
-
-    def gelu_tanh(self, x: F32) -> F32:
-        """GELU, tanh approximation (GPT-2's ``gelu_new``), float32 any shape."""
-        c = np.float32(math.sqrt(2.0 / math.pi))
-        inner = x * x
-        inner *= np.float32(0.044715)
-        inner += np.float32(1.0)
-        inner *= x
-        inner *= c
-        np.tanh(inner, out=inner)
-        inner += np.float32(1.0)
-        inner *= x
-        inner *= np.float32(0.5)
-        return inner
-
-    def softmax(self, x: F32) -> F32:
-        """Softmax over the last axis, float32 any shape (in place on a copy)."""
-        out: F32 = x - x.max(axis=-1, keepdims=True)
-        np.exp(out, out=out)
-        out /= out.sum(axis=-1, keepdims=True)
-        return out
-
-    def rope(self, x: F32, cos: F32, sin: F32, *, interleaved: bool) -> F32:
-        """Rotary position embedding.
-
-        ``x`` float32 ``[T, H, D]``; ``cos``/``sin`` float32 ``[T, D/2]`` for the tokens' positions.
-        ``interleaved``: rotate pairs ``(x[2i], x[2i+1])`` (GGUF/llama.cpp layout); otherwise pairs
-        ``(x[i], x[i + D/2])`` (Hugging Face ``rotate_half`` layout). Returns a new ``[T, H, D]``.
-        """
-        c = cos[:, None, :]
-        s = sin[:, None, :]
-        out = np.empty_like(x)
-        if interleaved:
-            x1, x2 = x[..., 0::2], x[..., 1::2]
-            o1, o2 = out[..., 0::2], out[..., 1::2]
-        else:
-            half = x.shape[-1] // 2
-            x1, x2 = x[..., :half], x[..., half:]
-            o1, o2 = out[..., :half], out[..., half:]
-        np.multiply(x1, c, out=o1)
-        o1 -= x2 * s
-        np.multiply(x2, c, out=o2)
-        o2 += x1 * s
-        return out
-
-    def attention(self, q: F32, k: F32, v: F32, start: int) -> F32:
-        """Causal attention of ``T`` new queries over a KV cache, with grouped KV heads.
-
-        ``q`` float32 ``[T, H, D]`` for positions ``start .. start+T-1``; ``k``, ``v`` float32
-        ``[Hkv, S, D]`` with ``S = start + T`` cached positions (the new ones included). Query head
-        ``h`` reads KV head ``h // (H / Hkv)``. Returns float32 ``[T, H * D]``.
-        """
-        t, h, d = q.shape
-        hkv, s, _ = k.shape
-        g = h // hkv
-        qg = q.reshape(t, hkv, g, d).transpose(1, 2, 0, 3)  # [Hkv, G, T, D]
-        scores = qg @ k.transpose(0, 2, 1)[:, None]  # [Hkv, G, T, S]
-        scores *= np.float32(1.0 / math.sqrt(d))
-        if t > 1:
-            # query i (position start+i) sees keys 0..start+i
-            mask = np.arange(s)[None, :] > (start + np.arange(t))[:, None]  # [T, S]
-            scores[..., mask] = -np.inf
-        probs = self.softmax(scores)
-        out = probs @ v[:, None]  # [Hkv, G, T, D]
-        return np.ascontiguousarray(out.transpose(2, 0, 1, 3)).reshape(t, h * d)
 
 
 @hookimpl

@@ -17,10 +17,10 @@ The package, one module per concept:
 
 - :mod:`~edgert_core.engine.states`: the state machine (:class:`Engine`, :class:`PlannedEngine`,
   :class:`ReadyEngine`): the pool, the KV cache, resident weights, the forward pass.
-- :mod:`~edgert_core.engine.stages`: the stage model (:class:`TensorForm`, :class:`Piece`,
+- :mod:`~edgert_core.engine.stages`: the stage model (:class:`Piece`,
   :class:`Stage`, :class:`LoadedStage`) and the cutting of a plan into stages.
-- :mod:`~edgert_core.engine.weights`: weight reading (:class:`WeightReader`) and the
-  prepared-weights cache.
+- :mod:`~edgert_core.engine.weights`: the backend's declared form of each tensor
+  (:func:`tensor_form`), weight reading (:class:`WeightReader`) and the prepared-weights cache.
 - :mod:`~edgert_core.engine.pipeline`: the prefetch pipeline (:class:`StagePipeline`) and timing
   (:class:`EngineTimes`).
 - :mod:`~edgert_core.engine.tuning`: process tuning (:class:`ProcessTuning`): malloc, BLAS and
@@ -76,8 +76,9 @@ row chunk. All reads are positional reads (no mapping of the model file).
 
 from __future__ import annotations
 
+from edgert_core.backends.base import TensorForm
 from edgert_core.engine.pipeline import EngineTimes, StagePipeline
-from edgert_core.engine.stages import LoadedStage, Piece, Stage, TensorForm
+from edgert_core.engine.stages import LoadedStage, Piece, Stage
 from edgert_core.engine.states import Engine, EngineStateError, PlannedEngine, ReadyEngine
 from edgert_core.engine.tuning import PREFETCH_NICE, ProcessTuning
 from edgert_core.engine.weights import (
@@ -85,7 +86,7 @@ from edgert_core.engine.weights import (
     SCRATCH_BYTES,
     WeightReader,
     WeightSource,
-    probe_form,
+    tensor_form,
 )
 
 __all__ = [
@@ -105,5 +106,5 @@ __all__ = [
     "TensorForm",
     "WeightReader",
     "WeightSource",
-    "probe_form",
+    "tensor_form",
 ]

@@ -1,18 +1,18 @@
-"""The stage model: how the backend holds a tensor (:class:`TensorForm`), a tensor or row slice of
-one as an array of a stage (:class:`Piece`), what is loaded together into one pool buffer
-(:class:`Stage`), a stage's weights in pool memory (:class:`LoadedStage`), and the cutting of a plan
-into stages (:func:`make_stages`), in the order of the prepared-weights file (:func:`tensor_order`)."""
+"""The stage model: how the backend holds a tensor (:class:`TensorForm`, as the backend declares
+it), a tensor or row slice of one as an array of a stage (:class:`Piece`), what is loaded together
+into one pool buffer (:class:`Stage`), a stage's weights in pool memory (:class:`LoadedStage`), and
+the cutting of a plan into stages (:func:`make_stages`), in the order of the prepared-weights file
+(:func:`tensor_order`)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from edgert_core.backends.base import Weight
+from edgert_core.backends.base import TensorForm, Weight
 from edgert_core.layout import BLOCK_PARTS, ModelLayout, block_part
 from edgert_core.memory.pool import block_bytes, pack_offsets
 from edgert_core.models.config import (
@@ -23,20 +23,6 @@ from edgert_core.models.config import (
 )
 from edgert_core.models.transformer import FUSIONS, LayerWeights
 from edgert_core.plan import ExecutionPlan, group_stages, head_slices
-
-
-@dataclass(frozen=True)
-class TensorForm:
-    """How the backend holds one tensor in memory: the prepared array's dtype and shape, its bytes,
-    whether they are exactly the file's bytes (``identical``: read straight into the pool buffer),
-    and the prepared bytes of one row (2-D tensors, whose rows are contiguous in both forms)."""
-
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-    nbytes: int
-    identical: bool
-    row_nbytes: int
-
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.backends.base import Weight
-from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.backends.base import KernelBackend, Weight
 from edgert_core.engine.pipeline import EngineTimes, StagePipeline
 from edgert_core.engine.stages import (
     LoadedStage,
@@ -86,7 +85,7 @@ class _Step:
 class Engine(_Step):
     """The idle engine: a validated model and a backend, no plan yet."""
 
-    def __init__(self, model: ValidatedModel, backend: NumpyBackend) -> None:
+    def __init__(self, model: ValidatedModel, backend: KernelBackend) -> None:
         self.model = model
         self.backend = backend
         self.layout = model.layout().with_memory_bytes(backend.weight_nbytes)
@@ -114,7 +113,7 @@ class Engine(_Step):
 class PlannedEngine(_Step):
     """A model with its plan; :meth:`prepare` makes the buffers and returns a :class:`ReadyEngine`."""
 
-    def __init__(self, model: ValidatedModel, backend: NumpyBackend, layout: ModelLayout,
+    def __init__(self, model: ValidatedModel, backend: KernelBackend, layout: ModelLayout,
                  plan: ExecutionPlan, context: PlanningContext) -> None:
         self.model = model
         self.backend = backend

@@ -1,4 +1,4 @@
-"""Weight reading: the backend's prepared form of each tensor (:func:`probe_form`), the
+"""Weight reading: the backend's declared form of each tensor (:func:`tensor_form`), the
 :class:`WeightReader` that fills pool memory with prepared tensors, and opening (and, the first time,
 writing) the prepared-weights cache (:func:`open_weights`).
 
@@ -9,6 +9,7 @@ pool buffer row chunk by row chunk. All reads are positional reads (no mapping o
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -18,9 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.backends.base import Weight
-from edgert_core.backends.numpy_ref import NumpyBackend, file_nbytes
-from edgert_core.engine.stages import Piece, Stage, TensorForm
+from edgert_core.backends.base import KernelBackend, TensorForm, Weight
+from edgert_core.engine.stages import Piece, Stage
 from edgert_core.errors import EdgeRTError, MemoryPoolError
 from edgert_core.layout import ModelLayout, TensorInfo
 from edgert_core.loaders.base import ValidatedModel, row_nbytes
@@ -54,39 +54,31 @@ BUILD_CHUNK_BYTES = 4 * 1024 * 1024
 WeightSource = Literal["prepared-cache", "model-file", "synthetic"]
 
 
-def probe_form(backend: NumpyBackend, info: TensorInfo, transposed: bool) -> TensorForm:
-    """The backend's prepared form of ``info``, found by preparing one row (or the whole of a 1-D
-    tensor) of made-up bytes."""
-    two_d = len(info.shape) == 2
-    shape = (1, info.shape[1]) if two_d else info.shape
-    pinfo = TensorInfo(info.name, shape, info.dtype, file_nbytes(info.dtype, shape))
-    raw = (np.arange(pinfo.nbytes) % 61).astype(np.uint8)  # finite as any float type
-    out = np.zeros(backend.weight_nbytes(pinfo), dtype=np.uint8)
-    data = backend.prepare_weight(pinfo, raw, out).data
-    if not (data.flags.c_contiguous and data.ctypes.data == out.ctypes.data):
+def tensor_form(backend: KernelBackend, info: TensorInfo, transposed: bool) -> TensorForm:
+    """The backend's declared form of ``info`` (:meth:`KernelBackend.prepared_form`), checked for
+    what the engine relies on; ``identical`` only when the file stores the tensor untransposed."""
+    form = backend.prepared_form(info)
+    if form.nbytes != form.dtype.itemsize * math.prod(form.shape):
         raise EdgeRTError(
-            f"Backend {backend.name!r} does not prepare tensor {info.name} in the memory it is "
-            "given, so it cannot run under the engine's memory pool."
+            f"Backend {backend.name!r} declares {form.nbytes} bytes for tensor {info.name}, not the "
+            f"{form.dtype} array of shape {form.shape} it declares; fix its prepared_form."
         )
-    identical = (
-        not transposed and data.nbytes == pinfo.nbytes and out[: pinfo.nbytes].tobytes() == raw.tobytes()
-    )
-    if two_d:
-        full = (info.shape[0], *data.shape[1:])
-        nbytes = data.nbytes * info.shape[0]
-        if backend.weight_nbytes(info) != nbytes:
-            raise EdgeRTError(
-                f"Backend {backend.name!r} holds tensor {info.name} in a form whose rows are not "
-                "contiguous; the engine cannot stream it."
-            )
-        return TensorForm(data.dtype, full, nbytes, identical, data.nbytes)
-    return TensorForm(data.dtype, tuple(data.shape), data.nbytes, identical, 0)
+    if len(info.shape) == 2 and (
+        not form.shape or form.shape[0] != info.shape[0] or form.nbytes != form.row_nbytes * info.shape[0]
+    ):
+        raise EdgeRTError(
+            f"Backend {backend.name!r} holds tensor {info.name} in a form whose rows are not "
+            "contiguous; the engine cannot stream it."
+        )
+    if form.identical and (transposed or form.nbytes != info.nbytes):
+        form = replace(form, identical=False)
+    return form
 
 
 class WeightReader:
     """Fills pool arrays with prepared tensors, from the prepared-weights cache or the model file."""
 
-    def __init__(self, model: ValidatedModel, backend: NumpyBackend, forms: dict[str, TensorForm],
+    def __init__(self, model: ValidatedModel, backend: KernelBackend, forms: dict[str, TensorForm],
                  prepared: PreparedWeights | None, source: WeightSource) -> None:
         self.model = model
         self.backend = backend
@@ -216,11 +208,22 @@ class WeightReader:
                 raw = self.model.read_rows(piece.name, a, b, out=scratch)
                 part = TensorInfo(f"{info.name}[{a}:{b}]", (b - a, info.shape[1]), info.dtype, len(raw))
                 lo = (a - rows[0]) * form.row_nbytes
-                self.backend.prepare_weight(part, raw, out[lo : lo + (b - a) * form.row_nbytes])
+                self._prepare(part, raw, out[lo : lo + (b - a) * form.row_nbytes])
             del scratch, raw
 
     def form_of(self, piece: Piece) -> TensorForm:
         return self.forms[piece.name]
+
+    def _prepare(self, info: TensorInfo, raw: U8, out: U8) -> None:
+        """``prepare_weight`` into pool memory, which the engine then views through the declared
+        form: a backend that put the tensor anywhere but the start of ``out`` is stopped here."""
+        data = self.backend.prepare_weight(info, raw, out).data
+        if data.ctypes.data != out.ctypes.data:
+            raise EdgeRTError(
+                f"Backend {self.backend.name!r} did not prepare tensor {info.name} at the start of "
+                "the memory it was given, as KernelBackend's memory rule requires; it cannot run "
+                "under the engine's memory pool."
+            )
 
     def _scratch_array(self, nbytes: int) -> U8:
         if self.scratch is None or self.scratch.nbytes < nbytes:
@@ -241,7 +244,7 @@ class WeightReader:
                 raw = self.model.read_tensor(
                     info.name, out=buf[:n], scratch=buf[align_up(n) : align_up(n) + n] if transposed else None
                 )
-                self.backend.prepare_weight(info, raw, out[: piece.nbytes])
+                self._prepare(info, raw, out[: piece.nbytes])
                 del raw, buf
             return
         pool = self.pool
@@ -253,7 +256,7 @@ class WeightReader:
                 raw = self.model.read_tensor(
                     info.name, out=raw_buf.array, scratch=None if stored is None else stored.array
                 )
-                self.backend.prepare_weight(info, raw, out[: piece.nbytes])
+                self._prepare(info, raw, out[: piece.nbytes])
                 del raw
             finally:
                 if stored is not None:
@@ -284,28 +287,16 @@ class WeightReader:
 # -- the prepared-weights cache --------------------------------------------------------------------
 
 
-def probe_forms(model: ValidatedModel, backend: NumpyBackend, names: Sequence[str]) -> dict[str, TensorForm]:
-    """The prepared form of each tensor in ``names`` (one probe per kind of tensor)."""
-    forms: dict[str, TensorForm] = {}
-    probes: dict[tuple[object, ...], TensorForm] = {}
-    for name in names:
-        entry = model.entry(name)
-        info = entry.info
-        key = (info.dtype, len(info.shape), info.shape[-1] if len(info.shape) == 2 else info.shape,
-               entry.transposed)
-        probe = probes.get(key)
-        if probe is None:
-            probe = probes[key] = probe_form(backend, info, entry.transposed)
-        if len(info.shape) == 2:
-            probe = replace(probe, shape=(info.shape[0], *probe.shape[1:]),
-                            nbytes=probe.row_nbytes * info.shape[0])
-        forms[name] = probe
-    return forms
+def tensor_forms(model: ValidatedModel, backend: KernelBackend,
+                 names: Sequence[str]) -> dict[str, TensorForm]:
+    """The prepared form of each tensor in ``names``, as the backend declares it."""
+    return {name: tensor_form(backend, model.info(name), model.entry(name).transposed)
+            for name in names}
 
 
 def open_weights(
     model: ValidatedModel,
-    backend: NumpyBackend,
+    backend: KernelBackend,
     layout: ModelLayout,
     plan: ExecutionPlan,
     pool: MemoryPool,
@@ -319,7 +310,7 @@ def open_weights(
     (``weight_cache``, default :func:`~edgert_core.weight_cache.enabled_by_env`) and the plan
     streams weights that need converting (written first when missing or stale), else from the
     model file. The cache is written with ``pool`` (empty here) within the plan's predicted peak."""
-    forms = probe_forms(model, backend, order)
+    forms = tensor_forms(model, backend, order)
     identity = model.file_identity()
     if identity is None:
         return WeightReader(model, backend, forms, None, "synthetic")
@@ -363,7 +354,7 @@ def remove_stale_caches(path: Path, source: dict[str, Any], model_name: str,
         )
 
 
-def build_cache(path: Path, model: ValidatedModel, backend: NumpyBackend,
+def build_cache(path: Path, model: ValidatedModel, backend: KernelBackend,
                 forms: dict[str, TensorForm], source: dict[str, Any], pool: MemoryPool, *,
                 budget_bytes: int | None, peak_bytes: int,
                 notify: Callable[[str], None] | None) -> None:

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.backends.base import Weight
-from edgert_core.backends.numpy_ref import NumpyBackend
+from edgert_core.backends.base import KernelBackend, Weight
 from edgert_core.layout import BLOCK_PARTS
 from edgert_core.models.arch import ARCHITECTURES, arch_of
 from edgert_core.models.config import ModelConfig, final_norm_names, layer_prefix
@@ -91,7 +90,7 @@ class LlamaBlock:
     SwiGLU -> residual. The table's rows decide the variants: biases on q/k/v (Qwen2), RMSNorm on
     each head of q and k (Qwen3), q/k/v and gate/up stored fused (Phi-3)."""
 
-    def __init__(self, backend: NumpyBackend, config: ModelConfig, cos: F32, sin: F32) -> None:
+    def __init__(self, backend: KernelBackend, config: ModelConfig, cos: F32, sin: F32) -> None:
         self.be = backend
         self.config = config
         self.cos = cos  # [C, D/2]
@@ -181,7 +180,7 @@ class LlamaBlock:
 class GPT2Block:
     """One GPT-2 block: LayerNorm -> attention (fused QKV) -> residual; LayerNorm -> GELU MLP -> residual."""
 
-    def __init__(self, backend: NumpyBackend, config: ModelConfig) -> None:
+    def __init__(self, backend: KernelBackend, config: ModelConfig) -> None:
         self.be = backend
         self.config = config
 
@@ -224,7 +223,7 @@ class GPT2Block:
 class Transformer:
     """The forward pass of one model on one backend; RoPE tables sized for ``max_context``."""
 
-    def __init__(self, config: ModelConfig, backend: NumpyBackend, max_context: int) -> None:
+    def __init__(self, config: ModelConfig, backend: KernelBackend, max_context: int) -> None:
         self.config = config
         self.backend = backend
         self.max_context = max_context

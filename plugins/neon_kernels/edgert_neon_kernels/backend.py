@@ -17,7 +17,14 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.plugin_api import BackendStatus, NumpyBackend, TensorInfo, Weight, usable_cpus
+from edgert_core.plugin_api import (
+    BackendStatus,
+    NumpyBackend,
+    TensorForm,
+    TensorInfo,
+    Weight,
+    usable_cpus,
+)
 from edgert_neon_kernels import kernels
 
 F32 = NDArray[np.float32]
@@ -56,10 +63,12 @@ class NeonBackend(NumpyBackend):
             and self._c
         )
 
-    def weight_nbytes(self, info: TensorInfo) -> int:
+    def prepared_form(self, info: TensorInfo) -> TensorForm:
+        """A quantized matrix: its file's blocks, ``uint8 [rows, row_bytes]``; others: as numpy."""
         if self._in_place(info):
-            return info.nbytes
-        return super().weight_nbytes(info)
+            rows, k = info.shape
+            return TensorForm.of(np.uint8, (rows, kernels.row_nbytes(info.dtype, k)), identical=True)
+        return super().prepared_form(info)
 
     def prepare_weight(self, info: TensorInfo, raw: U8, out: U8) -> Weight:
         """Copy a quantized matrix's blocks (``raw``, ``uint8 [info.nbytes]``) into ``out``; the weight's
