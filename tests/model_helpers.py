@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,28 +85,40 @@ def llama_cpp_permute(w: NDArray[np.float32], n_head: int) -> NDArray[np.float32
     )
 
 
-_GGUF_BLOCK = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+def llama3_rope_factors(head_dim: int, rope: dict[str, Any]) -> NDArray[np.float32]:
+    """The ``rope_freqs`` tensor llama.cpp's converter writes for ``rope_type: llama3``."""
+    base = rope.get("rope_theta", 10000.0)
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * base ** (i / head_dim)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
-def write_llama_gguf(
+def write_gguf(
     hf_folder: Path, out: Path, matrix_type: str = "F32", *, with_tokenizer: bool = True
 ) -> Path:
-    """Convert a tiny Hugging Face llama folder to GGUF the way llama.cpp does (Q/K rows permuted),
-    with 2-D weights stored as ``matrix_type`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1)."""
+    """Convert a tiny Hugging Face folder of the Llama family (llama, qwen2, qwen3, phi3) to GGUF
+    as llama.cpp's converter does: gguf-py's own tensor names, Q/K rows permuted for llama only, a
+    ``rope_freqs`` tensor for Llama 3 scaling; 2-D weights stored as ``matrix_type`` (F32, F16,
+    BF16, Q8_0, Q4_0, Q4_1)."""
     cfg = json.loads((hf_folder / "config.json").read_text())
+    arch = cfg["model_type"]
     tensors = {k: v.astype(np.float32) for k, v in _load_any(hf_folder / "model.safetensors").items()}
-    n_head, n_kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-    w = gguf.GGUFWriter(str(out), "llama")
+    n_head = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_head)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    rope = {"rope_theta": cfg.get("rope_theta", 10000.0), **(cfg.get("rope_parameters") or {})}
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), arch)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -113,25 +126,25 @@ def write_llama_gguf(
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
-    w.add_rope_freq_base(float(theta))
+    w.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    if "head_dim" in cfg:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if arch == "phi3":
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_scaling_orig_ctx_len(cfg["original_max_position_embeddings"])
     w.add_vocab_size(cfg["vocab_size"])
     if with_tokenizer:
         _add_tokenizer(w, hf_folder / "tokenizer.json")
+    if rope.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(head_dim, rope))
     qtype = gguf.GGMLQuantizationType[matrix_type]
     for name, arr in tensors.items():
-        if name == "model.embed_tokens.weight":
-            gname = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gname = "output_norm.weight"
-        elif name == "lm_head.weight":
-            gname = "output.weight"
-        else:
-            parts = name.split(".", 3)
-            gname = f"blk.{parts[2]}.{_GGUF_BLOCK[parts[3]]}"
-        if name.endswith("q_proj.weight"):
+        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert gname is not None, name
+        if arch == "llama" and name.endswith("q_proj.weight"):
             arr = llama_cpp_permute(arr, n_head)
-        elif name.endswith("k_proj.weight"):
+        elif arch == "llama" and name.endswith("k_proj.weight"):
             arr = llama_cpp_permute(arr, n_kv)
         if arr.ndim == 2 and matrix_type != "F32":
             data = gguf.quants.quantize(arr, qtype)

@@ -82,7 +82,7 @@ def subjects(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Sub
     root = tmp_path_factory.mktemp("any_plan")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGERT_CACHE", str(root / "cache"))
-        q8 = mh.write_llama_gguf(deep_llama(root / "deep"), root / "deep-q8.gguf", "Q8_0")
+        q8 = mh.write_gguf(deep_llama(root / "deep"), root / "deep-q8.gguf", "Q8_0")
         out: dict[str, Subject] = {}
         for name, path in (("tiny_llama", mh.fixture("tiny_llama")),
                            ("tiny_gpt2", mh.fixture("tiny_gpt2")), ("deep_q8", q8)):

@@ -11,7 +11,6 @@ table under test): Q/K rows permuted for ``llama`` only, Phi-3's fused matrices 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import gguf
 import model_helpers as mh
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from edgert_core.api import Model, load_model
 from edgert_core.errors import ModelError
@@ -44,80 +42,10 @@ MODELS = {
 ALL_HF = (*MODELS, "tiny_llama", "tiny_llama_bf16", "tiny_gpt2")
 
 
-# -- a GGUF writer with llama.cpp's conventions ----------------------------------------------------
-
-
-def llama3_rope_factors(head_dim: int, rope: dict[str, Any]) -> NDArray[np.float32]:
-    """The ``rope_freqs`` tensor llama.cpp's converter writes for ``rope_type: llama3``."""
-    base = rope.get("rope_theta", 10000.0)
-    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
-    old = rope["original_max_position_embeddings"]
-    out = []
-    for i in range(0, head_dim, 2):
-        wavelen = 2 * math.pi * base ** (i / head_dim)
-        if wavelen < old / high:
-            out.append(1.0)
-        elif wavelen > old / low:
-            out.append(factor)
-        else:
-            smooth = (old / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
-
-
-def write_gguf(hf_folder: Path, out: Path, matrix_type: str = "F32") -> Path:
-    """Convert a tiny Hugging Face folder of the Llama family to GGUF as llama.cpp does."""
-    cfg = json.loads((hf_folder / "config.json").read_text())
-    arch = cfg["model_type"]
-    tensors = {k: v.astype(np.float32) for k, v in mh._load_any(hf_folder / "model.safetensors").items()}
-    n_head = cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads", n_head)
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
-    rope = cfg.get("rope_parameters") or {}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg["num_hidden_layers"])
-    w = gguf.GGUFWriter(str(out), arch)
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
-    if "head_dim" in cfg:
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
-    if arch == "phi3":
-        w.add_rope_dimension_count(head_dim)
-        w.add_rope_scaling_orig_ctx_len(cfg["original_max_position_embeddings"])
-    w.add_vocab_size(cfg["vocab_size"])
-    mh._add_tokenizer(w, hf_folder / "tokenizer.json")
-    if rope.get("rope_type") == "llama3":
-        w.add_tensor("rope_freqs.weight", llama3_rope_factors(head_dim, rope))
-    qtype = gguf.GGMLQuantizationType[matrix_type]
-    for name, arr in tensors.items():
-        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        assert gname is not None, name
-        if arch == "llama" and name.endswith("q_proj.weight"):
-            arr = mh.llama_cpp_permute(arr, n_head)
-        elif arch == "llama" and name.endswith("k_proj.weight"):
-            arr = mh.llama_cpp_permute(arr, n_kv)
-        if arr.ndim == 2 and matrix_type != "F32":
-            data = gguf.quants.quantize(arr, qtype)
-            w.add_tensor(gname, data, raw_shape=data.shape, raw_dtype=qtype)
-        else:
-            w.add_tensor(gname, np.ascontiguousarray(arr))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return out
-
-
 @pytest.fixture(scope="module")
 def ggufs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     folder = tmp_path_factory.mktemp("arch")
-    return {(name, t): write_gguf(mh.fixture(name), folder / f"{name}.{t}.gguf", t)
+    return {(name, t): mh.write_gguf(mh.fixture(name), folder / f"{name}.{t}.gguf", t)
             for name in MODELS for t in ("F32", "Q8_0")}
 
 
@@ -273,7 +201,7 @@ def test_llama3_scaling_is_applied(fmt: str, ggufs: dict[tuple[str, str], Path])
 
 
 def test_gguf_rope_freqs_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
-    path = write_gguf(mh.fixture("tiny_llama3"), tmp_path / "a.gguf")
+    path = mh.write_gguf(mh.fixture("tiny_llama3"), tmp_path / "a.gguf")
     good = open_model(path)
     assert good.config.rope_freq_factors is not None and len(good.config.rope_freq_factors) == 8
     bad = tmp_path / "bad.gguf"

@@ -27,7 +27,7 @@ def one_sentence(exc: pytest.ExceptionInfo[EdgeRTError]) -> str:
 
 @pytest.fixture()
 def tiny_gguf(tmp_path: Path) -> Path:
-    return mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "tiny.gguf", "Q8_0")
+    return mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "tiny.gguf", "Q8_0")
 
 
 def test_truncated_gguf(tiny_gguf: Path) -> None:
@@ -94,7 +94,7 @@ def test_unsupported_hf_architecture(tmp_path: Path) -> None:
 
 def test_unsupported_tensor_type_is_named(tmp_path: Path) -> None:
     """A Q5_0 tensor in an otherwise good file: the error names the tensor and the type."""
-    src = mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "ok.gguf", "F32")
+    src = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "ok.gguf", "F32")
     out = tmp_path / "q5.gguf"
     reader_meta = mh.load_tensors(mh.fixture("tiny_llama") / "model.safetensors")
     w = gguf.GGUFWriter(str(out), "llama")

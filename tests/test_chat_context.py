@@ -22,7 +22,7 @@ MAX_TOKENS = 8
 @pytest.fixture(scope="module")
 def chat_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny llama with a tokenizer and a ChatML template."""
-    return mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("chat") / "c.gguf")
+    return mh.write_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("chat") / "c.gguf")
 
 
 def model_at(path: Path, notices: list[str] | None = None, max_context: int = CONTEXT) -> Model:

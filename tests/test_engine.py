@@ -39,7 +39,7 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def q8_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("m") / "t.gguf", "Q8_0")
+    return mh.write_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("m") / "t.gguf", "Q8_0")
 
 
 def greedy(model_path: Path | str, budget: int | None, strategy: str, backend: str = "numpy",

@@ -38,7 +38,7 @@ SIZE = re.compile(r"\b\d+(?:\.\d+)? ?(B|KiB|MiB|GiB|KB|MB|GB|kB)\b")
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny llama fixture as a GGUF file with its tokenizer (about 0.5 MiB)."""
-    return mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("m") / "tiny.gguf")
+    return mh.write_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("m") / "tiny.gguf")
 
 
 @pytest.fixture

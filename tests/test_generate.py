@@ -132,7 +132,7 @@ def test_async_generation_matches_sync() -> None:
 
 
 def test_chat_reuses_the_cached_conversation(tmp_path: object) -> None:
-    path = mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "c.gguf")  # type: ignore[operator]
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "c.gguf")  # type: ignore[operator]
     model = load_model(path, backend="numpy", max_context=128)
     session = model.chat(system="Be brief.")
     first = session.send("Hi there", max_tokens=4)

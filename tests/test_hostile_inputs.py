@@ -190,7 +190,7 @@ def build_gguf(
 @cache
 def base_gguf(matrix_type: str = "Q8_0") -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
-        return mh.write_llama_gguf(mh.fixture("tiny_llama"), Path(tmp) / "m.gguf", matrix_type).read_bytes()
+        return mh.write_gguf(mh.fixture("tiny_llama"), Path(tmp) / "m.gguf", matrix_type).read_bytes()
 
 
 @cache

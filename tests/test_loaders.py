@@ -25,7 +25,7 @@ def forbid_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_gguf_header_only_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "m.gguf", "Q8_0")
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "m.gguf", "Q8_0")
     forbid_reads(monkeypatch)
     source = open_model(path)
     assert isinstance(source, GGUFModel) and not hasattr(source, "read_tensor")
@@ -55,7 +55,7 @@ def test_hf_header_only_layout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_reads_into_caller_buffers_and_row_ranges(tmp_path: Path) -> None:
-    path = mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "m.gguf", "Q4_1")
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "m.gguf", "Q4_1")
     v = open_model(path).validate()
     name = "model.layers.1.mlp.up_proj.weight"
     whole = v.read_tensor(name)

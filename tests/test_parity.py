@@ -41,7 +41,7 @@ def test_gguf_conversion_of_tiny_llama_matches_transformers(tmp_path: Path) -> N
     """llama.cpp permutes Q/K rows; the interleaved RoPE must undo exactly that."""
     meta, ref = mh.reference("tiny_llama")
     assert ref is not None
-    path = mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "tiny.gguf", "F32")
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "tiny.gguf", "F32")
     model = load_model(path, backend="numpy", max_context=64)
     np.testing.assert_allclose(model.logits(meta["prompt_ids"]), ref, rtol=0, atol=TINY_ATOL)
     assert greedy(model, meta["prompt_ids"], 16) == meta["greedy_ids"]

@@ -155,7 +155,7 @@ def soak(model: Model, prompt: Callable[[int], str | Sequence[int]], *, call_tok
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny llama as Q8_0 GGUF without a tokenizer: no end-of-sequence id, so every generation runs
     to its ``max_tokens``."""
-    return mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("soak") / "t.gguf",
+    return mh.write_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("soak") / "t.gguf",
                                "Q8_0", with_tokenizer=False)
 
 

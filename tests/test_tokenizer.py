@@ -41,7 +41,7 @@ def test_smollm2_ids_equal_transformers_recorded_ids() -> None:
 
 def test_gguf_tokenizer_rebuilt_from_metadata_matches_tokenizer_json(tmp_path: Path) -> None:
     """A GGUF written from a tokenizer.json (vocab, merges, control tokens) encodes identically."""
-    path = mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "F32")
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "F32")
     ours = open_model(path).validate().tokenizer()
     assert ours is not None
     original = tokenizers.Tokenizer.from_file(str(mh.fixture("tokenizer") / "tokenizer.json"))
@@ -53,7 +53,7 @@ def test_gguf_tokenizer_rebuilt_from_metadata_matches_tokenizer_json(tmp_path: P
 def test_hf_folder_tokenizer_and_none_without_one(tmp_path: Path) -> None:
     tok = open_model(mh.fixture("tiny_gpt2")).validate().tokenizer()
     assert tok is not None and tok.vocab_size == 384
-    path = mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path / "n.gguf", with_tokenizer=False)
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "n.gguf", with_tokenizer=False)
     assert open_model(path).validate().tokenizer() is None
 
 

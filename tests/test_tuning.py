@@ -30,7 +30,7 @@ MAX_CONTEXT = 64
 
 @pytest.fixture(scope="module")
 def q8_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return mh.write_llama_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("m") / "t.gguf", "Q8_0")
+    return mh.write_gguf(mh.fixture("tiny_llama"), tmp_path_factory.mktemp("m") / "t.gguf", "Q8_0")
 
 
 @pytest.fixture(autouse=True)
