@@ -8,17 +8,16 @@ patching ``importlib.metadata.entry_points``, as in ``test_plugin_system.py``.
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import json
 import logging
 import re
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import plugin_helpers as ph
 import pytest
 
 if sys.version_info >= (3, 11):
@@ -157,38 +156,13 @@ def plugin_module(module_name: str, strategy_name: str, declared: object = UNSET
     return module
 
 
-@dataclass
-class FakeDistribution:
-    name: str
-    version: str = "0.3.0"
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return {"Name": self.name}
-
-
-@dataclass
-class FakeEntryPoint:
-    name: str
-    value: str
-    dist: FakeDistribution
-    obj: object
-    group: str = api.ENTRY_POINT_GROUP
-
-    def load(self) -> object:
-        return self.obj
-
-
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., PluginRegistry]:
     """Install plugin modules as entry points (name -> module) and build a registry from them."""
 
     def install(*modules: ModuleType) -> PluginRegistry:
-        eps = [
-            FakeEntryPoint(m.__name__, m.__name__, FakeDistribution(f"dist-{m.__name__}"), m)
-            for m in modules
-        ]
-        monkeypatch.setattr(importlib.metadata, "entry_points", lambda *, group: eps)
+        ph.install(monkeypatch, *(ph.entry_point(m.__name__, m, f"dist-{m.__name__}", "0.3.0",
+                                                 value=m.__name__) for m in modules))
         return load_registry(builtins=False)
 
     return install

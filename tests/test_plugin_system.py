@@ -12,10 +12,10 @@ import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import plugin_helpers as ph
 import pytest
 
 import edgert_core
@@ -56,54 +56,10 @@ MiB = 1024**2
 # -- fake distributions and entry points ------------------------------------------------------
 
 
-@dataclass
-class FakeDistribution:
-    name: str
-    version: str
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return {"Name": self.name}
-
-
-@dataclass
-class FakeEntryPoint:
-    """What the core reads of an entry point: name, value, dist and load()."""
-
-    name: str
-    value: str
-    dist: FakeDistribution | None
-    loader: Callable[[], object]
-    group: str = hookspecs.ENTRY_POINT_GROUP
-
-    def load(self) -> object:
-        return self.loader()
-
-
-def entry_point(name: str, plugin: object, dist: str, version: str = "1.0") -> FakeEntryPoint:
-    return FakeEntryPoint(
-        name, f"{dist.replace('-', '_')}.plugin", FakeDistribution(dist, version), lambda: plugin
-    )
-
-
-def failing_entry_point(name: str, exc: BaseException, dist: str) -> FakeEntryPoint:
-    def load() -> object:
-        raise exc
-
-    return FakeEntryPoint(name, f"{dist.replace('-', '_')}.plugin", FakeDistribution(dist, "0.1"), load)
-
-
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """Make ``importlib.metadata.entry_points`` return the given fake entry points only."""
-
-    def install(*eps: FakeEntryPoint) -> None:
-        def entry_points(*, group: str) -> list[FakeEntryPoint]:
-            return [ep for ep in eps if ep.group == group]
-
-        monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-
-    return install
+    return lambda *eps: ph.install(monkeypatch, *eps)
 
 
 # -- fake strategies and plugins --------------------------------------------------------------
@@ -225,8 +181,8 @@ def test_builtin_plugins_register_through_the_same_hooks(installed: Callable[...
 
 def test_entry_points_are_discovered(installed: Callable[..., None]) -> None:
     installed(
-        entry_point("zeta", StrategyPlugin(strategy("zeta-one")), "edgert-zeta", "2.0"),
-        entry_point("alpha", StrategyPlugin(strategy("alpha-one")), "edgert-alpha", "1.2.3"),
+        ph.entry_point("zeta", StrategyPlugin(strategy("zeta-one")), "edgert-zeta", "2.0"),
+        ph.entry_point("alpha", StrategyPlugin(strategy("alpha-one")), "edgert-alpha", "1.2.3"),
     )
     registry = load_registry(builtins=False)
     assert [p.name for p in registry.plugins] == ["alpha", "zeta"]  # by entry-point name
@@ -243,7 +199,7 @@ def test_entry_points_are_discovered(installed: Callable[..., None]) -> None:
 
 
 def test_monitors_register_through_their_hook(installed: Callable[..., None]) -> None:
-    installed(entry_point("thermo", MonitorPlugin(), "edgert-thermo"))
+    installed(ph.entry_point("thermo", MonitorPlugin(), "edgert-thermo"))
     registry = load_registry(builtins=False)
     assert info(registry, "thermo").monitors == ["fake-thermometer"]
     [monitor] = registry.monitors()
@@ -258,7 +214,7 @@ def test_backends_register_through_their_hook() -> None:
 
 
 def test_entry_point_without_a_distribution(installed: Callable[..., None]) -> None:
-    ep = FakeEntryPoint("orphan", "orphan_mod", None, lambda: StrategyPlugin(strategy("orphan")))
+    ep = ph.FakeEntryPoint("orphan", "orphan_mod", None, lambda: StrategyPlugin(strategy("orphan")))
     installed(ep)
     orphan = info(load_registry(builtins=False), "orphan")
     assert (orphan.distribution, orphan.version) == ("unknown", "unknown")
@@ -272,8 +228,8 @@ def test_plugin_whose_import_fails_is_skipped(
     installed: Callable[..., None], caplog: pytest.LogCaptureFixture
 ) -> None:
     installed(
-        failing_entry_point("broken", ImportError("No module named 'edgert_broken'"), "edgert-broken"),
-        entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
+        ph.failing_entry_point("broken", ImportError("No module named 'edgert_broken'"), "edgert-broken"),
+        ph.entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
     )
     with caplog.at_level(logging.WARNING, logger="edgert_core.plugins"):
         registry = load_registry(builtins=False)
@@ -298,8 +254,8 @@ def test_plugin_whose_import_raises_anything_else_is_reported_as_its_bug(
     installed: Callable[..., None], caplog: pytest.LogCaptureFixture, exc: BaseException, shown: str
 ) -> None:
     installed(
-        failing_entry_point("buggy", exc, "edgert-buggy"),
-        entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
+        ph.failing_entry_point("buggy", exc, "edgert-buggy"),
+        ph.entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
     )
     with caplog.at_level(logging.WARNING, logger="edgert_core.plugins"):
         registry = load_registry(builtins=False)
@@ -318,7 +274,7 @@ def test_import_error_of_a_core_name_points_at_the_plugin_api(installed: Callabl
 
         return largest_fitting
 
-    installed(FakeEntryPoint("old", "edgert_old", FakeDistribution("edgert-old", "0.1"), load_old_plugin))
+    installed(ph.FakeEntryPoint("old", "edgert_old", ph.FakeDistribution("edgert-old"), load_old_plugin))
     [error] = info(load_registry(builtins=False), "old").errors
     assert error.startswith("import failed: cannot import name 'largest_fitting'")
     assert "edgert_core.plugin_api" in error and hookspecs.API_VERSION in error
@@ -326,8 +282,8 @@ def test_import_error_of_a_core_name_points_at_the_plugin_api(installed: Callabl
 
 def test_plugin_whose_register_hook_raises(installed: Callable[..., None]) -> None:
     installed(
-        entry_point("raising", RaisingPlugin(), "edgert-raising"),
-        entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
+        ph.entry_point("raising", RaisingPlugin(), "edgert-raising"),
+        ph.entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
     )
     registry = load_registry(builtins=False)
     raising = info(registry, "raising")
@@ -340,8 +296,8 @@ def test_plugin_whose_register_hook_raises(installed: Callable[..., None]) -> No
 def test_misspelt_hook_fails_the_plugin_not_the_run(installed: Callable[..., None]) -> None:
     typo = MisspeltPlugin()
     installed(
-        entry_point("typo", typo, "edgert-typo"),
-        entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
+        ph.entry_point("typo", typo, "edgert-typo"),
+        ph.entry_point("good", StrategyPlugin(strategy("good-one")), "edgert-good"),
     )
     registry = load_registry(builtins=False)
     [error] = info(registry, "typo").errors
@@ -351,7 +307,7 @@ def test_misspelt_hook_fails_the_plugin_not_the_run(installed: Callable[..., Non
 
 
 def test_registering_something_that_is_not_a_strategy(installed: Callable[..., None]) -> None:
-    installed(entry_point("odd", NotAStrategyPlugin(), "edgert-odd"))
+    installed(ph.entry_point("odd", NotAStrategyPlugin(), "edgert-odd"))
     registry = load_registry(builtins=False)
     [error] = info(registry, "odd").errors
     assert "'odd'" in error and "not a subclass of PartitionStrategy" in error
@@ -360,8 +316,8 @@ def test_registering_something_that_is_not_a_strategy(installed: Callable[..., N
 
 def test_duplicate_strategy_name_names_both_distributions(installed: Callable[..., None]) -> None:
     installed(
-        entry_point("alpha", StrategyPlugin(strategy("twin"), strategy("a-only")), "edgert-alpha"),
-        entry_point("beta", StrategyPlugin(strategy("twin")), "edgert-beta"),
+        ph.entry_point("alpha", StrategyPlugin(strategy("twin"), strategy("a-only")), "edgert-alpha"),
+        ph.entry_point("beta", StrategyPlugin(strategy("twin")), "edgert-beta"),
     )
     registry = load_registry(builtins=False)
     with pytest.raises(PluginError) as err:
@@ -377,8 +333,8 @@ def test_duplicate_strategy_name_names_both_distributions(installed: Callable[..
 
 def test_duplicate_plugin_name_skips_the_second(installed: Callable[..., None]) -> None:
     installed(
-        entry_point("same", StrategyPlugin(strategy("first")), "edgert-first"),
-        entry_point("same", StrategyPlugin(strategy("second")), "edgert-second"),
+        ph.entry_point("same", StrategyPlugin(strategy("first")), "edgert-first"),
+        ph.entry_point("same", StrategyPlugin(strategy("second")), "edgert-second"),
     )
     registry = load_registry(builtins=False)
     assert registry.names("strategy") == ["first"]
@@ -390,9 +346,9 @@ def test_disable_plugins_env_blocks_them(
     installed: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     installed(
-        entry_point("alpha", StrategyPlugin(strategy("alpha-one")), "edgert-alpha"),
-        entry_point("beta", StrategyPlugin(strategy("beta-one")), "edgert-beta"),
-        entry_point("gamma", StrategyPlugin(strategy("gamma-one")), "edgert-gamma"),
+        ph.entry_point("alpha", StrategyPlugin(strategy("alpha-one")), "edgert-alpha"),
+        ph.entry_point("beta", StrategyPlugin(strategy("beta-one")), "edgert-beta"),
+        ph.entry_point("gamma", StrategyPlugin(strategy("gamma-one")), "edgert-gamma"),
     )
     monkeypatch.setenv("EDGERT_DISABLE_PLUGINS", " alpha, gamma ,")
     registry = load_registry(builtins=False)
