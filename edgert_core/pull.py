@@ -74,10 +74,11 @@ def pulled(name: str) -> Path | None:
 
 def resolve_known(name: str) -> Path:
     """The pulled file of a known model; a clear error when it has not been pulled."""
-    path = model_path(name)
-    if not path.is_file():
+    path = pulled(name)
+    if path is None:
         raise ModelError(
-            f"Model {name!r} is not downloaded yet; run: edge-rt pull {name} (stored in {path.parent})."
+            f"Model {name!r} is not downloaded yet; run: edge-rt pull {name} "
+            f"(stored in {model_path(name).parent})."
         )
     return path
 

