@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from edgert_core.engine import Engine, EngineStateError, PlannedEngine, ReadyEngine
     from edgert_core.generate import GenerationStats, SamplingParams
     from edgert_core.loaders import ModelSource, ValidatedModel, open_model
+    from edgert_core.serve import create_app
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("Engine", "EngineStateError", "PlannedEngine", "ReadyEngine"), "edgert_core.engine"),
     **dict.fromkeys(("GenerationStats", "SamplingParams"), "edgert_core.generate"),
     **dict.fromkeys(("ModelSource", "ValidatedModel", "open_model"), "edgert_core.loaders"),
+    "create_app": "edgert_core.serve",  # the OpenAI-compatible ASGI app (the serve extra)
 }
 
 
@@ -121,6 +123,7 @@ __all__ = [
     "__version__",
     "all_plans",
     "choose_auto",
+    "create_app",
     "format_bytes",
     "generation_report",
     "layout_from_dims",

@@ -34,6 +34,7 @@ from edgert_core.errors import EdgeRTError, GenerationError, ModelError, Unknown
 from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
 from edgert_core.layout import SYNTHETIC_SHAPES
 from edgert_core.loaders import ModelSource, open_model
+from edgert_core.models.kv_quant import DEFAULT_KV_CACHE, check_kv_cache, check_mode
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, PlanningContext
 from edgert_core.planner import AUTO
 from edgert_core.plugins import PluginRegistry, load_registry
@@ -84,6 +85,20 @@ def choose_backend(
     raise ModelError(
         f"No installed backend supports this model's tensor types ({', '.join(sorted(dtypes))})."
     )
+
+
+def choose_activations(backend: KernelBackend, mode: str | None) -> str:
+    """The activation mode to run ``backend`` in: ``mode`` when the backend has it, its default
+    (the first of its ``activation_modes``) for ``None``; anything else is an error listing them."""
+    modes = backend.activation_modes
+    if mode is None:
+        return modes[0]
+    if mode not in modes:
+        raise UnknownNameError(
+            f"Backend {backend.name!r} has no activation mode {mode!r}; it has: {', '.join(modes)}"
+            " (f32 is exact; q8 quantizes activations to int8, faster and approximate)."
+        )
+    return mode
 
 
 @dataclass(frozen=True)
@@ -231,6 +246,16 @@ class Model:
         return self.source.name
 
     @property
+    def activations(self) -> str:
+        """The backend's activation mode in force (``"f32"``: exact; ``"q8"``: int8 activations)."""
+        return self.backend.activations
+
+    @property
+    def kv_cache(self) -> str:
+        """The KV cache precision in force: ``"f32"`` (exact), ``"f16"`` or ``"q8_0"``."""
+        return self.context.kv_cache
+
+    @property
     def config(self) -> Any:
         return self.source.config
 
@@ -296,11 +321,40 @@ class Model:
             assert isinstance(token, Token)
             yield token
 
-    def logits(self, ids: Sequence[int]) -> NDArray[np.float32]:
-        """Logits of every position of ``ids`` from an empty cache: float32 ``[T, vocab]``."""
+    def logits(self, ids: Sequence[int], *, start: int = 0) -> NDArray[np.float32]:
+        """Logits of positions ``start..T-1`` of ``ids`` from an empty cache: float32
+        ``[T - start, vocab]`` (every position for ``start=0``). The first ``start`` tokens only fill
+        the KV cache. Without a budget all runs in one pass. Under a budget the tokens go in passes
+        of at most ``prefill_chunk``, and the positions asked for in passes of as many rows of
+        logits as the pool has room for beside the plan (one row, the plan's own, at the least),
+        so the budget holds; the array returned is the caller's, outside the pool."""
         check_request(ids, 1, self.source.config.dims.vocab, self.context.max_context)
-        self.engine.cached_ids.clear()
-        return self.engine.forward(list(ids), 0, all_logits=True)
+        if not 0 <= start < len(ids):
+            raise GenerationError(f"start must be in 0..{len(ids) - 1} for {len(ids)} ids, got {start}.")
+        engine = self.engine
+        engine.cached_ids.clear()
+        n = len(ids)
+        chunk = self.prefill_chunk or n
+        for a in range(0, start, chunk):
+            engine.forward(list(ids[a : min(a + chunk, start)]), a)
+        step = min(chunk, self._logits_rows_that_fit())
+        if start + step >= n:
+            return engine.forward(list(ids[start:]), start, all_logits=True)
+        out = np.empty((n - start, self.source.config.dims.vocab), dtype=np.float32)
+        for a in range(start, n, step):
+            b = min(a + step, n)
+            out[a - start : b - start] = engine.forward(list(ids[a:b]), a, all_logits=True)
+        return out
+
+    def _logits_rows_that_fit(self) -> int:
+        """Rows of logits one forward pass may return within the budget: the plan holds one; more
+        take pool room (with a page of slack per row for rounding). Unbounded without a budget."""
+        budget = self.context.budget_bytes
+        if budget is None:
+            return sys.maxsize
+        free = budget - self.engine.pool.stats().in_use_bytes
+        row = self.source.config.dims.vocab * 4 + 4096
+        return max(1, free // row)
 
     def engine_report(self) -> dict[str, Any]:
         """Facts of the (last) engine for ``run --json``: where weights came from, the pool."""
@@ -464,6 +518,8 @@ def load_model(
     weight_cache: bool | None = None,
     notify: Callable[[str], None] | None = _to_stderr,
     tune_process: bool = False,
+    activations: str | None = None,
+    kv_cache: str = DEFAULT_KV_CACHE,
 ) -> Model:
     """Open, validate and plan a model; weights are read on first use.
 
@@ -474,6 +530,13 @@ def load_model(
     backends that have them. ``weight_cache``: use the prepared-weights cache when streamed weights
     need converting (see :mod:`edgert_core.weight_cache`; default: on unless
     ``EDGERT_WEIGHT_CACHE=0``). ``notify``: where one-line notices go (stderr; ``None``: nowhere).
+    ``activations``: the precision of the activations in the backend's products, one of its
+    ``activation_modes`` (``"f32"``, exact, is every backend's default; the ``neon`` backend also has
+    ``"q8"``, faster and approximate); ``None``: the backend's default.
+    ``kv_cache``: the precision the KV cache stores keys and values in, ``"f32"`` (exact, the
+    default), ``"f16"`` (half the bytes) or ``"q8_0"`` (GGUF Q8_0 blocks, 34/128 of the bytes; needs a
+    head_dim that is a multiple of 32); the budget rule counts the setting's bytes (see
+    :mod:`edgert_core.models.kv_quant`).
     ``tune_process``: let the engine change process-wide settings for speed and an RSS that follows
     the budget (glibc ``mallopt`` thresholds and the OS's peak-RSS counter, which stay changed; BLAS
     and kernel threads while prefetching, and the prefetch thread's priority, undone on
@@ -484,6 +547,7 @@ def load_model(
         raise GenerationError(f"max_context must be at least 2 tokens, got {max_context}.")
     if prefill_chunk < 1:
         raise GenerationError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}.")
+    check_mode(kv_cache)  # a mistyped setting is said before any file opens
     reg = registry if registry is not None else load_registry()
     validated = open_source(model).validate()
     chosen = choose_backend(reg, validated.dtypes, backend)
@@ -492,8 +556,11 @@ def load_model(
             raise GenerationError(f"--threads must be at least 1, got {threads}.")
         if chosen.threads is not None:
             chosen.threads = threads
+    chosen.activations = choose_activations(chosen, activations)
     budget = None if memory_budget is None else MemoryBudget.parse(memory_budget).bytes
-    ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk)
+    check_kv_cache(kv_cache, validated.config.dims.head_dim)
+    ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk,
+                          kv_cache=kv_cache)
     planned = Engine(validated, chosen).plan(ctx, strategy, reg)
     return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
                  tune_process=tune_process)
@@ -509,6 +576,8 @@ def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
         "synthetic": model.synthetic,
         "backend": model.backend.name,
         "backend_path": status.path,
+        "activations": model.backend.activations,
+        "kv_cache": model.kv_cache,
         "strategy": model.plan.strategy,
         "budget_bytes": model.context.budget_bytes,
         "max_context": model.context.max_context,

@@ -32,6 +32,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "top_p": ((float, int), "nucleus sampling threshold; 1.0 disables"),
     "seed": ((int,), "random seed"),
     "threads": ((int,), "compute threads for backends that use them"),
+    "activations": ((str,), "precision of activations in the products: f32 (exact) or q8"),
+    "kv_cache": ((str,), "precision of the KV cache: f32 (exact), f16 or q8_0"),
     "prefill_chunk": ((int,), "prompt tokens per prefill chunk"),
     "sweep_memory": ((list,), 'benchmark budgets, e.g. ["64M", "1G"]'),
     "strategies": ((list,), "benchmark strategies"),

@@ -8,7 +8,14 @@ from typing import Any
 
 from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
-from edgert_core.plan import ExecutionPlan, PlanningContext, fixed_bytes, minimum_budget
+from edgert_core.plan import (
+    ExecutionPlan,
+    PlanningContext,
+    fixed_bytes,
+    kv_cache_bytes,
+    kv_scratch_bytes,
+    minimum_budget,
+)
 from edgert_core.planner import AUTO, all_plans, plan_with
 from edgert_core.plugins import PluginRegistry
 
@@ -98,6 +105,9 @@ def compare_plans(
     return {
         "budget_bytes": ctx.budget_bytes,
         "max_context": ctx.max_context,
+        "kv_cache": ctx.kv_cache,
+        "kv_cache_bytes": kv_cache_bytes(layout, ctx),
+        "kv_scratch_bytes": kv_scratch_bytes(layout, ctx),
         "fixed_bytes": fixed_bytes(layout, ctx),
         "minimum_budget_bytes": minimum_budget(layout, ctx),
         "plans": rows,

@@ -2,9 +2,11 @@
 
 The memory model (one rule, used by every strategy and by the validator):
 
-* **Fixed bytes** are held for the whole run: the fp32 KV cache for ``max_context`` tokens, the
-  activations of one prefill chunk (``prefill_chunk`` tokens through one layer, attention scores of the
-  chunk against the whole context, the residual stream of the whole context) and one row of logits.
+* **Fixed bytes** are held for the whole run: the KV cache for ``max_context`` tokens at the
+  context's ``kv_cache`` precision (:func:`kv_cache_bytes`; for ``f16`` and ``q8_0`` also the fp32
+  scratch attention reads one layer from, :func:`kv_scratch_bytes`), the activations of one
+  prefill chunk (``prefill_chunk`` tokens through one layer, attention scores of the chunk against
+  the whole context, the residual stream of the whole context) and one row of logits.
 * **Resident bytes** are the weights of groups marked ``resident`` (and the head when
   ``head_resident``); they are loaded once and kept.
 * **Streamed stages** are the other groups in order, then the head in slices of at most
@@ -33,6 +35,7 @@ from typing import ClassVar
 from edgert_core.budget import format_bytes
 from edgert_core.errors import InfeasibleBudgetError, PlanValidationError
 from edgert_core.layout import FP32_BYTES, ModelLayout
+from edgert_core.models import kv_quant
 
 DEFAULT_MAX_CONTEXT = 512
 DEFAULT_PREFILL_CHUNK = 64
@@ -48,17 +51,21 @@ them in order, so it never waits for the compute to free a slot)."""
 
 @dataclass(frozen=True)
 class PlanningContext:
-    """What a plan is made for: a budget in bytes (``None``: no budget), the run's token limits and
-    the stage size for strategies that stream in small stages."""
+    """What a plan is made for: a budget in bytes (``None``: no budget), the run's token limits,
+    the stage size for strategies that stream in small stages and the KV cache's precision (one of
+    :data:`~edgert_core.models.kv_quant.KV_CACHE_MODES`; an unknown one is an
+    :class:`~edgert_core.errors.UnknownNameError`)."""
 
     budget_bytes: int | None
     max_context: int = DEFAULT_MAX_CONTEXT
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     stage_bytes: int = DEFAULT_STAGE_BYTES
+    kv_cache: str = kv_quant.DEFAULT_KV_CACHE
 
     def __post_init__(self) -> None:
         if self.max_context <= 0 or self.prefill_chunk <= 0 or self.stage_bytes <= 0:
             raise ValueError("max_context, prefill_chunk and stage_bytes must be positive")
+        kv_quant.check_mode(self.kv_cache)
 
 
 @dataclass(frozen=True)
@@ -132,11 +139,29 @@ def estimated_seconds_per_token(
     return max(load, compute) if plan.prefetch else load + compute
 
 
+def kv_cache_bytes(layout: ModelLayout, ctx: PlanningContext) -> int:
+    """Bytes of the stored K and V of every layer for ``max_context`` tokens at ``ctx.kv_cache``
+    (what the engine's ``KV cache`` pool block holds). A setting the model cannot use (``q8_0`` with
+    a ``head_dim`` not a multiple of 32) is a :class:`~edgert_core.errors.ModelError`."""
+    d = layout.dims
+    row = kv_quant.row_bytes(ctx.kv_cache, d.head_dim)
+    return 2 * d.n_layers * d.n_kv_heads * ctx.max_context * row
+
+
+def kv_scratch_bytes(layout: ModelLayout, ctx: PlanningContext) -> int:
+    """Bytes of the fp32 scratch that ``f16``/``q8_0`` caches dequantize one layer into for
+    attention: one layer's K and V at ``max_context`` (0 for ``f32``, which is read in place)."""
+    if ctx.kv_cache == "f32":
+        return 0
+    d = layout.dims
+    return 2 * d.n_kv_heads * ctx.max_context * d.head_dim * FP32_BYTES
+
+
 def fixed_bytes(layout: ModelLayout, ctx: PlanningContext) -> int:
     """KV cache, activations and logits held for the whole run (see the module docstring)."""
     d = layout.dims
     chunk = min(ctx.prefill_chunk, ctx.max_context)
-    kv = layout.kv_bytes_per_token * ctx.max_context
+    kv = kv_cache_bytes(layout, ctx) + kv_scratch_bytes(layout, ctx)
     acts = layout.activation_bytes_per_token * chunk
     scores = d.n_heads * chunk * ctx.max_context * FP32_BYTES
     residual = d.hidden * ctx.max_context * FP32_BYTES
@@ -323,10 +348,16 @@ def check_feasible(layout: ModelLayout, ctx: PlanningContext) -> None:
         return
     minimum = minimum_budget(layout, ctx)
     if ctx.budget_bytes < minimum:
+        smaller = kv_quant.KV_CACHE_MODES[kv_quant.KV_CACHE_MODES.index(ctx.kv_cache) + 1:]
+        if ctx.kv_cache != "q8_0" and layout.dims.head_dim % kv_quant.QK8_0:
+            smaller = tuple(m for m in smaller if m != "q8_0")
+        kv_hint = f", lower --max-context or store the KV cache smaller (--kv-cache " \
+                  f"{' or '.join(smaller)})" if smaller else " or lower --max-context"
         raise InfeasibleBudgetError(
             f"A memory budget of {format_bytes(ctx.budget_bytes)} is too small for {layout.name} "
-            f"with a context of {ctx.max_context} tokens: the smallest feasible budget is "
-            f"{format_bytes(minimum)} ({minimum} bytes). Raise --memory-budget or lower --max-context.",
+            f"with a context of {ctx.max_context} tokens and a {ctx.kv_cache} KV cache: the "
+            f"smallest feasible budget is {format_bytes(minimum)} ({minimum} bytes). Raise "
+            f"--memory-budget{kv_hint}.",
             minimum_bytes=minimum,
         )
 

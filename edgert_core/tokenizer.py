@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
@@ -166,10 +166,19 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
+def _is_array(value: object) -> TypeGuard[Sequence[Any]]:
+    """Whether a metadata value is an array (a list, or the GGUF loader's array of strings)."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
 def tokenizer_from_gguf_metadata(md: dict[str, Any], path: Path) -> Tokenizer | None:
-    """The tokenizer a GGUF file describes, or ``None`` when it has no ``tokenizer.ggml.tokens``."""
+    """The tokenizer a GGUF file describes, or ``None`` when it has no ``tokenizer.ggml.tokens``.
+
+    Arrays are lists or sequences of strings decoded as they are read (the GGUF loader's
+    ``StringArray``); the Python objects made from them here (a vocabulary dict, the merge pairs)
+    live only while the ``tokenizers`` object is built."""
     tokens = md.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list):
+    if not _is_array(tokens):
         return None
     kind = md.get("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -178,13 +187,16 @@ def tokenizer_from_gguf_metadata(md: dict[str, Any], path: Path) -> Tokenizer | 
             "tokenizers from GGUF files. Pass token ids with --prompt-ids instead."
         )
     merges = md.get("tokenizer.ggml.merges")
-    if not isinstance(merges, list):
+    if not _is_array(merges):
         raise ModelError(f"{path} has a BPE vocabulary without tokenizer.ggml.merges; it is incomplete.")
     types = md.get("tokenizer.ggml.token_type") or []
     pre = str(md.get("tokenizer.ggml.pre", "default"))
     for key, values, kind in (("tokens", tokens, str), ("merges", merges, str),
                               ("token_type", types, int)):
-        if not isinstance(values, list) or not all(isinstance(v, kind) for v in values):
+        # a list is checked item by item; another sequence (the loader's array of strings, decoded
+        # as read) holds one type by construction, so its first item tells
+        sample = values if isinstance(values, list) else values[:1] if _is_array(values) else None
+        if sample is None or not all(isinstance(v, kind) for v in sample):
             raise ModelError(
                 f"{path}: tokenizer.ggml.{key} must be a list of "
                 f"{'strings' if kind is str else 'integers'}; the file is corrupt."
@@ -200,18 +212,31 @@ def tokenizer_from_gguf_metadata(md: dict[str, Any], path: Path) -> Tokenizer | 
 
 
 def _gguf_bpe(
-    md: dict[str, Any], tokens: list[str], merges: list[str], types: list[int], pre: str
+    md: dict[str, Any], tokens: Sequence[str], merges: Sequence[str], types: Sequence[int], pre: str
 ) -> Tokenizer:
 
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
+    n_types = len(types)
     vocab: dict[str, int] = {}
-    for index, token in enumerate(tokens):
-        if not set(token) <= alphabet:
+    control: list[str] = []
+    user: list[str] = []
+    for index, token in enumerate(tokens):  # one pass: the loader's arrays decode as they are read
+        kind = types[index] if index < n_types else None
+        if kind == USER_DEFINED:
+            user.append(token)
+        if set(token) <= alphabet:
+            if kind == CONTROL:
+                control.append(token)
+        else:
             token = "".join(spelling[b] for b in token.encode("utf-8"))
         vocab.setdefault(token, index)
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    bpe = models.BPE(vocab=vocab, merges=[p for p in pairs if len(p) == 2], fuse_unk=False)
+    user = [t for t in user if t in vocab]
+    pairs = [p for p in (tuple(m.split(" ", 1)) for m in merges) if len(p) == 2]
+    bpe = models.BPE(vocab=vocab, merges=pairs, fuse_unk=False)
+    # the library holds its own copies: the Python ones go before anything that stays is made, so
+    # the memory they took is free in one piece
+    del vocab, pairs
     tk = tokenizers.Tokenizer(bpe)
     if pre in REGEX_PRE:
         tk.pre_tokenizer = pre_tokenizers.Sequence([
@@ -221,10 +246,8 @@ def _gguf_bpe(
     else:  # GPT-2's split; also the fallback for names this table does not know
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
-    control = [t for t, k in zip(tokens, types, strict=False) if k == CONTROL and set(t) <= alphabet]
     if control:
         tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    user = [t for t, k in zip(tokens, types, strict=False) if k == USER_DEFINED and t in vocab]
     if user:
         tk.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
 

@@ -337,14 +337,17 @@ def test_installed_shipped_plugins_load_cleanly() -> None:
             assert plugin.api is not None and api_compatible(plugin.api, api.API_VERSION), plugin
 
 
-def test_the_api_version_is_1_1_since_tensor_form_was_added() -> None:
-    """``TensorForm`` (a backend declares its prepared form) was added in 1.1; the neon plugin uses
-    it and declares 1.1, the strategy plugins still declare 1.0 and load."""
-    assert api.API_VERSION == "1.1"
+def test_the_api_version_is_1_2_since_activation_modes_were_added() -> None:
+    """``TensorForm`` (a backend declares its prepared form) was added in 1.1, the backends'
+    ``activation_modes``/``activations`` in 1.2; the neon plugin uses both and declares 1.2, the
+    strategy plugins still declare 1.0 and load."""
+    assert api.API_VERSION == "1.2"
     assert "TensorForm" in api.__all__
+    assert api.KernelBackend.activation_modes == ("f32",) and api.KernelBackend.activations == "f32"
     registry = load_registry()
     if "neon" in {p.name for p in registry.plugins}:
-        assert info(registry, "neon").api == "1.1"
+        assert info(registry, "neon").api == "1.2"
+        assert registry.backend("neon").activation_modes == ("f32", "q8")
 
 
 # -- edge-rt plugins -------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ and the engine call. Those call a backend only through the methods declared here
 Six methods are abstract, what only the backend can know: ``status``, ``supported_dtypes``,
 ``prepared_form``, ``prepare_weight``, ``to_float`` and ``linear``. Every other operation has a
 default here, the reference fp32 numpy math written in terms of ``to_float`` (``weight_nbytes``,
-``rows``, ``fuse_rows`` (never fuses), ``rmsnorm``, ``layernorm``, ``silu``, ``gelu_tanh``,
-``softmax``, ``rope``, ``attention``); a backend overrides the ones it speeds up. The numpy backend
+``rows``, ``fuse_rows`` (never fuses), ``rmsnorm``, ``layernorm``, ``silu``, ``swiglu``,
+``linear_add``, ``gelu_tanh``, ``softmax``, ``rope``, ``attention``); a backend overrides the ones it speeds up. The numpy backend
 (``edgert_core.backends.numpy_ref``) is the reference every backend is checked against
 (``edgert_core.testing.check_backend``); a backend may subclass it instead of this class.
 
@@ -117,6 +117,13 @@ class KernelBackend(ABC):
     ``threads`` sets it; while a prefetching engine with process tuning on runs (``load_model(...,
     tune_process=True)``, as the CLI does), the engine lowers it to one fewer than the CPUs so the
     prefetch thread has a core, and puts it back on close."""
+    activation_modes: ClassVar[tuple[str, ...]] = ("f32",)
+    """The precisions this backend can compute ``linear`` in for its activations: ``"f32"`` (exact,
+    every backend) and, where the backend has it, ``"q8"`` (activations quantized to int8 per block of
+    32 before a product on quantized weights: faster, with an error of order 1/254 of each block's
+    largest activation). The first is the default."""
+    activations: str = "f32"
+    """The mode in force, one of :attr:`activation_modes`; ``load_model``'s ``activations`` sets it."""
 
     # -- what only the backend knows (abstract) ----------------------------------------------------
     @abstractmethod
@@ -199,6 +206,26 @@ class KernelBackend(ABC):
         out: F32 = np.exp(-x)
         out += np.float32(1.0)
         np.divide(x, out, out=out)
+        return out
+
+    def swiglu(self, gate_up: F32) -> F32:
+        """SwiGLU of the stacked gate and up products: ``gate_up`` float32 ``[T, 2n]`` (the gate's
+        ``n`` columns, then the up's) -> float32 ``[T, n]``, ``silu(gate) * up`` (a new array)."""
+        n = gate_up.shape[-1] // 2
+        out = self.silu(gate_up[:, :n])
+        out *= gate_up[:, n:]
+        return out
+
+    def linear_add(self, x: F32, w: Weight, residual: F32, *, out: F32 | None = None) -> F32:
+        """``residual + x @ W.T``: ``x`` float32 ``[T, in]``, ``w`` logical ``[out, in]``,
+        ``residual`` float32 ``[T, out]`` -> float32 ``[T, out]``, written into ``out`` when given
+        (``out`` may be ``residual`` itself: a residual connection updated in place), else a new
+        array. One call instead of a ``linear`` and an addition."""
+        y = self.linear(x, w)
+        if out is None:
+            sum_: F32 = residual + y
+            return sum_
+        np.add(residual, y, out=out)
         return out
 
     def gelu_tanh(self, x: F32) -> F32:

@@ -2,8 +2,10 @@
 
 import edgert_core.cli.benchmark_cmd
 import edgert_core.cli.inspect_cmd
+import edgert_core.cli.perplexity_cmd
 import edgert_core.cli.plugins_cmd
 import edgert_core.cli.run_cmd
+import edgert_core.cli.serve_cmd
 import edgert_core.cli.status_cmd  # noqa: F401  (imported for their commands)
 from edgert_core.cli.app import app, main
 

@@ -39,6 +39,21 @@ ConfigOption = typer.Option(
 )
 
 
+ActivationsOption = typer.Option(
+    None,
+    "--activations",
+    help="Precision of the activations in the products: f32 (exact, the default) or q8 (int8, "
+    "faster and approximate; neon backend).",
+)
+
+KVCacheOption = typer.Option(
+    "f32",
+    "--kv-cache",
+    help="Precision of the KV cache: f32 (exact, the default), f16 (half the bytes) or q8_0 "
+    "(GGUF Q8_0 blocks, about a quarter; head_dim a multiple of 32). Counts in the budget.",
+)
+
+
 def apply_preset(ctx: typer.Context, config: Path | None, values: dict[str, Any]) -> dict[str, Any]:
     """Return ``values`` with every option the user did not give on the command line taken from the
     preset ``config`` (keys as in :data:`edgert_core.config.SCHEMA`)."""

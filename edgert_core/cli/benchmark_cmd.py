@@ -20,7 +20,9 @@ from edgert_core.benchmark import (
 )
 from edgert_core.budget import format_bytes
 from edgert_core.cli.app import (
+    ActivationsOption,
     ConfigOption,
+    KVCacheOption,
     app,
     apply_preset,
     print_json,
@@ -29,6 +31,7 @@ from edgert_core.cli.app import (
 )
 from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
 from edgert_core.errors import ConfigError, EdgeRTError
+from edgert_core.models.kv_quant import check_mode
 from edgert_core.plan import DEFAULT_MAX_CONTEXT
 
 DEFAULT_SWEEP = "64M,128M,256M,1G"
@@ -58,6 +61,8 @@ def benchmark_command(
         DEFAULT_MAX_CONTEXT, "--max-context", help="Tokens of context (sizes the KV cache)."
     ),
     threads: int | None = typer.Option(None, "--threads", help="Compute threads; none: backend default."),
+    activations: str | None = ActivationsOption,
+    kv_cache: str = KVCacheOption,
     repeat: int = typer.Option(
         1, "--repeat", "-r", min=1,
         help="Rounds of the whole sweep, interleaved; each row is its median run (for noisy machines).",
@@ -83,6 +88,8 @@ def benchmark_command(
             "prompt": prompt,
             "max_context": max_context,
             "threads": threads,
+            "activations": activations,
+            "kv_cache": kv_cache,
             "repeat": repeat,
         },
     )
@@ -108,6 +115,9 @@ def benchmark_command(
         options += ["--backend", str(values["backend"])]
     if values["threads"]:
         options += ["--threads", str(values["threads"])]
+    if values["activations"]:
+        options += ["--activations", str(values["activations"])]
+    options += ["--kv-cache", check_mode(str(values["kv_cache"]))]  # said once, not per run
 
     def progress(i: int, n: int, cfg: BenchConfig, result: BenchResult | None) -> None:
         if result is None:
@@ -143,8 +153,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 BENCH_COLUMNS: list[tuple[str, Justify]] = [
     ("strategy", "left"), ("budget", "right"), ("groups", "right"), ("peak RSS", "right"),
-    ("over base", "right"), ("ms/tok", "right"), ("compute ms", "right"), ("load ms", "right"),
-    ("hidden", "right"), ("tok/s", "right"), ("x base", "right"),
+    ("base RSS", "right"), ("over base", "right"), ("ms/tok", "right"), ("compute ms", "right"),
+    ("load ms", "right"), ("hidden", "right"), ("tok/s", "right"), ("x base", "right"),
 ]
 
 
@@ -160,6 +170,7 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
             cells = [
                 r.strategy, budget, str(r.groups or 0),
                 "-" if r.peak_rss_bytes is None else format_bytes(r.peak_rss_bytes),
+                "-" if r.baseline_rss_bytes is None else format_bytes(r.baseline_rss_bytes),
                 "-" if r.peak_over_baseline_bytes is None else format_bytes(r.peak_over_baseline_bytes),
                 _fmt(r.ms_per_token, ".1f"), _fmt(r.compute_ms_per_token, ".1f"),
                 _fmt(r.load_ms_per_token, ".1f"), _fmt(r.hidden_load_fraction, ".0%"),

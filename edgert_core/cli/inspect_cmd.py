@@ -9,9 +9,17 @@ import typer
 
 from edgert_core.api import choose_backend, open_source
 from edgert_core.budget import MemoryBudget, format_bytes
-from edgert_core.cli.app import ConfigOption, app, apply_preset, print_json, require_at_least
+from edgert_core.cli.app import (
+    ConfigOption,
+    KVCacheOption,
+    app,
+    apply_preset,
+    print_json,
+    require_at_least,
+)
 from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
 from edgert_core.inspection import ALL_RESIDENT, compare_plans, describe_layout
+from edgert_core.models.kv_quant import check_kv_cache
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, PlanningContext
 from edgert_core.plugins import load_registry
 
@@ -35,6 +43,7 @@ def inspect_command(
     max_context: int = typer.Option(
         DEFAULT_MAX_CONTEXT, "--max-context", help="Tokens of context (sizes the KV cache)."
     ),
+    kv_cache: str = KVCacheOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     config: Path | None = ConfigOption,
 ) -> None:
@@ -42,18 +51,21 @@ def inspect_command(
     values = apply_preset(
         ctx,
         config,
-        {"model": model, "memory_budget": memory_budget, "max_context": max_context, "backend": backend},
+        {"model": model, "memory_budget": memory_budget, "max_context": max_context, "backend": backend,
+         "kv_cache": kv_cache},
     )
     require_at_least(ctx, config, values, "max_context", 2)
     budget = values["memory_budget"]
     plan_ctx = PlanningContext(  # the options first: a mistyped budget is said before any file opens
         budget_bytes=None if budget is None else MemoryBudget.parse(budget).bytes,
         max_context=int(values["max_context"]),
+        kv_cache=str(values["kv_cache"]),
     )
     registry = load_registry()
     source = open_source(str(values["model"]))
     chosen = choose_backend(registry, source.dtypes, values["backend"])
     layout = source.layout().with_memory_bytes(chosen.weight_nbytes)
+    check_kv_cache(plan_ctx.kv_cache, layout.dims.head_dim)
     report: dict[str, Any] = {
         "model": describe_layout(layout),
         "backend": chosen.name,
@@ -82,12 +94,15 @@ def _print_report(report: dict[str, Any]) -> None:
     typer.echo(
         f"weights in memory: {format_bytes(m['total_weight_bytes'])}; per layer "
         f"{format_bytes(max(m['layer_bytes']))} max; head {format_bytes(m['head_bytes'])}; "
-        f"KV cache {format_bytes(m['kv_bytes_per_token'])}/token"
+        f"KV cache {format_bytes(m['kv_bytes_per_token'])}/token at f32"
     )
     p = report["planning"]
     budget = "none" if p["budget_bytes"] is None else format_bytes(p["budget_bytes"])
+    scratch = p["kv_scratch_bytes"]
+    kv = f"KV cache {p['kv_cache']} {format_bytes(p['kv_cache_bytes'])}" + (
+        f" (+ {format_bytes(scratch)} fp32 scratch for one layer)" if scratch else "")
     typer.echo(
-        f"\nbudget {budget}, context {p['max_context']} tokens: fixed "
+        f"\nbudget {budget}, context {p['max_context']} tokens, {kv}: fixed "
         f"{format_bytes(p['fixed_bytes'])}, minimum budget "
         f"{format_bytes(p['minimum_budget_bytes'])}"
     )

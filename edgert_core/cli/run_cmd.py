@@ -11,7 +11,9 @@ import typer
 from edgert_core.api import Model, generation_report, load_model
 from edgert_core.budget import format_bytes
 from edgert_core.cli.app import (
+    ActivationsOption,
     ConfigOption,
+    KVCacheOption,
     app,
     apply_preset,
     check_sampling,
@@ -70,6 +72,8 @@ def _load(values: dict[str, Any], weight_cache: bool | None = None) -> Model:
         max_context=values["max_context"],
         prefill_chunk=values["prefill_chunk"],
         threads=values.get("threads"),
+        activations=values.get("activations"),
+        kv_cache=values.get("kv_cache", "f32"),
         weight_cache=weight_cache,
         tune_process=True,  # the CLI owns its process (see edgert_core.engine.tuning)
     )
@@ -85,7 +89,8 @@ def _describe(model: Model) -> str:
     budget = model.context.budget_bytes
     b = "no budget" if budget is None else f"budget {format_bytes(budget)}"
     plan = describe_plan(model.plan, budgeted=budget is not None)
-    return f"{model.name} on backend {model.backend.name}, strategy {plan}, {b}"
+    return (f"{model.name} on backend {model.backend.name} ({model.activations} activations, "
+            f"{model.kv_cache} KV cache), strategy {plan}, {b}")
 
 
 def _memory_summary(stats: GenerationStats, budget: int | None) -> str:
@@ -136,6 +141,8 @@ def run_command(
     threads: int | None = typer.Option(
         None, "--threads", help="Kernel threads, for backends that have them (neon)."
     ),
+    activations: str | None = ActivationsOption,
+    kv_cache: str = KVCacheOption,
     weight_cache: bool | None = typer.Option(
         None, "--weight-cache/--no-weight-cache",
         help="Stream prepared weights from the user cache (written once) instead of converting "
@@ -148,7 +155,8 @@ def run_command(
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
         "top_k": top_k, "top_p": top_p, "seed": seed, "max_context": max_context,
         "prefill_chunk": prefill_chunk, "backend": backend, "strategy": strategy,
-        "memory_budget": memory_budget, "threads": threads,
+        "memory_budget": memory_budget, "threads": threads, "activations": activations,
+        "kv_cache": kv_cache,
     })
     for key, minimum in (("max_tokens", 1), ("max_context", 2), ("prefill_chunk", 1), ("threads", 1)):
         require_at_least(ctx, config, values, key, minimum)
@@ -206,6 +214,8 @@ def chat_command(
     backend: str | None = typer.Option(None, "--backend", help="Kernel backend."),
     strategy: str = typer.Option("auto", "--strategy", "-s", help="Partition strategy, or auto."),
     memory_budget: str | None = typer.Option(None, "--memory-budget", "-b", help="Memory budget."),
+    activations: str | None = ActivationsOption,
+    kv_cache: str = KVCacheOption,
     config: Path | None = ConfigOption,
 ) -> None:
     """Chat with a model on the terminal (one message per line; an empty line or EOF ends).
@@ -213,8 +223,8 @@ def chat_command(
     values = apply_preset(ctx, config, {
         "model": model, "max_tokens": max_tokens, "temperature": temperature, "top_k": top_k,
         "top_p": top_p, "seed": seed, "max_context": max_context, "backend": backend,
-        "strategy": strategy, "memory_budget": memory_budget,
-        "prefill_chunk": DEFAULT_PREFILL_CHUNK,
+        "strategy": strategy, "memory_budget": memory_budget, "activations": activations,
+        "kv_cache": kv_cache, "prefill_chunk": DEFAULT_PREFILL_CHUNK,
     })
     for key, minimum in (("max_tokens", 1), ("max_context", 2)):
         require_at_least(ctx, config, values, key, minimum)

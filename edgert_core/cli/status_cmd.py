@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
-from rich.table import Table
 
 from edgert_core.cli.app import app, print_json
 from edgert_core.cli.tables import add_row, echo_table, make_table
 from edgert_core.status import SystemStatus, collect_status, format_value
+
+if TYPE_CHECKING:  # rich is imported when a table is drawn (see edgert_core.cli.tables)
+    from rich.table import Table
 
 HEADER = ("SECTION", "READING", "VALUE", "NOTE")
 

@@ -10,13 +10,12 @@ as rich markup: ``[plot]`` in an error message stays as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:  # rich is imported by the commands that draw a table (~2 MiB of RSS otherwise)
+    from rich.table import Table
 
 Justify = Literal["left", "right"]
 
@@ -26,6 +25,10 @@ _UNLIMITED = 100_000
 
 def make_table(columns: Sequence[tuple[str, Justify]]) -> Table:
     """An empty table with these ``(header, justify)`` columns, in the style of every edge-rt table."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False, highlight=False,
                   header_style="bold")
     for header, justify in columns:
@@ -35,12 +38,16 @@ def make_table(columns: Sequence[tuple[str, Justify]]) -> Table:
 
 def add_row(table: Table, cells: Sequence[str]) -> None:
     """Append a row of plain text cells (no markup)."""
+    from rich.text import Text
+
     table.add_row(*(Text(cell) for cell in cells))
 
 
 def echo_table(table: Table) -> None:
     """Print ``table`` on stdout: terminal width in a terminal, natural width (no wrapping) elsewhere.
     Trailing spaces are cut from every line."""
+    from rich.console import Console
+
     console = Console(highlight=False)
     if not console.is_terminal:
         natural = console.measure(table, options=console.options.update_width(_UNLIMITED)).maximum

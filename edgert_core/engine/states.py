@@ -167,6 +167,7 @@ class ReadyEngine(_Step):
         self._head: LoadedStage | None = None
         self._reservation: PoolBuffer | None = None
         self._kv_buffer: PoolBuffer | None = None
+        self._kv_scratch: PoolBuffer | None = None
         self._slots: list[PoolBuffer] = []  # streamed stages load into these, in turn
         self.tuning = tuning if tuning is not None else ProcessTuning(False)
 
@@ -208,12 +209,16 @@ class ReadyEngine(_Step):
         load first, before the KV cache and the stage slots are held, so their loads' temporaries
         fit in the room those will take; that buffer goes back to the OS before the rest is
         allocated."""
-        kv_shape = KVCache.shape(self.config, self.max_context)
-        kv_specs: list[tuple[tuple[int, ...], type[np.float32]]] = [(kv_shape, np.float32)] * 2
+        kv_mode = self.context.kv_cache
+        kv_specs = [KVCache.store_spec(self.config.dims, self.max_context, kv_mode)]
+        scratch_spec = KVCache.scratch_spec(self.config.dims, self.max_context, kv_mode)
+        kv_held = block_bytes(pack_offsets(kv_specs)[1])
+        if scratch_spec is not None:
+            kv_held += block_bytes(pack_offsets([scratch_spec])[1])
         streamed = [s for s, resident in self._stages if not resident]
         slot_bytes = max((s.block_bytes for s in streamed), default=0)
         n_slots = slots_for(len(streamed), self.plan.prefetch)
-        held = (block_bytes(pack_offsets(kv_specs)[1]) + n_slots * slot_bytes
+        held = (kv_held + n_slots * slot_bytes
                 + sum(s.block_bytes for s, resident in self._stages if resident))
         stream_temporary = self.reader.temporary_bytes([p for s in streamed for p in s.pieces])
         room = self.plan.predicted_peak_bytes - held - stream_temporary
@@ -236,13 +241,19 @@ class ReadyEngine(_Step):
         # no huge pages: the cache is written a position at a time, and its RSS should grow with the
         # tokens cached, not jump to the whole cache on the first token
         self._kv_buffer = self.pool.allocate_many(kv_specs, label="KV cache", hugepages=False)
-        k, v = self._kv_buffer.arrays
-        self.cache = KVCache(self.config, self.max_context, (k, v))
-        del k, v
+        scratch = None
+        if scratch_spec is not None:  # one layer's fp32 K and V, rewritten for every layer
+            self._kv_scratch = self.pool.allocate_many([scratch_spec], label="KV cache fp32 scratch",
+                                                       hugepages=False)
+            scratch = self._kv_scratch.array
+        self.cache = KVCache(self.config, self.max_context, self._kv_buffer.array,
+                             precision=kv_mode, scratch=scratch)
+        del scratch
         for n in range(n_slots):
             self._slots.append(self.pool.allocate(slot_bytes, label=f"stage slot {n + 1}"))
         self._set_whole_buffer(stream_temporary, "streamed loads")
-        fixed_acts = fixed_bytes(self.layout, self.context) - self.cache.nbytes
+        fixed_acts = (fixed_bytes(self.layout, self.context) - self.cache.nbytes
+                      - self.cache.scratch_nbytes)
         reserve = self.plan.predicted_peak_bytes - self.pool.held_bytes
         reserve = min(reserve, fixed_acts) // PAGE_BYTES * PAGE_BYTES
         self.activation_reserve_bytes = max(0, reserve)
@@ -439,12 +450,13 @@ class ReadyEngine(_Step):
         if cache is not None:
             cache.release()
         reader: WeightReader | None = getattr(self, "reader", None)
-        for buf in (self._kv_buffer, self._reservation, None if reader is None else reader.scratch,
+        for buf in (self._kv_buffer, self._kv_scratch, self._reservation,
+                    None if reader is None else reader.scratch,
                     None if reader is None else reader.whole, *self._slots):
             if buf is not None:
                 buf.release()
         self._slots = []
-        self._kv_buffer = self._reservation = None
+        self._kv_buffer = self._kv_scratch = self._reservation = None
         if reader is not None:
             reader.scratch = reader.whole = None
             if reader.prepared is not None:

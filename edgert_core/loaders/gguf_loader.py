@@ -2,10 +2,16 @@
 tokenizer and chat template metadata. Tensor names come from :mod:`edgert_core.models.arch`.
 
 The header (metadata and tensor directory) is parsed from a read-only memory map of the file's first
-bytes, which is closed afterwards; tensor data is never mapped. Type codes and block sizes come from
-the ``gguf`` package. The ``gguf`` package's own ``GGUFReader`` is not used for the header: it builds
-about 160 MB of Python objects and takes seconds for the 49k-token vocabulary of a small model, which
-would count against the memory budget of the whole run.
+bytes, which is closed afterwards; tensor data is never mapped. The ``gguf`` package's own
+``GGUFReader`` is not used for the header: it builds about 160 MB of Python objects and takes seconds
+for the 49k-token vocabulary of a small model, which would count against the memory budget of the
+whole run. Arrays of strings (the vocabulary and its merges) stay the file's bytes
+(:class:`StringArray`, about 1.6 MB for SmolLM2 instead of ~9 MB of Python strings) until the
+tokenizer is built from them, and are dropped then (:meth:`GGUFModel.tokenizer`).
+
+Type codes and block sizes: the types edge-rt loads are in :data:`GGML_TYPE_CODES` (checked against
+the ``gguf`` package by the tests); any other code is looked up in the ``gguf`` package, imported only
+then (it costs about 3.6 MiB of RSS, for a table of names).
 
 The header is checked the way llama.cpp's ``gguf_init_from_file`` checks it (the reference for GGUF
 conventions): versions 2 and 3, no duplicate keys or tensor names, no nested arrays, a
@@ -18,21 +24,26 @@ is llama.cpp's ``rope_freqs`` tensor, read into the config.
 
 from __future__ import annotations
 
+import importlib
 import mmap
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-import gguf
 import numpy as np
 
+from edgert_core.backends.numpy_ref import BLOCK_BYTES, FLOAT_BYTES, QK
 from edgert_core.errors import ModelError
 from edgert_core.layout import ModelDims, TensorInfo
 from edgert_core.loaders.base import ModelSource, TensorEntry
 from edgert_core.loaders.fields import Fields, check_divisible, show
 from edgert_core.loaders.files import open_regular, read_prefix
+from edgert_core.memory.malloc import give_back_freed_memory
 from edgert_core.models.arch import Arch, by_gguf_arch, supported_line
 from edgert_core.models.config import DIM_LIMITS, ModelConfig
 
@@ -48,6 +59,14 @@ GGML_MAX_DIMS = 4
 GGML_MAX_NAME = 64
 _INT64_MAX = (1 << 63) - 1
 
+#: ggml's type codes (``enum ggml_type``) of the tensor types edge-rt loads.
+GGML_TYPE_CODES: dict[str, int] = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
+#: code -> (name, values per block, bytes per block), from the numpy backend's block sizes.
+_LOADABLE_TYPES: dict[int, tuple[str, int, int]] = {
+    code: (name, 1, FLOAT_BYTES[name]) if name in FLOAT_BYTES else (name, QK, BLOCK_BYTES[name])
+    for name, code in GGML_TYPE_CODES.items()
+}
+
 #: The tensor llama.cpp's converter writes for Llama 3's RoPE scaling: float32 ``[head_dim/2]``,
 #: each rotary frequency divided by its factor. Read into the config, not loaded as a weight.
 ROPE_FREQS = "rope_freqs.weight"
@@ -55,13 +74,78 @@ ROPE_FREQS = "rope_freqs.weight"
 
 @dataclass
 class GGUFHeader:
-    """The parsed header: metadata key/values and the tensor directory (file names, ``ne`` dims in
-    GGUF order, i.e. innermost first, type code, absolute data offset)."""
+    """The parsed header: metadata key/values (scalars, strings, lists of numbers, a
+    :class:`StringArray` for an array of strings) and the tensor directory (file names, ``ne`` dims
+    in GGUF order, i.e. innermost first, type code, absolute data offset)."""
 
     version: int
     metadata: dict[str, Any]
     tensors: list[tuple[str, tuple[int, ...], int, int]] = field(default_factory=list)
     data_start: int = 0
+
+
+class StringArray(Sequence[str]):
+    """A GGUF array of ``count`` strings kept as its bytes in the file (each string an 8-byte
+    little-endian length and UTF-8 text), decoded when read. The 49k-token vocabulary of a small
+    model as Python strings takes about 5 MB (its merges as much again), which stays in the RSS
+    of the process after the strings are freed (Python's allocator keeps partly used arenas); as
+    bytes it is one allocation, given back when dropped."""
+
+    __slots__ = ("_count", "_offsets", "_raw")
+
+    def __init__(self, raw: bytes, count: int) -> None:
+        self._raw = raw
+        self._count = count
+        self._offsets: np.ndarray[Any, np.dtype[np.int64]] | None = None  # built on random access
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        raw, pos = self._raw, 0
+        for _ in range(self._count):
+            (n,) = struct.unpack_from("<Q", raw, pos)
+            yield raw[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace")
+            pos += 8 + n
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
+            raise IndexError("StringArray index out of range")
+        if self._offsets is None:
+            offsets = np.empty(self._count, dtype=np.int64)
+            pos = 0
+            for i in range(self._count):
+                offsets[i] = pos
+                pos += 8 + struct.unpack_from("<Q", self._raw, pos)[0]
+            self._offsets = offsets
+        pos = int(self._offsets[index])
+        (n,) = struct.unpack_from("<Q", self._raw, pos)
+        return self._raw[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringArray):
+            return self._count == other._count and self._raw == other._raw
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == self._count and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # (equal to lists, like a list)
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in islice(self, 3))
+        more = ", ..." if self._count > 3 else ""
+        return f"StringArray([{head}{more}], {self._count} string{'s' * (self._count != 1)})"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the strings as stored in the file)."""
+        return len(self._raw)
 
 
 class _Cursor:
@@ -114,7 +198,12 @@ class _Cursor:
                 return arr.tolist()
             if etype == _STRING:
                 self._need(min(count, left + 1) * 8)  # every string has an 8-byte length
-                return [self.string() for _ in range(count)]
+                start = self.pos
+                for _ in range(count):
+                    n = self.scalar("<Q")
+                    self._need(n)
+                    self.pos += n
+                return StringArray(bytes(self.buf[start : self.pos]), count)
             raise self.corrupt(f"key {show(key)} is an array of unknown value type {etype}")
         raise self.corrupt(f"key {show(key)} has unknown value type {vtype}")
 
@@ -208,11 +297,10 @@ def _parse_header(mm: mmap.mmap, path: Path, size: int) -> GGUFHeader:
 
 def _check_tensor(cur: _Cursor, name: str, ne: tuple[int, ...], code: int) -> None:
     """A tensor entry's dims and type as llama.cpp checks them."""
-    try:
-        qtype = gguf.GGMLQuantizationType(code)
-        block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    except (ValueError, KeyError):
-        raise cur.corrupt(f"tensor {name} has unknown type code {code}") from None
+    known = ggml_type(code)
+    if known is None:
+        raise cur.corrupt(f"tensor {name} has unknown type code {code}")
+    type_label, block, _ = known
     n = 1
     for x in ne:
         n *= x
@@ -220,7 +308,7 @@ def _check_tensor(cur: _Cursor, name: str, ne: tuple[int, ...], code: int) -> No
             raise cur.corrupt(f"tensor {name} has impossible dimensions {list(ne)}")
     if ne and ne[0] % block:
         raise cur.corrupt(
-            f"tensor {name} of type {qtype.name} has rows of {ne[0]} values, not whole blocks of "
+            f"tensor {name} of type {type_label} has rows of {ne[0]} values, not whole blocks of "
             f"{block}"
         )
 
@@ -272,12 +360,26 @@ _TOKENIZER_ARRAYS = (
 )
 
 
-def type_name(code: int) -> str:
-    """GGML type code -> its name (``Q4_1``), or ``type N`` for codes this gguf package lacks."""
+@cache
+def ggml_type(code: int) -> tuple[str, int, int] | None:
+    """GGML type code -> ``(name, values per block, bytes per block)``, ``None`` for a code unknown
+    to ggml. The types edge-rt loads come from :data:`GGML_TYPE_CODES`; any other code from the
+    ``gguf`` package, imported here only (a file with such a tensor is refused anyway, naming it)."""
+    if code in _LOADABLE_TYPES:
+        return _LOADABLE_TYPES[code]
+    gguf: Any = importlib.import_module("gguf")
     try:
-        return gguf.GGMLQuantizationType(code).name
-    except ValueError:
-        return f"type {code}"
+        qtype = gguf.GGMLQuantizationType(code)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        return None
+    return str(qtype.name), int(block), int(type_size)
+
+
+def type_name(code: int) -> str:
+    """GGML type code -> its name (``Q4_1``), or ``type N`` for codes the gguf package lacks."""
+    known = ggml_type(code)
+    return f"type {code}" if known is None else known[0]
 
 
 def tensor_nbytes(code: int, ne: tuple[int, ...]) -> int:
@@ -285,10 +387,10 @@ def tensor_nbytes(code: int, ne: tuple[int, ...]) -> int:
     n = 1
     for x in ne:
         n *= int(x)
-    try:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(code)]
-    except (ValueError, KeyError):
+    known = ggml_type(code)
+    if known is None:
         return 0
+    _, block, type_size = known
     return n // block * type_size
 
 
@@ -332,15 +434,22 @@ class GGUFModel(ModelSource):
         return self.arch.gguf_from_canonical(name) or name
 
     def tokenizer(self) -> Any:
-        """The tokenizer, built once; the vocabulary arrays it came from are then dropped from the
-        metadata (about 100k Python strings, ~8 MB of RSS for SmolLM2)."""
+        """The tokenizer, built once. The vocabulary arrays it came from are then dropped from the
+        metadata, and the heap pages its build temporaries freed (a vocabulary dict and merge pairs
+        of ~100k Python strings, their copies in the ``tokenizers`` library: ~5 MiB for SmolLM2)
+        are given back to the OS."""
         from edgert_core.tokenizer import tokenizer_from_gguf_metadata
 
         if self._tokenizer is None:
             self._tokenizer = tokenizer_from_gguf_metadata(self.header.metadata, self.path)
-            for key in _TOKENIZER_ARRAYS:
-                self.header.metadata.pop(key, None)
+            self._drop_vocabulary()
+            give_back_freed_memory()
         return self._tokenizer
+
+    def _drop_vocabulary(self) -> None:
+        """Forget the metadata arrays only the tokenizer reads (they are not read again)."""
+        for key in _TOKENIZER_ARRAYS:
+            self.header.metadata.pop(key, None)
 
 
 def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader, arch: Arch) -> ModelConfig:
@@ -376,7 +485,7 @@ def _llama_config(path: Path, md: dict[str, Any], header: GGUFHeader, arch: Arch
     names = {t[0] for t in header.tensors}
     freq_factors = _rope_freqs(path, header, head_dim) if ROPE_FREQS in names else None
     tokens = md.get("tokenizer.ggml.tokens")
-    n_tokens = len(tokens) if isinstance(tokens, list) else 0
+    n_tokens = len(tokens) if isinstance(tokens, (list, StringArray)) else 0
     if f.has("vocab_size"):
         vocab = f.whole("vocab_size", maximum=lim["vocab"])
     elif n_tokens:

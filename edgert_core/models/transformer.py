@@ -146,7 +146,7 @@ class LlamaBlock:
         k = be.rope(k, cos, sin, interleaved=self.config.rope_interleaved)
         keys, values = cache.write(w.index, start, k, v)  # [Hkv, start+T, D]
         a = be.attention(q, keys, values, start)  # [T, H*D]
-        return x + be.linear(a, self._w(w, "attn_output"))  # [T, hidden]
+        return be.linear_add(a, self._w(w, "attn_output"), x)  # [T, hidden], a new array
 
     def mlp_in(self, w: LayerWeights, x: F32) -> F32:
         """RMSNorm -> SwiGLU's gate and up products: ``x`` float32 ``[T, hidden]`` -> the inner
@@ -157,9 +157,7 @@ class LlamaBlock:
         if stacked is None and "ffn_gate_up" in self.n:
             stacked = self._w(w, "ffn_gate_up")
         if stacked is not None:
-            gate_up = be.linear(h, stacked)  # [T, 2*inter]: gate rows, then up rows
-            gate = be.silu(gate_up[:, : d.intermediate])  # [T, inter]
-            gate *= gate_up[:, d.intermediate :]
+            gate = be.swiglu(be.linear(h, stacked))  # [T, 2*inter] (gate, then up) -> [T, inter]
         else:
             gate = be.silu(be.linear(h, self._w(w, "ffn_gate")))  # [T, inter]
             gate *= be.linear(h, self._w(w, "ffn_up"))
@@ -168,8 +166,7 @@ class LlamaBlock:
     def mlp_out(self, w: LayerWeights, x: F32, inner: F32) -> F32:
         """The down product added to the residual: ``x`` float32 ``[T, hidden]`` (updated in place
         and returned), ``inner`` float32 ``[T, intermediate]`` from :meth:`mlp_in`."""
-        x += self.be.linear(inner, self._w(w, "ffn_down"))
-        return x
+        return self.be.linear_add(inner, self._w(w, "ffn_down"), x, out=x)
 
     def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
         """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""

@@ -18,6 +18,7 @@ SOURCES = [
     "csrc/kernels_portable.c",
     "csrc/kernels_neon.c",
     "csrc/kernels_avx2.c",
+    "csrc/kernels_avx512.c",
 ]
 
 extra_compile_args: list[str] = []

@@ -40,6 +40,14 @@ static int cpu_has_avx2_fma_f16c(void) {
 }
 #endif
 
+#if defined(EDGERT_HAVE_AVX512)
+static int cpu_has_avx512(void) {
+    if (!cpu_has_avx2_fma_f16c()) return 0;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+#endif
+
 static const edgert_kernel_table *const all_tables[] = {
     &edgert_kernels_portable,
 #if defined(__aarch64__)
@@ -48,6 +56,9 @@ static const edgert_kernel_table *const all_tables[] = {
 #endif
 #if defined(EDGERT_HAVE_AVX2)
     &edgert_kernels_avx2,
+#endif
+#if defined(EDGERT_HAVE_AVX512)
+    &edgert_kernels_avx512,
 #endif
 };
 
@@ -64,6 +75,9 @@ int edgert_table_supported(const edgert_kernel_table *t) {
 #endif
 #if defined(EDGERT_HAVE_AVX2)
     if (t == &edgert_kernels_avx2) return cpu_has_avx2_fma_f16c();
+#endif
+#if defined(EDGERT_HAVE_AVX512)
+    if (t == &edgert_kernels_avx512) return cpu_has_avx512();
 #endif
     return 0;
 }
@@ -296,36 +310,115 @@ typedef struct {
     size_t row_bytes;
     int wtype;
     float *y;
+    const float *add; /* NULL, or [T, N] added to the products (a residual) */
 } linear_job;
+
+/* The outputs of rows r0..r1-1 for every token, into yb[t * ldy + (r - r0)]. */
+static void linear_rows(const linear_job *job, int64_t r0, int64_t r1, float *yb, int64_t ldy);
+
+/* Prompts in fp32 mode, on a path with gemm_f32: rows r0..r1 dequantized GEMM_ROWS at a time into
+ * a scratch tile, each tile multiplied with all T tokens. Returns 0 when the scratch could not be
+ * allocated (the caller then runs the per-row dots). */
+#define GEMM_ROWS 4
+static int linear_rows_gemm(const linear_job *job, int64_t r0, int64_t r1, float *yb, int64_t ldy) {
+    const edgert_kernel_table *kt = job->kt;
+    int64_t K = job->K, nb = K / EDGERT_QK;
+    float *tile = (float *)malloc((size_t)(GEMM_ROWS * K) * sizeof(float));
+    if (!tile) return 0;
+    edgert_dequant_fn dq = kt->dequant[job->wtype];
+    for (int64_t r = r0; r < r1; r += GEMM_ROWS) {
+        int64_t R = r1 - r < GEMM_ROWS ? r1 - r : GEMM_ROWS;
+        for (int64_t i = 0; i < R; i++) dq(nb, job->w + (size_t)(r + i) * job->row_bytes, tile + i * K);
+        kt->gemm_f32(K, tile, R, job->x, job->T, yb + (r - r0), ldy);
+    }
+    free(tile);
+    return 1;
+}
+
+/* From this many tokens on, fp32-mode products dequantize each row once (gemm_f32). */
+#define GEMM_MIN_T 4
+/* A residual's chunk of products goes through a scratch this big on the stack (else the heap). */
+#define STACK_PRODUCTS 2048
 
 static void linear_task(void *p, int chunk, int n_chunks) {
     const linear_job *job = (const linear_job *)p;
     int64_t per = (job->N + n_chunks - 1) / n_chunks;
+    if (per % GEMM_ROWS && per > GEMM_ROWS) per += GEMM_ROWS - per % GEMM_ROWS; /* whole tiles */
     int64_t r0 = per * chunk, r1 = r0 + per < job->N ? r0 + per : job->N;
-    int64_t nb = job->K / EDGERT_QK;
-    if (job->xq) {
-        edgert_dot_q8_fn dot = job->kt->dot_q8[job->wtype];
-        for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *wr = job->w + (size_t)r * job->row_bytes;
-            for (int64_t t = 0; t < job->T; t++)
-                job->y[t * job->N + r] = dot(nb, wr, job->xq + t * nb);
+    if (r0 >= r1) return;
+    if (!job->add) {
+        linear_rows(job, r0, r1, job->y + r0, job->N);
+        return;
+    }
+    /* y = add + products, where add may be y itself: the products go to a scratch first */
+    int64_t n = r1 - r0, cnt = n * job->T;
+    float stack[STACK_PRODUCTS], *tmp = cnt <= STACK_PRODUCTS ? stack : (float *)malloc((size_t)cnt * sizeof(float));
+    if (!tmp) { /* out of memory for the scratch: one token at a time through the stack */
+        for (int64_t r = r0; r < r1; r += STACK_PRODUCTS) {
+            int64_t e = r + STACK_PRODUCTS < r1 ? r + STACK_PRODUCTS : r1;
+            linear_job one = *job;
+            one.T = 1;
+            for (int64_t t = 0; t < job->T; t++) {
+                one.x = job->x + t * job->K;
+                one.xq = job->xq ? job->xq + t * (job->K / EDGERT_QK) : NULL;
+                linear_rows(&one, r, e, stack, e - r);
+                for (int64_t i = r; i < e; i++)
+                    job->y[t * job->N + i] = job->add[t * job->N + i] + stack[i - r];
+            }
         }
-    } else {
-        edgert_dot_f32_fn dot = job->kt->dot_f32[job->wtype];
-        for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *wr = job->w + (size_t)r * job->row_bytes;
+        return;
+    }
+    linear_rows(job, r0, r1, tmp, n);
+    for (int64_t t = 0; t < job->T; t++)
+        for (int64_t r = r0; r < r1; r++)
+            job->y[t * job->N + r] = job->add[t * job->N + r] + tmp[t * n + (r - r0)];
+    if (tmp != stack) free(tmp);
+}
+
+static void linear_rows(const linear_job *job, int64_t r0, int64_t r1, float *yb, int64_t ldy) {
+    int64_t nb = job->K / EDGERT_QK;
+    if (!job->xq && job->T >= GEMM_MIN_T && job->kt->gemm_f32 && job->kt->dequant[job->wtype] &&
+        linear_rows_gemm(job, r0, r1, yb, ldy))
+        return;
+    if (job->xq && job->kt->rows_q8[job->wtype]) {
+        edgert_rows_q8_fn rows = job->kt->rows_q8[job->wtype];
+        for (int64_t t = 0; t < job->T; t++)
+            rows(nb, job->w + (size_t)r0 * job->row_bytes, job->row_bytes, r1 - r0, job->xq + t * nb,
+                 yb + t * ldy);
+        return;
+    }
+    if (!job->xq && job->kt->rows_f32[job->wtype]) {
+        edgert_rows_f32_fn rows = job->kt->rows_f32[job->wtype];
+        for (int64_t t = 0; t < job->T; t++)
+            rows(nb, job->w + (size_t)r0 * job->row_bytes, job->row_bytes, r1 - r0,
+                 job->x + t * job->K, yb + t * ldy);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = job->w + (size_t)r * job->row_bytes;
+        if (job->xq) {
+            edgert_dot_q8_fn dot = job->kt->dot_q8[job->wtype];
+            for (int64_t t = 0; t < job->T; t++) yb[t * ldy + (r - r0)] = dot(nb, wr, job->xq + t * nb);
+        } else {
+            edgert_dot_f32_fn dot = job->kt->dot_f32[job->wtype];
             for (int64_t t = 0; t < job->T; t++)
-                job->y[t * job->N + r] = dot(nb, wr, job->x + t * job->K);
+                yb[t * ldy + (r - r0)] = dot(nb, wr, job->x + t * job->K);
         }
     }
 }
 
 int edgert_linear(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t K,
                   const uint8_t *w, int64_t N, int wtype, float *y, int threads, int act_q8) {
+    return edgert_linear_add(kt, x, T, K, w, N, wtype, NULL, y, threads, act_q8);
+}
+
+int edgert_linear_add(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t K,
+                      const uint8_t *w, int64_t N, int wtype, const float *add, float *y,
+                      int threads, int act_q8) {
     if (wtype < 0 || wtype >= EDGERT_N_WTYPES || K <= 0 || K % EDGERT_QK != 0 || T < 0 || N < 0)
         return -1;
     if (T == 0 || N == 0) return 0;
-    linear_job job = {kt, x, NULL, T, K, N, w, edgert_row_bytes(wtype, K), wtype, y};
+    linear_job job = {kt, x, NULL, T, K, N, w, edgert_row_bytes(wtype, K), wtype, y, add};
     block_q8a *xq = NULL;
     if (act_q8) {
         xq = (block_q8a *)malloc((size_t)(T * (K / EDGERT_QK)) * sizeof(block_q8a));

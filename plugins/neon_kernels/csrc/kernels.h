@@ -75,14 +75,47 @@ typedef float (*edgert_vdot_fn)(int64_t n, const float *a, const float *b);
 typedef void (*edgert_vaxpy_fn)(int64_t n, float s, const float *x, float *y);
 typedef void (*edgert_vscale_fn)(int64_t n, float s, const float *x, const float *w, float *y);
 
+/* Dequantize one weight row (nb blocks) into 32 * nb fp32 values: the exact weights (fp32 holds
+ * every Q4_0 / Q8_0 value exactly; a Q4_1 value q * d + m is rounded once). */
+typedef void (*edgert_dequant_fn)(int64_t nb, const void *wrow, float *out);
+/* fp32 tile product for prompts (T > 1): y[t * ldy + r] = sum_k w[r * K + k] * x[t * K + k] for
+ * r < R <= 4 and t < T (K a multiple of 32). Every output is summed in the same order whatever R
+ * and T are, so how rows are grouped into tiles never changes a result. */
+typedef void (*edgert_gemm_f32_fn)(int64_t K, const float *w, int64_t R, const float *x, int64_t T,
+                                   float *y, int64_t ldy);
+
+/* Several consecutive rows (row_bytes apart) times one activation vector: y[r] for r < nrows. Each
+ * row's result is the same whether it is computed alone or with others. */
+typedef void (*edgert_rows_f32_fn)(int64_t nb, const uint8_t *w, size_t row_bytes, int64_t nrows,
+                                   const float *x, float *y);
+typedef void (*edgert_rows_q8_fn)(int64_t nb, const uint8_t *w, size_t row_bytes, int64_t nrows,
+                                  const block_q8a *a, float *y);
+
 typedef struct {
-    const char *name;                       /* "portable", "neon", "neon-dotprod", "x86-avx2" */
+    const char *name;  /* "portable", "neon", "neon-dotprod", "x86-avx2", "x86-avx512" */
     edgert_dot_q8_fn dot_q8[EDGERT_N_WTYPES];
     edgert_dot_f32_fn dot_f32[EDGERT_N_WTYPES];
     edgert_vdot_fn vdot;
     edgert_vaxpy_fn vaxpy;
     edgert_vscale_fn vscale;
+    /* Optional (NULL: the driver runs dot_f32 once per row and token instead): prompts in fp32
+     * mode dequantize a tile of rows once and multiply it with every token. */
+    edgert_dequant_fn dequant[EDGERT_N_WTYPES];
+    edgert_gemm_f32_fn gemm_f32;
+    /* Optional (NULL: dot_q8 / dot_f32 per row): several rows per call, sharing activation loads. */
+    edgert_rows_q8_fn rows_q8[EDGERT_N_WTYPES];
+    edgert_rows_f32_fn rows_f32[EDGERT_N_WTYPES];
+    /* Optional (NULL: the portable versions in ops.c) fused-op inner loops:
+     *   attn_row: one query row over n cached positions (D % 16 == 0, D <= 256):
+     *             o[D] = softmax(q . K[s] * scale, s < n) . V, with scores[n] as scratch.
+     *   swiglu:   out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] for i < n. */
+    void (*attn_row)(int64_t D, const float *q, const float *K, const float *V, int64_t n,
+                     float scale, float *scores, float *o);
+    void (*swiglu)(int64_t n, const float *gate, const float *up, float *out);
 } edgert_kernel_table;
+
+/* The portable dequantizers (the reference for every path's dequant). */
+void edgert_dequant_row(int wtype, int64_t nb, const void *wrow, float *out);
 
 extern const edgert_kernel_table edgert_kernels_portable;
 #if defined(__aarch64__)
@@ -92,6 +125,8 @@ extern const edgert_kernel_table edgert_kernels_neon_dotprod;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define EDGERT_HAVE_AVX2 1
 extern const edgert_kernel_table edgert_kernels_avx2;
+#define EDGERT_HAVE_AVX512 1
+extern const edgert_kernel_table edgert_kernels_avx512;
 #endif
 
 /* Every table compiled into this build, portable first; *n receives the count. */
@@ -112,6 +147,12 @@ int edgert_cpu_has_dotprod(void);
  * Returns 0, or -1 for bad arguments (unknown type, K not a multiple of 32), -2 out of memory. */
 int edgert_linear(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t K,
                   const uint8_t *w, int64_t N, int wtype, float *y, int threads, int act_q8);
+
+/* edgert_linear plus a residual: y[t * N + n] = add[t * N + n] + (x . W^T)[t, n]; add may be y
+ * itself (each output reads only its own residual). add NULL: edgert_linear. */
+int edgert_linear_add(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t K,
+                      const uint8_t *w, int64_t N, int wtype, const float *add, float *y,
+                      int threads, int act_q8);
 
 /* Stop and join the worker threads (they are started again on the next call that needs them). */
 void edgert_pool_shutdown(void);
@@ -136,6 +177,11 @@ void edgert_rmsnorm(const edgert_kernel_table *kt, const float *x, int64_t T, in
 int edgert_attention(const edgert_kernel_table *kt, const float *q, int64_t T, int64_t H, int64_t D,
                      const float *k, const float *v, int64_t Hkv, int64_t S, int64_t head_stride,
                      int64_t start, float *out, int threads);
+
+/* SwiGLU of gate_up [T, 2 * n] (gate columns, then up columns) into out [T, n]:
+ * out = silu(gate) * up = gate / (1 + exp(-gate)) * up, in fp32. */
+void edgert_swiglu(const edgert_kernel_table *kt, const float *gate_up, int64_t T, int64_t n,
+                   float *out);
 
 /* Rotary embedding of x [T, H, D] with cos, sin [T, D/2] into y [T, H, D] (y may alias x).
  * interleaved: pairs (x[2i], x[2i+1]) (GGUF layout); else pairs (x[i], x[i + D/2]). */

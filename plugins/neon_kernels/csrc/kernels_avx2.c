@@ -189,6 +189,12 @@ const edgert_kernel_table edgert_kernels_avx2 = {
     vdot,
     vaxpy,
     vscale,
+    {NULL, NULL, NULL}, /* no prompt tiles: dot_f32 per row and token */
+    NULL,
+    {NULL, NULL, NULL}, /* no multi-row kernels: one dot per row */
+    {NULL, NULL, NULL},
+    NULL, /* attention and SwiGLU: the portable loops of ops.c */
+    NULL,
 };
 
 #endif /* EDGERT_HAVE_AVX2 */

@@ -205,6 +205,12 @@ const edgert_kernel_table edgert_kernels_neon = {
     vdot,
     vaxpy,
     vscale,
+    {NULL, NULL, NULL}, /* no prompt tiles: dot_f32 per row and token */
+    NULL,
+    {NULL, NULL, NULL}, /* no multi-row kernels: one dot per row */
+    {NULL, NULL, NULL},
+    NULL, /* attention and SwiGLU: the portable loops of ops.c */
+    NULL,
 };
 
 /* SDOT changes only the integer dots; the fp32 kernels and primitives are the baseline ones. */
@@ -215,6 +221,12 @@ const edgert_kernel_table edgert_kernels_neon_dotprod = {
     vdot,
     vaxpy,
     vscale,
+    {NULL, NULL, NULL}, /* no prompt tiles: dot_f32 per row and token */
+    NULL,
+    {NULL, NULL, NULL}, /* no multi-row kernels: one dot per row */
+    {NULL, NULL, NULL},
+    NULL, /* attention and SwiGLU: the portable loops of ops.c */
+    NULL,
 };
 
 #endif /* __aarch64__ */

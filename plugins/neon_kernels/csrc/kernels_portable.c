@@ -176,4 +176,37 @@ const edgert_kernel_table edgert_kernels_portable = {
     vdot,
     vaxpy,
     vscale,
+    {NULL, NULL, NULL}, /* no prompt tiles: dot_f32 per row and token */
+    NULL,
+    {NULL, NULL, NULL}, /* no multi-row kernels: one dot per row */
+    {NULL, NULL, NULL},
+    NULL, /* attention and SwiGLU: the portable loops of ops.c */
+    NULL,
 };
+
+/* ---- dequantization (the reference of every path's dequant) ------------------------------- */
+
+void edgert_dequant_row(int wtype, int64_t nb, const void *wrow, float *out) {
+    for (int64_t b = 0; b < nb; b++) {
+        float *o = out + b * EDGERT_QK;
+        if (wtype == EDGERT_Q4_0) {
+            const block_q4_0 *w = (const block_q4_0 *)wrow + b;
+            float d = edgert_f16_to_f32(w->d);
+            for (int j = 0; j < 16; j++) {
+                o[j] = (float)((int)(w->qs[j] & 0x0f) - 8) * d;
+                o[j + 16] = (float)((int)(w->qs[j] >> 4) - 8) * d;
+            }
+        } else if (wtype == EDGERT_Q4_1) {
+            const block_q4_1 *w = (const block_q4_1 *)wrow + b;
+            float d = edgert_f16_to_f32(w->d), m = edgert_f16_to_f32(w->m);
+            for (int j = 0; j < 16; j++) {
+                o[j] = fmaf((float)(w->qs[j] & 0x0f), d, m);
+                o[j + 16] = fmaf((float)(w->qs[j] >> 4), d, m);
+            }
+        } else {
+            const block_q8_0 *w = (const block_q8_0 *)wrow + b;
+            float d = edgert_f16_to_f32(w->d);
+            for (int j = 0; j < 32; j++) o[j] = (float)w->qs[j] * d;
+        }
+    }
+}

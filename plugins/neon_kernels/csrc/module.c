@@ -6,10 +6,26 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels.h"
 
 static const edgert_kernel_table *g_table = NULL; /* the active path */
+
+/* Time spent inside the C ops (wall clock on the calling thread, from entry after the argument
+ * checks to the end of the kernel), for benchmarks: a run's time minus this is the Python work. */
+static int64_t g_c_ns = 0, g_c_calls = 0;
+
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+#define C_TIMED_BEGIN int64_t c_t0_ = mono_ns();
+#define C_TIMED_END                     \
+    g_c_ns += mono_ns() - c_t0_;        \
+    g_c_calls++;
 
 static const edgert_kernel_table *active_table(void) {
     if (!g_table) g_table = edgert_best_table();
@@ -26,21 +42,23 @@ static int is_float32_buffer(const Py_buffer *b) {
 }
 
 PyDoc_STRVAR(linear_doc,
-             "linear(x, w, y, T, K, N, wtype, threads, act_q8)\n\n"
+             "linear(x, w, y, T, K, N, wtype, threads, act_q8[, add])\n\n"
              "y[T, N] = x[T, K] . W[N, K]^T on GGUF blocks in place. x: float32 [T, K] C-contiguous;\n"
              "w: N rows of quantized blocks (wtype 0=Q4_0, 1=Q4_1, 2=Q8_0); y: writable float32\n"
              "[T, N]; threads: worker count including the caller; act_q8: quantize activations to\n"
-             "int8 blocks first (faster) instead of keeping them fp32.");
+             "int8 blocks first (faster) instead of keeping them fp32; add: float32 [T, N] added\n"
+             "to the products (a residual; may be y itself).");
 
 static PyObject *py_linear(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *xo, *wo, *yo;
+    PyObject *xo, *wo, *yo, *ao = Py_None;
     Py_ssize_t T, K, N;
     int wtype, threads, act_q8;
-    if (!PyArg_ParseTuple(args, "OOOnnniip", &xo, &wo, &yo, &T, &K, &N, &wtype, &threads,
-                          &act_q8))
+    if (!PyArg_ParseTuple(args, "OOOnnniip|O", &xo, &wo, &yo, &T, &K, &N, &wtype, &threads,
+                          &act_q8, &ao))
         return NULL;
-    Py_buffer x, w, y;
+    Py_buffer x, w, y, add;
+    int has_add = ao != Py_None;
     if (PyObject_GetBuffer(xo, &x, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
     if (PyObject_GetBuffer(wo, &w, PyBUF_C_CONTIGUOUS) < 0) {
         PyBuffer_Release(&x);
@@ -51,14 +69,23 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
         PyBuffer_Release(&w);
         return NULL;
     }
+    if (has_add && PyObject_GetBuffer(ao, &add, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&w);
+        PyBuffer_Release(&y);
+        return NULL;
+    }
     PyObject *result = NULL;
     size_t row_bytes = edgert_row_bytes(wtype, K);
     if (row_bytes == 0 || K % EDGERT_QK != 0 || T < 0 || N < 0) {
         PyErr_Format(PyExc_ValueError,
                      "linear: unknown weight type %d or K=%zd not a positive multiple of 32", wtype,
                      K);
-    } else if (!is_float32_buffer(&x) || !is_float32_buffer(&y)) {
-        PyErr_SetString(PyExc_TypeError, "linear: x and y must be float32 buffers");
+    } else if (!is_float32_buffer(&x) || !is_float32_buffer(&y) ||
+               (has_add && !is_float32_buffer(&add))) {
+        PyErr_SetString(PyExc_TypeError, "linear: x, y (and add) must be float32 buffers");
+    } else if (has_add && add.len < T * N * 4) {
+        PyErr_Format(PyExc_ValueError, "linear: add holds %zd bytes, needs %zd", add.len, T * N * 4);
     } else if (x.len < T * K * 4 || y.len < T * N * 4 || w.len < (Py_ssize_t)((size_t)N * row_bytes)) {
         PyErr_Format(PyExc_ValueError,
                      "linear: buffers too small for T=%zd K=%zd N=%zd (x %zd, w %zd, y %zd bytes)",
@@ -66,10 +93,13 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     } else {
         const edgert_kernel_table *kt = active_table();
         int rc;
+        C_TIMED_BEGIN
         Py_BEGIN_ALLOW_THREADS
-        rc = edgert_linear(kt, (const float *)x.buf, T, K, (const uint8_t *)w.buf, N, wtype,
-                           (float *)y.buf, threads, act_q8);
+        rc = edgert_linear_add(kt, (const float *)x.buf, T, K, (const uint8_t *)w.buf, N, wtype,
+                               has_add ? (const float *)add.buf : NULL, (float *)y.buf, threads,
+                               act_q8);
         Py_END_ALLOW_THREADS
+        C_TIMED_END
         if (rc == -2)
             PyErr_NoMemory();
         else if (rc != 0)
@@ -80,6 +110,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     PyBuffer_Release(&x);
     PyBuffer_Release(&w);
     PyBuffer_Release(&y);
+    if (has_add) PyBuffer_Release(&add);
     return result;
 }
 
@@ -131,6 +162,7 @@ static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
         return NULL;
     }
     const edgert_kernel_table *kt = active_table();
+    C_TIMED_BEGIN
     if (T * n >= RELEASE_GIL_ELEMENTS) {
         Py_BEGIN_ALLOW_THREADS
         edgert_rmsnorm(kt, (const float *)x.buf, T, n, (const float *)w.buf, eps, (float *)y.buf);
@@ -138,6 +170,7 @@ static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
     } else {
         edgert_rmsnorm(kt, (const float *)x.buf, T, n, (const float *)w.buf, eps, (float *)y.buf);
     }
+    C_TIMED_END
     PyBuffer_Release(&x);
     PyBuffer_Release(&w);
     PyBuffer_Release(&y);
@@ -165,8 +198,10 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
     if (get_f32(co, &c, T * D / 2, 0, "rope cos") < 0) goto fail_x;
     if (get_f32(so, &s, T * D / 2, 0, "rope sin") < 0) goto fail_c;
     if (get_f32(yo, &y, T * H * D, 1, "rope y") < 0) goto fail_s;
+    C_TIMED_BEGIN
     edgert_rope((const float *)x.buf, T, H, D, (const float *)c.buf, (const float *)s.buf,
                 interleaved, (float *)y.buf);
+    C_TIMED_END
     PyBuffer_Release(&y);
     PyBuffer_Release(&s);
     PyBuffer_Release(&c);
@@ -230,10 +265,12 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     if (get_f32(oo, &out, T * H * D, 1, "attention out") < 0) goto fail_v;
     const edgert_kernel_table *kt = active_table();
     int rc;
+    C_TIMED_BEGIN
     Py_BEGIN_ALLOW_THREADS
     rc = edgert_attention(kt, (const float *)q.buf, T, H, D, (const float *)k.buf,
                           (const float *)v.buf, Hkv, S, ks, start, (float *)out.buf, threads);
     Py_END_ALLOW_THREADS
+    C_TIMED_END
     PyBuffer_Release(&out);
     PyBuffer_Release(&v);
     PyBuffer_Release(&k);
@@ -251,6 +288,40 @@ fail_k:
 fail_q:
     PyBuffer_Release(&q);
     return NULL;
+}
+
+PyDoc_STRVAR(swiglu_doc,
+             "swiglu(gate_up, out, T, n)\n\n"
+             "out[T, n] = silu(gate) * up for gate_up [T, 2n] (gate columns, then up), float32.");
+
+static PyObject *py_swiglu(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *go, *oo;
+    Py_ssize_t T, n;
+    if (!PyArg_ParseTuple(args, "OOnn", &go, &oo, &T, &n)) return NULL;
+    if (T < 0 || n <= 0) {
+        PyErr_SetString(PyExc_ValueError, "swiglu: T must be >= 0 and n > 0");
+        return NULL;
+    }
+    Py_buffer g, o;
+    if (get_f32(go, &g, T * 2 * n, 0, "swiglu gate_up") < 0) return NULL;
+    if (get_f32(oo, &o, T * n, 1, "swiglu out") < 0) {
+        PyBuffer_Release(&g);
+        return NULL;
+    }
+    const edgert_kernel_table *kt = active_table();
+    C_TIMED_BEGIN
+    if (T * n >= RELEASE_GIL_ELEMENTS) {
+        Py_BEGIN_ALLOW_THREADS
+        edgert_swiglu(kt, (const float *)g.buf, T, n, (float *)o.buf);
+        Py_END_ALLOW_THREADS
+    } else {
+        edgert_swiglu(kt, (const float *)g.buf, T, n, (float *)o.buf);
+    }
+    C_TIMED_END
+    PyBuffer_Release(&g);
+    PyBuffer_Release(&o);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_path(PyObject *self, PyObject *noargs) {
@@ -321,16 +392,25 @@ static PyObject *py_shutdown(PyObject *self, PyObject *noargs) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_c_time(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return Py_BuildValue("(Ld)", (long long)g_c_calls, (double)g_c_ns * 1e-9);
+}
+
 static PyMethodDef methods[] = {
     {"linear", py_linear, METH_VARARGS, linear_doc},
     {"rmsnorm", py_rmsnorm, METH_VARARGS, rmsnorm_doc},
     {"rope", py_rope, METH_VARARGS, rope_doc},
+    {"swiglu", py_swiglu, METH_VARARGS, swiglu_doc},
     {"attention", py_attention, METH_VARARGS, attention_doc},
     {"path", py_path, METH_NOARGS, "The active kernel path: portable, neon, neon-dotprod, x86-avx2."},
     {"paths", py_paths, METH_NOARGS, "Every path compiled in, mapped to whether this CPU runs it."},
     {"set_path", py_set_path, METH_VARARGS, "Choose the kernel path by name (tests, benchmarks)."},
     {"has_dotprod", py_has_dotprod, METH_NOARGS, "Whether the CPU has the Armv8.2 SDOT instruction."},
     {"row_bytes", py_row_bytes, METH_VARARGS, "Bytes of one row of K weights of a weight type."},
+    {"c_time", py_c_time, METH_NOARGS,
+     "(calls, seconds): how many C ops ran and the wall time spent inside them so far."},
     {"shutdown_pool", py_shutdown, METH_NOARGS, "Stop the worker threads (restarted on demand)."},
     {NULL, NULL, 0, NULL},
 };

@@ -29,6 +29,7 @@ from edgert_neon_kernels import kernels
 
 F32 = NDArray[np.float32]
 U8 = NDArray[np.uint8]
+_CODES = kernels.WTYPE_CODES
 
 
 class NeonBackend(NumpyBackend):
@@ -40,13 +41,27 @@ class NeonBackend(NumpyBackend):
     priority = 10
     threads: int
 
-    def __init__(self, threads: int | None = None, act_q8: bool = True) -> None:
-        """``threads``: kernel threads, default the CPUs this process may use. ``act_q8``: quantize
-        activations to int8 per block of 32 before the product (about 2x faster than fp32
-        activations on AVX2; relative error of order 1/254 of each block's largest activation)."""
+    activation_modes = ("f32", "q8")
+
+    def __init__(self, threads: int | None = None, act_q8: bool = False) -> None:
+        """``threads``: kernel threads, default the CPUs this process may use. ``act_q8``: start in
+        the ``"q8"`` activation mode (see :attr:`activations`); the default is exact fp32."""
         self.threads = threads if threads and threads > 0 else usable_cpus()
-        self.act_q8 = act_q8
+        self.activations = "q8" if act_q8 else "f32"
         self._c = not kernels.load_error()  # False: every op falls back to the numpy backend
+        self._k = kernels.extension()  # the C module for the hot paths (None without it)
+
+    @property
+    def act_q8(self) -> bool:
+        """Whether ``linear`` quantizes activations to int8 per block of 32 before a product on
+        quantized weights (:attr:`activations` ``"q8"``: faster; relative error of order 1/254 of
+        each block's largest activation) or keeps them fp32 (``"f32"``, the default: the numpy
+        reference's results to fp32 rounding)."""
+        return self.activations == "q8"
+
+    @act_q8.setter
+    def act_q8(self, value: bool) -> None:
+        self.activations = "q8" if value else "f32"
 
     def status(self) -> BackendStatus:
         error = kernels.load_error()
@@ -105,37 +120,86 @@ class NeonBackend(NumpyBackend):
         name = "+".join(w.info.name for w in weights)
         return Weight(TensorInfo(name, (rows, cols), dtype, rows * rb), data)
 
+    def _fast(self, x: F32, w: Weight) -> int:
+        """The C weight-type code when ``linear`` on ``w`` can call the kernels directly (quantized
+        blocks, ``x`` C-contiguous float32 ``[T, in]``), else -1. The shapes of the blocks were
+        checked when the weight was prepared; the C side still checks every buffer's size."""
+        if (self._k is None or w.data.dtype != np.uint8 or x.ndim != 2 or x.dtype != np.float32
+                or not x.flags.c_contiguous or x.shape[1] != w.info.shape[1]):
+            return -1
+        return _CODES.get(w.info.dtype, -1)
+
     def linear(self, x: F32, w: Weight) -> F32:
         """``x @ W.T``: ``x`` float32 ``[T, in]``, ``w`` logical ``[out, in]`` -> float32 ``[T, out]``.
         On quantized blocks the C kernels run in place; fp32 weights go to the numpy backend."""
+        code = self._fast(x, w)
+        if code >= 0:  # the decode hot path: 121 calls a token for SmolLM2
+            t, k = x.shape
+            n = w.data.shape[0]
+            out = np.empty((t, n), dtype=np.float32)
+            self._k.linear(x, w.data, out, t, k, n, code, self.threads, self.activations == "q8")
+            return out
         if w.data.dtype == np.uint8 and w.info.dtype in kernels.WTYPE_CODES:
             blocks: U8 = w.data  # type: ignore[assignment]
-            if (x.ndim == 2 and x.dtype == np.float32 and x.flags.c_contiguous
-                    and x.shape[1] == w.info.shape[1]):
-                # the decode hot path (121 calls a token for SmolLM2): shapes were checked when
-                # the weight was prepared; the C side still checks every buffer's size
-                out = np.empty((x.shape[0], blocks.shape[0]), dtype=np.float32)
-                kernels.linear_unchecked(x, blocks, kernels.WTYPE_CODES[w.info.dtype], out,
-                                         self.threads, self.act_q8)
-                return out
             return kernels.linear(
                 x, blocks, w.info.dtype, threads=self.threads, act_q8=self.act_q8
             )
         return super().linear(x, w)
 
+    def linear_add(self, x: F32, w: Weight, residual: F32, *, out: F32 | None = None) -> F32:
+        """``residual + x @ W.T`` in one C call on quantized blocks (the residual is added by the
+        kernel threads as each row is done); ``out`` may be ``residual`` itself. Otherwise as the
+        numpy backend."""
+        code = self._fast(x, w)
+        n = w.data.shape[0]
+        if (code >= 0 and residual.dtype == np.float32 and residual.flags.c_contiguous
+                and residual.shape == (x.shape[0], n)
+                and (out is None or (out.dtype == np.float32 and out.flags.c_contiguous
+                                     and out.shape == residual.shape))):
+            t, k = x.shape
+            y = np.empty((t, n), dtype=np.float32) if out is None else out
+            self._k.linear(x, w.data, y, t, k, n, code, self.threads, self.activations == "q8",
+                           residual)
+            return y
+        return super().linear_add(x, w, residual, out=out)
+
     # -- fused ops: C when the extension loaded, else the numpy reference ------------------------
     def rmsnorm(self, x: F32, w: Weight, eps: float) -> F32:
         """RMSNorm over the last axis: ``x`` float32 ``[T, n]``, ``w`` ``[n]`` -> float32 ``[T, n]``."""
-        if self._c and x.ndim == 2 and w.data.dtype == np.float32:
-            return kernels.rmsnorm(x, w.data, eps)  # type: ignore[arg-type]
-        return super().rmsnorm(x, w, eps)
+        wd = w.data
+        if self._k is None or x.ndim != 2 or wd.dtype != np.float32:
+            return super().rmsnorm(x, w, eps)
+        if x.dtype == np.float32 and x.flags.c_contiguous and wd.flags.c_contiguous:
+            t, n = x.shape
+            out = np.empty((t, n), dtype=np.float32)
+            self._k.rmsnorm(x, wd, out, t, n, eps)  # the C side checks the weight's size
+            return out
+        return kernels.rmsnorm(x, wd, eps)  # type: ignore[arg-type]
+
+    def swiglu(self, gate_up: F32) -> F32:
+        """``silu(gate) * up`` of ``gate_up`` float32 ``[T, 2n]`` (gate columns, then up) -> float32
+        ``[T, n]``, in one C pass (a vectorized exp where the path has one)."""
+        if (self._k is not None and gate_up.ndim == 2 and gate_up.dtype == np.float32
+                and gate_up.flags.c_contiguous and gate_up.shape[1] % 2 == 0):
+            t, n2 = gate_up.shape
+            out = np.empty((t, n2 // 2), dtype=np.float32)
+            self._k.swiglu(gate_up, out, t, n2 // 2)
+            return out
+        return super().swiglu(gate_up)
 
     def rope(self, x: F32, cos: F32, sin: F32, *, interleaved: bool) -> F32:
         """Rotary embedding: ``x`` float32 ``[T, H, D]``, ``cos``/``sin`` float32 ``[T, D/2]`` ->
         a new float32 ``[T, H, D]`` (see :meth:`NumpyBackend.rope` for the two pair layouts)."""
-        if self._c:
-            return kernels.rope(x, cos, sin, interleaved=interleaved)
-        return super().rope(x, cos, sin, interleaved=interleaved)
+        if self._k is None:
+            return super().rope(x, cos, sin, interleaved=interleaved)
+        if (x.ndim == 3 and x.dtype == np.float32 and x.flags.c_contiguous and cos.dtype == np.float32
+                and cos.flags.c_contiguous and sin.dtype == np.float32 and sin.flags.c_contiguous
+                and cos.shape == sin.shape == (x.shape[0], x.shape[2] // 2)):
+            t, h, d = x.shape
+            out = np.empty((t, h, d), dtype=np.float32)
+            self._k.rope(x, cos, sin, out, t, h, d, interleaved)
+            return out
+        return kernels.rope(x, cos, sin, interleaved=interleaved)
 
     def attention(self, q: F32, k: F32, v: F32, start: int) -> F32:
         """Causal attention with grouped KV heads: ``q`` float32 ``[T, H, D]`` at positions

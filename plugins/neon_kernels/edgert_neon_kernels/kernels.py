@@ -46,6 +46,31 @@ def _module() -> ModuleType:
     return _ext
 
 
+def extension() -> ModuleType | None:
+    """The C module itself (``None`` when it could not be imported), for callers that check their
+    arguments themselves: the backend's hot paths."""
+    return _ext
+
+
+def c_time() -> tuple[int, float]:
+    """``(calls, seconds)``: how many C ops ran so far in this process and the wall time the calling
+    threads spent inside them (benchmarks: a run's time minus this is its Python work)."""
+    calls, seconds = _module().c_time()
+    return int(calls), float(seconds)
+
+
+def swiglu(gate_up: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``silu(gate) * up`` for ``gate_up`` float32 ``[T, 2n]`` (gate columns, then up) -> a new
+    float32 ``[T, n]``."""
+    g = _f32(gate_up)
+    if g.ndim != 2 or g.shape[1] % 2:
+        raise ValueError(f"swiglu: gate_up must be [T, 2n], got {list(g.shape)}.")
+    t, n2 = g.shape
+    out = np.empty((t, n2 // 2), dtype=np.float32)
+    _module().swiglu(g, out, t, n2 // 2)
+    return out
+
+
 def active_path() -> str:
     """The kernel path in use: ``neon``, ``neon-dotprod``, ``x86-avx2`` or ``portable``."""
     return str(_module().path())

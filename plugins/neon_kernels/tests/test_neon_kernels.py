@@ -49,7 +49,7 @@ def check(dtype: str, x: np.ndarray, blocks: np.ndarray, y: np.ndarray, act_q8: 
 
 def test_extension_is_built() -> None:
     assert kernels.load_error() == "", kernels.load_error()
-    assert kernels.active_path() in {"portable", "neon", "neon-dotprod", "x86-avx2"}
+    assert kernels.active_path() in {"portable", "neon", "neon-dotprod", "x86-avx2", "x86-avx512"}
     assert kernels.paths()["portable"] is True
 
 

@@ -1,0 +1,243 @@
+"""The baseline RSS of ``edge-rt run`` (the process's VmRSS just before the first weight is read, as
+``run --json`` reports it) and what the GGUF loader keeps once the tokenizer is built.
+
+The baseline is an OS figure of a fresh ``edge-rt`` process, so it is a test and not a benchmark: a
+memory figure does not depend on how busy the machine is. Issue 17 asks for at most 45 MiB on
+SmolLM2; what is reached today is checked as a bound that catches a regression (the vocabulary kept
+as Python strings again is +9 MiB), and the 45 MiB target is a strict expected failure that turns
+red the day it passes, so that the bound is tightened then.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import model_helpers as mh
+import pytest
+
+from edgert_core.loaders import open_model
+from edgert_core.loaders.gguf_loader import (
+    _TOKENIZER_ARRAYS,
+    GGML_TYPE_CODES,
+    GGUFModel,
+    StringArray,
+    ggml_type,
+    read_header,
+)
+from edgert_core.memory.malloc import give_back_freed_memory
+from edgert_core.testing import smollm2_for_tests
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1 << 20
+#: Issue 17's target for SmolLM2 (Q4_1, neon backend).
+TARGET_BYTES = 45 * MIB
+#: What this tree reaches (68.3-69.4 MiB measured on the reference 2-core x86 machine; 79.5-80.4
+#: before the vocabulary stayed bytes, the build's freed heap went back and gguf/rich loaded lazily),
+#: with ~3 MiB of room: the interpreter with numpy and numpy.random 32.6 MiB, the tokenizers library
+#: and SmolLM2's tokenizer ~12.5, typer's parsing (pydantic) ~3, the core, the plugins, the rest.
+REACHED_BYTES = 72 * MIB
+
+
+def _edge_rt() -> list[str]:
+    """The console script next to this interpreter (what a user runs), else ``python -m``."""
+    script = Path(sys.executable).with_name("edge-rt")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "edgert_core"]
+
+
+def _run_baseline(model: Path) -> int:
+    done = subprocess.run(
+        [*_edge_rt(), "run", "--model", str(model), "--backend", "neon", "--max-tokens", "1",
+         "--prompt", "Hello", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "neon" and report["model_format"] == "gguf"
+    baseline = report["baseline_rss_bytes"]
+    assert isinstance(baseline, int) and baseline > 20 * MIB  # python and numpy alone take ~26
+    assert report["peak_rss_bytes"] >= baseline
+    return baseline
+
+
+@pytest.fixture(scope="module")
+def smollm2_baseline() -> int:
+    pytest.importorskip("edgert_neon_kernels")
+    return _run_baseline(smollm2_for_tests())
+
+
+@pytest.mark.slow
+def test_run_baseline_rss_stays_below_what_is_reached(smollm2_baseline: int) -> None:
+    assert smollm2_baseline <= REACHED_BYTES, (
+        f"baseline RSS {smollm2_baseline / MIB:.1f} MiB, more than {REACHED_BYTES / MIB:.0f} MiB"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 17 section 3: 45 MiB is not reached (about 69 MiB: "
+                   "python+numpy 32.6 and the tokenizers library with its tables 12.5 leave no room)")
+def test_run_baseline_rss_at_most_45_mib(smollm2_baseline: int) -> None:
+    assert smollm2_baseline <= TARGET_BYTES, f"baseline RSS {smollm2_baseline / MIB:.1f} MiB"
+
+
+# -- freed heap memory goes back to the OS ---------------------------------------------------------
+
+
+def _rss_anon_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssAnon in /proc/self/status (not Linux)")
+
+
+def test_freed_heap_pages_go_back_to_the_os() -> None:
+    """Small blocks freed between blocks still in use stay in the process's RSS until
+    ``give_back_freed_memory``; it returns them and leaves the blocks in use alone."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("not glibc: no malloc_trim")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    n, size = 200_000, 100  # ~22 MiB of heap in small blocks
+    blocks = [libc.malloc(size) for _ in range(n)]
+    assert all(blocks)
+    for b in blocks:
+        ctypes.memset(b, 7, size)
+    kept = blocks[::512]  # one block in use every ~56 KiB: no page run is free at the heap's top
+    for i, b in enumerate(blocks):
+        if i % 512:
+            libc.free(b)
+    before = _rss_anon_bytes()
+    assert give_back_freed_memory()
+    after = _rss_anon_bytes()
+    assert before - after > 8 * MIB, f"{(before - after) / MIB:.1f} MiB given back"
+    assert all(ctypes.string_at(b, size) == b"\x07" * size for b in kept)  # in use: untouched
+    for b in kept:
+        libc.free(b)
+
+
+# -- the loader after the tokenizer is built ------------------------------------------------------
+
+
+def _reachable(root: object, limit: int = 200_000) -> Iterator[object]:
+    """Objects reachable from ``root`` through references, except modules and classes (bounded)."""
+    seen = {id(root)}
+    todo = [root]
+    while todo and len(seen) < limit:
+        obj = todo.pop()
+        yield obj
+        for ref in gc.get_referents(obj):
+            if id(ref) in seen or isinstance(ref, type) or type(ref).__name__ == "module":
+                continue
+            seen.add(id(ref))
+            todo.append(ref)
+
+
+def _big_arrays(root: object, n: int) -> list[str]:
+    return [f"{type(o).__name__} of {len(o)}" for o in _reachable(root)
+            if isinstance(o, (list, tuple, dict, set, StringArray)) and len(o) >= n]
+
+
+def test_the_loader_holds_no_vocabulary_once_the_tokenizer_is_built() -> None:
+    source = open_model(smollm2_for_tests())
+    assert isinstance(source, GGUFModel)
+    md = source.header.metadata
+    tokens = md["tokenizer.ggml.tokens"]
+    merges = md["tokenizer.ggml.merges"]
+    # before: the vocabulary is the file's bytes, not ~100k Python strings
+    assert isinstance(tokens, StringArray) and len(tokens) == 49152
+    assert isinstance(merges, StringArray) and len(merges) > 40_000
+    assert tokens.nbytes + merges.nbytes < 3 * MIB
+    assert tokens[0] == "<|endoftext|>" and tokens[-1] == list(tokens)[-1]
+    before = _big_arrays(source, 10_000)
+    assert f"StringArray of {len(tokens)}" in before and f"StringArray of {len(merges)}" in before
+    assert not [o for o in _reachable(source) if isinstance(o, list) and len(o) >= 10_000
+                and isinstance(o[0], str)]  # no list of strings (the token types: a list of ints)
+    tok = source.tokenizer()
+    assert tok is not None and tok.vocab_size == 49152
+    assert tok.decode(tok.encode("The ship entered the port")) == "The ship entered the port"
+    # after: the arrays are gone from the metadata and nothing the source holds is vocabulary-sized
+    assert not set(_TOKENIZER_ARRAYS) & set(md)
+    assert _big_arrays(source, 10_000) == []
+    assert source.tokenizer() is tok  # built once
+    source.close()
+
+
+def test_string_arrays_read_as_the_gguf_package_reads_them(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "F32")
+    ours = read_header(path).metadata
+    reader = gguf.GGUFReader(str(path))
+    checked = 0
+    for key, fld in reader.fields.items():
+        if fld.types[:1] != [gguf.GGUFValueType.ARRAY] or fld.types[-1] != gguf.GGUFValueType.STRING:
+            continue
+        theirs = [bytes(fld.parts[i]).decode("utf-8", errors="replace") for i in fld.data]
+        arr = ours[key]
+        assert isinstance(arr, StringArray)
+        assert list(arr) == theirs and arr == theirs and len(arr) == len(theirs)
+        assert [arr[i] for i in range(-len(theirs), len(theirs))] == theirs * 2
+        assert arr[1:4] == theirs[1:4]
+        checked += 1
+    assert checked >= 2  # tokens and merges at least
+    with pytest.raises(IndexError):
+        ours["tokenizer.ggml.tokens"][len(ours["tokenizer.ggml.tokens"])]
+
+
+def test_the_loadable_type_table_agrees_with_the_gguf_package() -> None:
+    gguf = pytest.importorskip("gguf")
+    for name, code in GGML_TYPE_CODES.items():
+        qtype = gguf.GGMLQuantizationType(code)
+        assert qtype.name == name
+        assert ggml_type(code) == (name, *gguf.GGML_QUANT_SIZES[qtype])
+    q6k = gguf.GGMLQuantizationType.Q6_K  # a type edge-rt does not load: looked up in gguf
+    assert ggml_type(int(q6k)) == ("Q6_K", *gguf.GGML_QUANT_SIZES[q6k])
+    assert ggml_type(9999) is None
+
+
+def test_opening_a_gguf_file_from_the_cli_imports_neither_gguf_nor_rich(tmp_path: Path) -> None:
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "Q8_0")
+    code = (
+        "import json, sys\n"
+        "import edgert_core.cli\n"
+        "from edgert_core.loaders import open_model\n"
+        f"open_model({str(path)!r}).validate().tokenizer()\n"
+        "print(json.dumps([m for m in ('gguf', 'rich') if m in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    # the same probe sees them when they are imported, so an empty list means something
+    done = subprocess.run([sys.executable, "-c", "import gguf, rich.table\n" + code],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["gguf", "rich"]
+
+
+def test_the_benchmark_table_shows_each_row_s_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    from table_helpers import parse_table
+
+    from edgert_core.benchmark import BenchResult, summarize
+    from edgert_core.budget import format_bytes
+    from edgert_core.cli.benchmark_cmd import _print_table
+
+    rows = [
+        BenchResult("resident", None, None, groups=1, peak_rss_bytes=170 * MIB,
+                    baseline_rss_bytes=68 * MIB + 300 * 1024, peak_over_baseline_bytes=101 * MIB,
+                    decode_tokens_per_s=190.0),
+        BenchResult("sequential", "32M", 32 * MIB, groups=30, peak_rss_bytes=99 * MIB,
+                    baseline_rss_bytes=69 * MIB, peak_over_baseline_bytes=30 * MIB,
+                    decode_tokens_per_s=30.0),
+        BenchResult("sequential", "16M", 16 * MIB, error="budget too small"),
+    ]
+    _print_table(rows, summarize(rows))
+    table = parse_table(capsys.readouterr().out, "strategy")
+    assert [r["base RSS"] for r in table] == [format_bytes(68 * MIB + 300 * 1024),
+                                              format_bytes(69 * MIB), "-"]
