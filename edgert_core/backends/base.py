@@ -8,7 +8,8 @@ Six methods are abstract, what only the backend can know: ``status``, ``supporte
 ``prepared_form``, ``prepare_weight``, ``to_float`` and ``linear``. Every other operation has a
 default here, the reference fp32 numpy math written in terms of ``to_float`` (``weight_nbytes``,
 ``rows``, ``fuse_rows`` (never fuses), ``rmsnorm``, ``layernorm``, ``silu``, ``swiglu``,
-``linear_add``, ``gelu_tanh``, ``softmax``, ``rope``, ``attention``); a backend overrides the ones it speeds up. The numpy backend
+``linear_add``, ``gelu_tanh``, ``softmax``, ``rope``, ``attention``); a backend overrides the ones
+it speeds up. The numpy backend
 (``edgert_core.backends.numpy_ref``) is the reference every backend is checked against
 (``edgert_core.testing.check_backend``); a backend may subclass it instead of this class.
 

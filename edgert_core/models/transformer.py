@@ -151,7 +151,7 @@ class LlamaBlock:
     def mlp_in(self, w: LayerWeights, x: F32) -> F32:
         """RMSNorm -> SwiGLU's gate and up products: ``x`` float32 ``[T, hidden]`` -> the inner
         activation float32 ``[T, intermediate]``."""
-        be, d, eps = self.be, self.config.dims, self.config.norm_eps
+        be, eps = self.be, self.config.norm_eps
         h = be.rmsnorm(x, self._w(w, "ffn_norm"), eps)
         stacked = w.fused.get("gate_up")
         if stacked is None and "ffn_gate_up" in self.n:

@@ -208,7 +208,7 @@ def test_linear_hot_path_matches_checked_path_and_refuses_wrong_width() -> None:
     buf = np.zeros(1 << 16, dtype=np.uint8)
     w = block_weights(be, "Q4_1", [48], 96, buf)[0]
     x = f32(np.random.default_rng(10).standard_normal((3, 96)))
-    want = kernels.linear(x, w.data, "Q4_1", threads=2)  # type: ignore[arg-type]
+    want = kernels.linear(x, w.data, "Q4_1", threads=2, act_q8=be.act_q8)  # type: ignore[arg-type]
     np.testing.assert_array_equal(be.linear(x, w), want)
     np.testing.assert_array_equal(be.linear(np.asfortranarray(x), w), want)  # copied, same values
     with pytest.raises(ValueError, match="weight blocks must be"):
