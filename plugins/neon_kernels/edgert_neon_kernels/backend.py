@@ -132,12 +132,12 @@ class NeonBackend(NumpyBackend):
     def linear(self, x: F32, w: Weight) -> F32:
         """``x @ W.T``: ``x`` float32 ``[T, in]``, ``w`` logical ``[out, in]`` -> float32 ``[T, out]``.
         On quantized blocks the C kernels run in place; fp32 weights go to the numpy backend."""
-        code = self._fast(x, w)
-        if code >= 0:  # the decode hot path: 121 calls a token for SmolLM2
+        code, ext = self._fast(x, w), self._k
+        if code >= 0 and ext is not None:  # the decode hot path: 121 calls a token for SmolLM2
             t, k = x.shape
             n = w.data.shape[0]
             out = np.empty((t, n), dtype=np.float32)
-            self._k.linear(x, w.data, out, t, k, n, code, self.threads, self.activations == "q8")
+            ext.linear(x, w.data, out, t, k, n, code, self.threads, self.activations == "q8")
             return out
         if w.data.dtype == np.uint8 and w.info.dtype in kernels.WTYPE_CODES:
             blocks: U8 = w.data  # type: ignore[assignment]
@@ -150,16 +150,16 @@ class NeonBackend(NumpyBackend):
         """``residual + x @ W.T`` in one C call on quantized blocks (the residual is added by the
         kernel threads as each row is done); ``out`` may be ``residual`` itself. Otherwise as the
         numpy backend."""
-        code = self._fast(x, w)
+        code, ext = self._fast(x, w), self._k
         n = w.data.shape[0]
-        if (code >= 0 and residual.dtype == np.float32 and residual.flags.c_contiguous
+        if (code >= 0 and ext is not None and residual.dtype == np.float32 and residual.flags.c_contiguous
                 and residual.shape == (x.shape[0], n)
                 and (out is None or (out.dtype == np.float32 and out.flags.c_contiguous
                                      and out.shape == residual.shape))):
             t, k = x.shape
             y = np.empty((t, n), dtype=np.float32) if out is None else out
-            self._k.linear(x, w.data, y, t, k, n, code, self.threads, self.activations == "q8",
-                           residual)
+            ext.linear(x, w.data, y, t, k, n, code, self.threads, self.activations == "q8",
+                       residual)
             return y
         return super().linear_add(x, w, residual, out=out)
 
