@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-COMMANDS = ["run", "benchmark", "inspect", "status", "plugins"]
+COMMANDS = ["run", "benchmark", "inspect", "status", "plugins", "perplexity", "serve"]
 
 
 def edge_rt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
