@@ -34,11 +34,16 @@ from edgert_core.testing import smollm2_for_tests
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
-#: What this tree reaches (68.3-69.4 MiB measured on the reference 2-core x86 machine; 79.5-80.4
-#: before the vocabulary stayed bytes, the build's freed heap went back and gguf/rich loaded lazily),
-#: with ~3 MiB of room: the interpreter with numpy and numpy.random 32.6 MiB, the tokenizers library
-#: and SmolLM2's tokenizer ~12.5, typer's parsing (pydantic) ~3, the core, the plugins, the rest.
-REACHED_BYTES = 72 * MIB
+#: What this tree reaches, with room for what is not ours: 68.3-69.4 MiB measured in a checkout used
+#: for a while (79.5-80.4 before the vocabulary stayed bytes, the build's freed heap went back and
+#: gguf/rich loaded lazily): the interpreter with numpy and numpy.random 32.6 MiB, the tokenizers
+#: library and SmolLM2's tokenizer ~12.5, typer's parsing (pydantic) ~3, the core, the plugins, the
+#: rest. In a fresh clone with a fresh venv the same run reads 73.6 MiB, and 77.5 on its very first
+#: run (bytecode compiled): the shared libraries' file-backed pages (numpy's, tokenizers', OpenBLAS's
+#: .so files, just written and hot in the page cache) are mapped in bigger fault-around runs, +3.6 MiB
+#: of RssFile with the same RssAnon. So the bound is 82 MiB: it still catches losing the lazy imports
+#: or the vocabulary kept as Python strings (+9 MiB each) on top of a fresh-clone figure.
+REACHED_BYTES = 82 * MIB
 
 
 def _edge_rt() -> list[str]:
