@@ -32,8 +32,8 @@ import pytest
 from numpy.typing import NDArray
 
 from edgert_core.api import Model, load_model
-from edgert_core.memory.pool import PoolStats
 from edgert_core.memory.malloc import give_back_freed_memory
+from edgert_core.memory.pool import PoolStats
 from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.plan import PlanningContext
 
