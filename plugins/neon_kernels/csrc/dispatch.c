@@ -335,7 +335,7 @@ static int linear_rows_gemm(const linear_job *job, int64_t r0, int64_t r1, float
     return 1;
 }
 
-/* From this many tokens on, fp32-mode products dequantize each row once (gemm_f32). */
+/* From this many tokens on, products unpack each row once (gemm_f32, gemm_q8). */
 #define GEMM_MIN_T 4
 /* A residual's chunk of products goes through a scratch this big on the stack (else the heap). */
 #define STACK_PRODUCTS 2048
@@ -379,6 +379,10 @@ static void linear_rows(const linear_job *job, int64_t r0, int64_t r1, float *yb
     int64_t nb = job->K / EDGERT_QK;
     if (!job->xq && job->T >= GEMM_MIN_T && job->kt->gemm_f32 && job->kt->dequant[job->wtype] &&
         linear_rows_gemm(job, r0, r1, yb, ldy))
+        return;
+    if (job->xq && job->T >= GEMM_MIN_T && job->kt->gemm_q8[job->wtype] &&
+        job->kt->gemm_q8[job->wtype](nb, job->w + (size_t)r0 * job->row_bytes, job->row_bytes,
+                                     r1 - r0, job->xq, job->T, yb, ldy))
         return;
     if (job->xq && job->kt->rows_q8[job->wtype]) {
         edgert_rows_q8_fn rows = job->kt->rows_q8[job->wtype];

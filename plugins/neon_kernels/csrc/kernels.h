@@ -80,7 +80,8 @@ typedef void (*edgert_vscale_fn)(int64_t n, float s, const float *x, const float
 typedef void (*edgert_dequant_fn)(int64_t nb, const void *wrow, float *out);
 /* fp32 tile product for prompts (T > 1): y[t * ldy + r] = sum_k w[r * K + k] * x[t * K + k] for
  * r < R <= 4 and t < T (K a multiple of 32). Every output is summed in the same order whatever R
- * and T are, so how rows are grouped into tiles never changes a result. */
+ * and T are, and in the order the path's rows_f32 sums it, so a prompt's outputs are bit for bit
+ * those of its tokens one at a time. */
 typedef void (*edgert_gemm_f32_fn)(int64_t K, const float *w, int64_t R, const float *x, int64_t T,
                                    float *y, int64_t ldy);
 
@@ -90,6 +91,11 @@ typedef void (*edgert_rows_f32_fn)(int64_t nb, const uint8_t *w, size_t row_byte
                                    const float *x, float *y);
 typedef void (*edgert_rows_q8_fn)(int64_t nb, const uint8_t *w, size_t row_bytes, int64_t nrows,
                                   const block_q8a *a, float *y);
+/* Prompts in q8 mode: rows r < nrows times T tokens' activation blocks (a + t * nb), into
+ * y[t * ldy + r]; each output bit for bit what rows_q8 gives for that row and token. Returns 0
+ * when it could not allocate its scratch (nothing written; the driver falls back to rows_q8). */
+typedef int (*edgert_gemm_q8_fn)(int64_t nb, const uint8_t *w, size_t row_bytes, int64_t nrows,
+                                 const block_q8a *a, int64_t T, float *y, int64_t ldy);
 
 typedef struct {
     const char *name;  /* "portable", "neon", "neon-dotprod", "x86-avx2", "x86-avx512" */
@@ -112,6 +118,8 @@ typedef struct {
     void (*attn_row)(int64_t D, const float *q, const float *K, const float *V, int64_t n,
                      float scale, float *scores, float *o);
     void (*swiglu)(int64_t n, const float *gate, const float *up, float *out);
+    /* Optional (NULL: rows_q8 once per token): prompts in q8 mode, weights unpacked once. */
+    edgert_gemm_q8_fn gemm_q8[EDGERT_N_WTYPES];
 } edgert_kernel_table;
 
 /* The portable dequantizers (the reference for every path's dequant). */

@@ -6,14 +6,17 @@
  * 16 possible values (q * d + m, or (q - 8) * d), looked up by nibble with one vpermps per 16
  * weights, then multiplied by the activations with FMAs. Q8_0 weights are converted with vcvtdq2ps.
  * q8 activations: integer block dots with vpdpbusd (VNNI, unsigned weights x signed activations),
- * scaled once per block. Prompts (T > 1) in fp32 mode: rows are dequantized once into a tile and
- * multiplied with every token (gemm_f32), so the nibble work is not repeated per token. */
+ * scaled once per block. Prompts (T >= 4): in fp32 mode rows are dequantized once into a tile and
+ * multiplied with every token (gemm_f32); in q8 mode a tile's nibbles are unpacked and its scales
+ * gathered once for every token (gemm_q8). Both compute each output exactly as the decode kernels
+ * (rows_*) do, so a prompt's products are bit for bit its tokens' products one at a time. */
 #include "kernels.h"
 
 #ifdef EDGERT_HAVE_AVX512
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -152,52 +155,58 @@ AVX512_FN static void dequant_q8_0(int64_t nb, const void *wrow, float *out) {
     }
 }
 
-/* One output: sum_k w[k] x[k], one 16-lane accumulator over K, then the lanes' sum. The tile
- * kernel below computes exactly this for each of its outputs. */
+/* One output: sum_k w[k] x[k] as rows_q4_f32_r / rows_q8_0_f32_r sum it: per block of 32, the
+ * first 16 products into one 16-lane accumulator and the last 16 into another, then the lanes of
+ * their sum. The tile kernel below computes exactly this for each of its outputs, so a prompt's
+ * outputs are bit for bit those of its tokens decoded one at a time. */
 AVX512_FN static float dot1(int64_t K, const float *w, const float *x) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), acc);
-    return _mm512_reduce_add_ps(acc);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += EDGERT_QK) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-/* 4 rows x 3 tokens: 12 independent accumulators, 7 loads per 12 FMAs. */
+/* 4 rows x 3 tokens, each output with its two accumulators (24 in all): 7 loads per 12 FMAs. */
+#define TILE_HALF(h, c0, c1, c2, c3)                                                           \
+    do {                                                                                       \
+        __m512 v0 = _mm512_loadu_ps(x0 + k + h), v1 = _mm512_loadu_ps(x1 + k + h);             \
+        __m512 v2 = _mm512_loadu_ps(x2 + k + h), u = _mm512_loadu_ps(w0 + k + h);              \
+        c0[0] = _mm512_fmadd_ps(u, v0, c0[0]);                                                 \
+        c0[1] = _mm512_fmadd_ps(u, v1, c0[1]);                                                 \
+        c0[2] = _mm512_fmadd_ps(u, v2, c0[2]);                                                 \
+        u = _mm512_loadu_ps(w1 + k + h);                                                       \
+        c1[0] = _mm512_fmadd_ps(u, v0, c1[0]);                                                 \
+        c1[1] = _mm512_fmadd_ps(u, v1, c1[1]);                                                 \
+        c1[2] = _mm512_fmadd_ps(u, v2, c1[2]);                                                 \
+        u = _mm512_loadu_ps(w2 + k + h);                                                       \
+        c2[0] = _mm512_fmadd_ps(u, v0, c2[0]);                                                 \
+        c2[1] = _mm512_fmadd_ps(u, v1, c2[1]);                                                 \
+        c2[2] = _mm512_fmadd_ps(u, v2, c2[2]);                                                 \
+        u = _mm512_loadu_ps(w3 + k + h);                                                       \
+        c3[0] = _mm512_fmadd_ps(u, v0, c3[0]);                                                 \
+        c3[1] = _mm512_fmadd_ps(u, v1, c3[1]);                                                 \
+        c3[2] = _mm512_fmadd_ps(u, v2, c3[2]);                                                 \
+    } while (0)
+
 AVX512_FN static void tile4x3(int64_t K, const float *w, const float *x, float *y, int64_t ldy) {
     const float *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
     const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K;
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
-    __m512 c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
-    for (int64_t k = 0; k < K; k += 16) {
-        __m512 v0 = _mm512_loadu_ps(x0 + k), v1 = _mm512_loadu_ps(x1 + k), v2 = _mm512_loadu_ps(x2 + k);
-        __m512 u = _mm512_loadu_ps(w0 + k);
-        c00 = _mm512_fmadd_ps(u, v0, c00);
-        c01 = _mm512_fmadd_ps(u, v1, c01);
-        c02 = _mm512_fmadd_ps(u, v2, c02);
-        u = _mm512_loadu_ps(w1 + k);
-        c10 = _mm512_fmadd_ps(u, v0, c10);
-        c11 = _mm512_fmadd_ps(u, v1, c11);
-        c12 = _mm512_fmadd_ps(u, v2, c12);
-        u = _mm512_loadu_ps(w2 + k);
-        c20 = _mm512_fmadd_ps(u, v0, c20);
-        c21 = _mm512_fmadd_ps(u, v1, c21);
-        c22 = _mm512_fmadd_ps(u, v2, c22);
-        u = _mm512_loadu_ps(w3 + k);
-        c30 = _mm512_fmadd_ps(u, v0, c30);
-        c31 = _mm512_fmadd_ps(u, v1, c31);
-        c32 = _mm512_fmadd_ps(u, v2, c32);
+    /* a<r>[t]: first halves of the blocks, b<r>[t]: second halves */
+    __m512 a0[3], a1[3], a2[3], a3[3], b0[3], b1[3], b2[3], b3[3];
+    for (int t = 0; t < 3; t++)
+        a0[t] = a1[t] = a2[t] = a3[t] = b0[t] = b1[t] = b2[t] = b3[t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += EDGERT_QK) {
+        TILE_HALF(0, a0, a1, a2, a3);
+        TILE_HALF(16, b0, b1, b2, b3);
     }
-    y[0] = _mm512_reduce_add_ps(c00);
-    y[1] = _mm512_reduce_add_ps(c10);
-    y[2] = _mm512_reduce_add_ps(c20);
-    y[3] = _mm512_reduce_add_ps(c30);
-    y[ldy + 0] = _mm512_reduce_add_ps(c01);
-    y[ldy + 1] = _mm512_reduce_add_ps(c11);
-    y[ldy + 2] = _mm512_reduce_add_ps(c21);
-    y[ldy + 3] = _mm512_reduce_add_ps(c31);
-    y[2 * ldy + 0] = _mm512_reduce_add_ps(c02);
-    y[2 * ldy + 1] = _mm512_reduce_add_ps(c12);
-    y[2 * ldy + 2] = _mm512_reduce_add_ps(c22);
-    y[2 * ldy + 3] = _mm512_reduce_add_ps(c32);
+    for (int t = 0; t < 3; t++) {
+        y[t * ldy + 0] = _mm512_reduce_add_ps(_mm512_add_ps(a0[t], b0[t]));
+        y[t * ldy + 1] = _mm512_reduce_add_ps(_mm512_add_ps(a1[t], b1[t]));
+        y[t * ldy + 2] = _mm512_reduce_add_ps(_mm512_add_ps(a2[t], b2[t]));
+        y[t * ldy + 3] = _mm512_reduce_add_ps(_mm512_add_ps(a3[t], b3[t]));
+    }
 }
 
 AVX512_FN static void gemm_f32(int64_t K, const float *w, int64_t R, const float *x, int64_t T,
@@ -451,6 +460,182 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int6
     }
 }
 
+/* ---- q8 activations, prompts (T > 1) ------------------------------------------------------ *
+ * rows_q8_r unpacks a row's nibbles, gathers its scales and rearranges the activation pairs for
+ * every token; a prompt repeats that work T times per row. gemm_q8 does each once: the tokens'
+ * activation pairs and scales once per call (tok_prep), a tile of rows' unpacked weights and scales
+ * once per tile (row_prep), then every (row, token) output with the very operations rows_q8_r uses
+ * for it, in the same order, so a prompt's outputs are bit for bit its tokens' one-at-a-time ones. */
+
+typedef struct {          /* one token's activations, per group of 16 blocks */
+    float d[16], s[16];   /* block scales d_a and d_a * sum(q), 0 past the row's end */
+    __m512i ap[8];        /* pairs (2p, 2p+1) arranged as rows_q8_r arranges them */
+    __m256i tail;         /* the odd last block of a group */
+} q8_tok_group;
+
+typedef struct {          /* one weight row, per group of 16 blocks */
+    float d[16], m[16];
+    __m512i wv[8];        /* the pair's unsigned weights (Q8_0: |w|) */
+    __mmask64 neg[8];     /* Q8_0: lanes whose weight is negative */
+    __m256i tail;         /* the odd last block, unpacked (Q8_0: the raw int8 weights) */
+} q8_row_group;
+
+AVX512_FN static void tok_prep(const int wtype, int64_t nb, const block_q8a *a, q8_tok_group *g) {
+    for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
+        int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
+        for (int i = 0; i < 16; i++) {
+            g[gi].d[i] = i < n ? a[b0 + i].d : 0.0f;
+            g[gi].s[i] = i < n ? a[b0 + i].s : 0.0f;
+        }
+        for (int p = 0; p < n / 2; p++) {
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p].qs);
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p + 1].qs);
+            if (wtype == 2) {
+                g[gi].ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
+            } else {
+                __m256i lo = _mm256_permute2x128_si256(x0, x1, 0x20);
+                __m256i hi = _mm256_permute2x128_si256(x0, x1, 0x31);
+                g[gi].ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            }
+        }
+        if (n & 1) g[gi].tail = _mm256_loadu_si256((const __m256i *)a[b0 + n - 1].qs);
+    }
+}
+
+AVX512_FN static void row_prep(const int wtype, int64_t nb, const uint8_t *w, q8_row_group *g) {
+    const int bs = wtype == 0 ? (int)sizeof(block_q4_0)
+                 : wtype == 1 ? (int)sizeof(block_q4_1) : (int)sizeof(block_q8_0);
+    const int qoff = wtype == 1 ? 4 : 2;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
+        int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
+        scales16(w + (size_t)b0 * bs, bs, n, g[gi].d, wtype == 1 ? g[gi].m : NULL);
+        for (int p = 0; p < n / 2; p++) {
+            const uint8_t *q0 = w + (size_t)(b0 + 2 * p) * bs + qoff, *q1 = q0 + bs;
+            if (wtype == 2) {
+                __m512i wv = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0)),
+                    _mm256_loadu_si256((const __m256i *)q1), 1);
+                g[gi].neg[p] = _mm512_movepi8_mask(wv);
+                g[gi].wv[p] = _mm512_abs_epi8(wv);
+            } else {
+                __m256i v = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)q0)),
+                    _mm_loadu_si128((const __m128i *)q1), 1);
+                g[gi].wv[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                                 _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+            }
+        }
+        if (n & 1) {
+            const uint8_t *qs = w + (size_t)(b0 + n - 1) * bs + qoff;
+            g[gi].tail = wtype == 2 ? _mm256_loadu_si256((const __m256i *)qs) : unpack_nibbles(qs);
+        }
+    }
+}
+
+/* R rows (prepared, ng groups each, rg[r * ng + gi]) times one token: y[r] for r < R. */
+AVX512_FN static INLINE_ALWAYS void tile_q8_r(const int R, const int wtype, int64_t nb,
+                                              const q8_row_group *rg, int64_t ng,
+                                              const q8_tok_group *tg, float *y) {
+    const __m512i lane_blk = wtype == 2
+        ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+        : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    __m512 acc[ROWS], side[ROWS], sc[ROWS];
+    __m256 tail[ROWS];
+    for (int r = 0; r < R; r++) {
+        acc[r] = side[r] = _mm512_setzero_ps();
+        tail[r] = _mm256_setzero_ps();
+    }
+    for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
+        int n = nb - b0 < 16 ? (int)(nb - b0) : 16, np = n / 2;
+        const q8_tok_group *t = tg + gi;
+        __m512 vad = _mm512_loadu_ps(t->d), vas = _mm512_loadu_ps(t->s);
+        for (int r = 0; r < R; r++) {
+            const q8_row_group *g = rg + r * ng + gi;
+            __m512 vd = _mm512_loadu_ps(g->d);
+            if (wtype == 1) side[r] = _mm512_fmadd_ps(_mm512_loadu_ps(g->m), vas, side[r]);
+            if (wtype == 0) side[r] = _mm512_fmadd_ps(vd, vas, side[r]);
+            sc[r] = _mm512_mul_ps(vd, vad);
+        }
+        for (int p = 0; p < np; p++) {
+            __m512i idx = _mm512_add_epi32(lane_blk, _mm512_set1_epi32(2 * p));
+            __m512i ap = t->ap[p];
+            for (int r = 0; r < R; r++) {
+                const q8_row_group *g = rg + r * ng + gi;
+                __m512i iw;
+                if (wtype == 2) {
+                    __m512i av = _mm512_mask_sub_epi8(ap, g->neg[p], _mm512_setzero_si512(), ap);
+                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), g->wv[p], av);
+                } else {
+                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), g->wv[p], ap);
+                }
+                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, sc[r]), _mm512_cvtepi32_ps(iw),
+                                         acc[r]);
+            }
+        }
+        if (n & 1) {
+            int i = n - 1;
+            for (int r = 0; r < R; r++) {
+                const q8_row_group *g = rg + r * ng + gi;
+                __m256 pr = wtype == 2 ? dot_us8(_mm256_sign_epi8(g->tail, g->tail),
+                                                 _mm256_sign_epi8(t->tail, g->tail))
+                                       : dot_us8(g->tail, t->tail);
+                float scale[16];
+                _mm512_storeu_ps(scale, sc[r]);
+                tail[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[i]), pr, tail[r]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float sv = _mm512_reduce_add_ps(side[r]);
+        y[r] = _mm512_reduce_add_ps(acc[r]) + hsum256(tail[r]) +
+               (wtype == 0 ? -8.0f * sv : wtype == 1 ? sv : 0.0f);
+    }
+}
+
+/* Rows 0..nrows-1 (row_bytes apart) times T tokens: y[t * ldy + r]. Returns 0 when its scratch
+ * could not be allocated (the driver then runs rows_q8 per token). */
+AVX512_FN static INLINE_ALWAYS int gemm_q8_w(const int wtype, int64_t nb, const uint8_t *w,
+                                             size_t rb, int64_t nrows, const block_q8a *a,
+                                             int64_t T, float *y, int64_t ldy) {
+    int64_t ng = (nb + 15) / 16;
+    q8_tok_group *tg = (q8_tok_group *)aligned_alloc(64, (size_t)(T * ng) * sizeof(q8_tok_group));
+    q8_row_group *rg = (q8_row_group *)aligned_alloc(64, (size_t)(ROWS * ng) * sizeof(q8_row_group));
+    if (!tg || !rg) {
+        free(tg);
+        free(rg);
+        return 0;
+    }
+    for (int64_t t = 0; t < T; t++) tok_prep(wtype, nb, a + t * nb, tg + t * ng);
+    for (int64_t r = 0; r < nrows; r += ROWS) {
+        int R = nrows - r < ROWS ? (int)(nrows - r) : ROWS;
+        for (int i = 0; i < R; i++) row_prep(wtype, nb, w + (size_t)(r + i) * rb, rg + i * ng);
+        for (int64_t t = 0; t < T; t++) {
+            if (R == ROWS)
+                tile_q8_r(ROWS, wtype, nb, rg, ng, tg + t * ng, y + t * ldy + r);
+            else
+                for (int i = 0; i < R; i++)
+                    tile_q8_r(1, wtype, nb, rg + i * ng, ng, tg + t * ng, y + t * ldy + r + i);
+        }
+    }
+    free(tg);
+    free(rg);
+    return 1;
+}
+
+AVX512_FN static int gemm_q4_0_q8(int64_t nb, const uint8_t *w, size_t rb, int64_t nrows,
+                                  const block_q8a *a, int64_t T, float *y, int64_t ldy) {
+    return gemm_q8_w(0, nb, w, rb, nrows, a, T, y, ldy);
+}
+AVX512_FN static int gemm_q4_1_q8(int64_t nb, const uint8_t *w, size_t rb, int64_t nrows,
+                                  const block_q8a *a, int64_t T, float *y, int64_t ldy) {
+    return gemm_q8_w(1, nb, w, rb, nrows, a, T, y, ldy);
+}
+AVX512_FN static int gemm_q8_0_q8(int64_t nb, const uint8_t *w, size_t rb, int64_t nrows,
+                                  const block_q8a *a, int64_t T, float *y, int64_t ldy) {
+    return gemm_q8_w(2, nb, w, rb, nrows, a, T, y, ldy);
+}
+
 /* Software prefetch of the rows PREFETCH_ROWS ahead: decode streams every weight from memory once
  * per token, and the hardware prefetchers alone leave one core well below the memory bandwidth. */
 #ifndef PREFETCH_ROWS
@@ -626,6 +811,7 @@ const edgert_kernel_table edgert_kernels_avx512 = {
     {rows_q4_0_f32, rows_q4_1_f32, rows_q8_0_f32},
     attn_row,
     swiglu,
+    {gemm_q4_0_q8, gemm_q4_1_q8, gemm_q8_0_q8},
 };
 
 #endif /* EDGERT_HAVE_AVX512 */

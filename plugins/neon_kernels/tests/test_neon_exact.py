@@ -113,3 +113,21 @@ def test_the_cli_reports_and_selects_the_mode(tmp_path: Path) -> None:
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "f32, q8" in lines[0], bad.stderr
+
+
+@pytest.mark.parametrize("activations", ["f32", "q8"])
+def test_prompt_logits_equal_decoded_logits(activations: str) -> None:
+    """The logits of every position from one pass over a prompt equal, bit for bit, those of the
+    same tokens fed one at a time: the prompt kernels compute each output as the decode kernels do."""
+    with open_model("neon", activations) as model:
+        ids = model.encode("The capital of France is Paris, and the capital of Italy is")
+        prompt = model.logits(ids)
+        engine = model.engine
+        engine.cached_ids.clear()
+        one = np.stack([engine.forward([tok], i)[0] for i, tok in enumerate(ids)])
+    assert len(ids) >= 8
+    differ = prompt != one
+    assert not differ.any(), (
+        f"{int(differ.sum())} of {differ.size} logits differ, worst by "
+        f"{float(np.abs(prompt - one).max()):.3g}"
+    )

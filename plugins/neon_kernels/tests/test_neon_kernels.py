@@ -116,6 +116,32 @@ def test_threads_split_rows_not_multiple(dtype: str, n: int, threads: int) -> No
     check(dtype, x, blocks, many, act_q8=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act_q8", [True, False], ids=["q8", "f32"])
+@pytest.mark.parametrize(("n", "k", "t"), [(67, 96, 9), (129, 576, 5), (31, 1536, 7), (300, 544, 64)])
+def test_prompt_products_equal_one_token_at_a_time(
+    dtype: str, act_q8: bool, n: int, k: int, t: int, restore_path: None
+) -> None:
+    """A prompt's products (T >= 4: the tile kernels, which unpack each weight row once for every
+    token) are bit for bit its tokens' products one at a time (the decode kernels), on every path,
+    so prefill and decode never disagree about a position. K = 96 and 544 leave an odd block at the
+    end of a group of 16; n = 67, 129, 31 leave a partial tile of rows."""
+    rng = np.random.default_rng(hash((dtype, n, k, t)) % 2**32)
+    blocks = random_blocks(dtype, n, k, rng)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    for path in runnable_paths():
+        kernels.set_path(path)
+        prompt = kernels.linear(x, blocks, dtype, threads=2, act_q8=act_q8)
+        one = np.stack([kernels.linear(x[i], blocks, dtype, threads=1, act_q8=act_q8)
+                        for i in range(t)])
+        differ = prompt != one
+        assert not differ.any(), (
+            f"{dtype} act_q8={act_q8} path={path}: {int(differ.sum())} of {differ.size} outputs differ, "
+            f"worst by {float(np.abs(prompt - one).max()):.3g}"
+        )
+        check(dtype, x, blocks, prompt, act_q8)
+
+
 def test_simd_q8_matches_portable_closely(restore_path: None) -> None:
     """Integer block dots are exact on every path; only the fp32 scaling order differs. Each SIMD
     path is compared with the portable one (never a path with itself)."""
