@@ -38,7 +38,8 @@ AVX512_FN static inline float hsum256(__m256 v) {
 /* ---- block scales, 16 blocks at a time ------------------------------------------------------ *
  * The f16 scale (and Q4_1 minimum) of 16 consecutive blocks, gathered with one vpgatherdd and
  * converted to fp32 into d[16] (and m[16]), so the block loops read them with broadcast loads
- * instead of spending shuffle-port work on a scalar conversion per block. n < 16 reads n blocks. */
+ * instead of spending shuffle-port work on a scalar conversion per block. n < 16 reads n blocks
+ * (the rest of d is 0). */
 AVX512_FN static inline void scales16(const uint8_t *blocks, int stride, int n, float *d, float *m) {
     __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                      _mm512_set1_epi32(stride));
@@ -46,6 +47,20 @@ AVX512_FN static inline void scales16(const uint8_t *blocks, int stride, int n, 
     __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, blocks, 1);
     _mm512_storeu_ps(d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)));
     if (m) _mm512_storeu_ps(m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))));
+}
+
+/* The same for blocks without a minimum, one scale at a time. Q4_0's 18-byte and Q8_0's 34-byte
+ * blocks put some of the gather's 4-byte elements across a cache line, and such a gather stalls
+ * when it misses the cache: on the 49152-row Q8_0 output projection, streamed from memory, the
+ * fp32 kernel took 3.9x as long with the gather. The fp32 kernels read the scales as scalars, so
+ * they always take this route for those two types; the q8 kernels load them as a vector (a vector
+ * load of scalar stores waits for them), and take it for Q8_0 only, where it measured faster. */
+AVX512_FN static inline void scales16_scalar(const uint8_t *blocks, int stride, int n, float *d) {
+    for (int i = 0; i < 16; i++) {
+        uint16_t h = 0;
+        if (i < n) memcpy(&h, blocks + (size_t)i * (size_t)stride, sizeof h);
+        d[i] = f16(h);
+    }
 }
 
 /* ---- fp32 activations -------------------------------------------------------------------- */
@@ -75,7 +90,10 @@ AVX512_FN static inline __m512i nib_idx(const uint8_t *qs) {
     float d[16], m[16];                                                                        \
     for (int64_t b0 = 0; b0 < nb; b0 += 16) {                                                  \
         int n = nb - b0 < 16 ? (int)(nb - b0) : 16;                                            \
-        scales16((const uint8_t *)(w + b0), (int)sizeof(BLOCK_T), n, d, HAS_M ? m : NULL);     \
+        if (HAS_M)                                                                             \
+            scales16((const uint8_t *)(w + b0), (int)sizeof(BLOCK_T), n, d, m);                \
+        else                                                                                   \
+            scales16_scalar((const uint8_t *)(w + b0), (int)sizeof(BLOCK_T), n, d);            \
         for (int i = 0; i < n; i++) {                                                          \
             __m512 table = HAS_M ? _mm512_fmadd_ps(iota, _mm512_set1_ps(d[i]), _mm512_set1_ps(m[i])) \
                                  : _mm512_mul_ps(iota, _mm512_set1_ps(d[i]));                  \
@@ -101,7 +119,7 @@ AVX512_FN static float dot_q8_0_f32(int64_t nb, const void *wrow, const float *x
     float d[16];
     for (int64_t b0 = 0; b0 < nb; b0 += 16) {
         int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
-        scales16((const uint8_t *)(w + b0), (int)sizeof(block_q8_0), n, d, NULL);
+        scales16_scalar((const uint8_t *)(w + b0), (int)sizeof(block_q8_0), n, d);
         for (int i = 0; i < n; i++) {
             const block_q8_0 *wb = w + b0 + i;
             const float *xb = x + (b0 + i) * EDGERT_QK;
@@ -319,7 +337,10 @@ AVX512_FN static INLINE_ALWAYS void rows_q4_f32_r(const int R, const int has_m, 
     for (int64_t b0 = 0; b0 < nb; b0 += 16) {
         int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
         for (int r = 0; r < R; r++)
-            scales16(w + r * rb + (size_t)b0 * bs, bs, n, d[r], has_m ? m[r] : NULL);
+            if (has_m)
+                scales16(w + r * rb + (size_t)b0 * bs, bs, n, d[r], m[r]);
+            else
+                scales16_scalar(w + r * rb + (size_t)b0 * bs, bs, n, d[r]);
         for (int i = 0; i < n; i++) {
             const float *xb = x + (b0 + i) * EDGERT_QK;
             __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
@@ -344,7 +365,7 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_0_f32_r(const int R, int64_t nb, con
     for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
     for (int64_t b0 = 0; b0 < nb; b0 += 16) {
         int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
-        for (int r = 0; r < R; r++) scales16(w + r * rb + (size_t)b0 * bs, bs, n, d[r], NULL);
+        for (int r = 0; r < R; r++) scales16_scalar(w + r * rb + (size_t)b0 * bs, bs, n, d[r]);
         for (int i = 0; i < n; i++) {
             const float *xb = x + (b0 + i) * EDGERT_QK;
             __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
@@ -361,12 +382,43 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_0_f32_r(const int R, int64_t nb, con
     for (int r = 0; r < R; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
 }
 
+/* A token's q8 activations as the q8 kernels read them, prepared once per product (tok_prep)
+ * and shared by every row: per group of 16 blocks the scales as vectors and the pairs arranged
+ * for vpdpbusd. */
+typedef struct {          /* one token's activations, per group of 16 blocks */
+    float d[16], s[16];   /* block scales d_a and d_a * sum(q), 0 past the row's end */
+    __m512i ap[8];        /* pairs (2p, 2p+1) arranged as rows_q8_r arranges them */
+    __m256i tail;         /* the odd last block of a group */
+} q8_tok_group;
+
+AVX512_FN static void tok_prep(const int wtype, int64_t nb, const block_q8a *a, q8_tok_group *g) {
+    for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
+        int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
+        for (int i = 0; i < 16; i++) {
+            g[gi].d[i] = i < n ? a[b0 + i].d : 0.0f;
+            g[gi].s[i] = i < n ? a[b0 + i].s : 0.0f;
+        }
+        for (int p = 0; p < n / 2; p++) {
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p].qs);
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p + 1].qs);
+            if (wtype == 2) {
+                g[gi].ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
+            } else {
+                __m256i lo = _mm256_permute2x128_si256(x0, x1, 0x20);
+                __m256i hi = _mm256_permute2x128_si256(x0, x1, 0x31);
+                g[gi].ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            }
+        }
+        if (n & 1) g[gi].tail = _mm256_loadu_si256((const __m256i *)a[b0 + n - 1].qs);
+    }
+}
+
 /* q8 activations: wtype 0 Q4_0, 1 Q4_1, 2 Q8_0. Two blocks per 512-bit vpdpbusd: the weights of
  * blocks b, b+1 as [lo nibbles b, lo b+1, hi b, hi b+1] (Q8_0: [b, b+1]), the activations of the
  * pair rearranged once per group of 16 blocks to match, and each int32 lane scaled by its block's
  * d_w * d_a (a vpermps of the group's 16 scales). An odd last block takes the 256-bit route. */
 AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int64_t nb,
-                                              const uint8_t *w, size_t rb, const block_q8a *a,
+                                              const uint8_t *w, size_t rb, const q8_tok_group *tg,
                                               float *y) {
     const int bs = wtype == 0 ? (int)sizeof(block_q4_0)
                  : wtype == 1 ? (int)sizeof(block_q4_1) : (int)sizeof(block_q8_0);
@@ -379,36 +431,24 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int6
     __m512 acc[ROWS], side[ROWS]; /* side: Q4_1 sum m_w * s_a; Q4_0 sum d_w * s_a (x -8) */
     __m256 tail[ROWS];
     __m512 sc[ROWS];
-    float d[ROWS][16], m[ROWS][16], ad[16], as[16];
-    __m512i ap[8];
+    float d[ROWS][16], m[ROWS][16];
     for (int r = 0; r < R; r++) {
         acc[r] = side[r] = _mm512_setzero_ps();
         tail[r] = _mm256_setzero_ps();
     }
-    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+    for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
         int n = nb - b0 < 16 ? (int)(nb - b0) : 16, np = n / 2;
-        for (int i = 0; i < 16; i++) {
-            ad[i] = i < n ? a[b0 + i].d : 0.0f;
-            as[i] = i < n ? a[b0 + i].s : 0.0f;
-        }
-        __m512 vad = _mm512_loadu_ps(ad), vas = _mm512_loadu_ps(as);
+        const q8_tok_group *t = tg + gi;
+        __m512 vad = _mm512_loadu_ps(t->d), vas = _mm512_loadu_ps(t->s);
         for (int r = 0; r < R; r++) {
-            scales16(w + r * rb + (size_t)b0 * bs, bs, n, d[r], wtype == 1 ? m[r] : NULL);
+            if (wtype == 2)
+                scales16_scalar(w + r * rb + (size_t)b0 * bs, bs, n, d[r]);
+            else
+                scales16(w + r * rb + (size_t)b0 * bs, bs, n, d[r], wtype == 1 ? m[r] : NULL);
             __m512 vd = _mm512_loadu_ps(d[r]);
             if (wtype == 1) side[r] = _mm512_fmadd_ps(_mm512_loadu_ps(m[r]), vas, side[r]);
             if (wtype == 0) side[r] = _mm512_fmadd_ps(vd, vas, side[r]);
             sc[r] = _mm512_mul_ps(vd, vad); /* the block products' scales */
-        }
-        for (int p = 0; p < np; p++) {
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p].qs);
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p + 1].qs);
-            if (wtype == 2) {
-                ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
-            } else {
-                __m256i lo = _mm256_permute2x128_si256(x0, x1, 0x20); /* elements 0..15 of each */
-                __m256i hi = _mm256_permute2x128_si256(x0, x1, 0x31); /* elements 16..31 */
-                ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            }
         }
         for (int p = 0; p < np; p++) {
             __m512i idx = _mm512_add_epi32(lane_blk, _mm512_set1_epi32(2 * p));
@@ -421,7 +461,7 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int6
                         _mm256_loadu_si256((const __m256i *)q1), 1);
                     /* signed x signed as |w| x (a negated where w < 0) */
                     __mmask64 neg = _mm512_movepi8_mask(wv);
-                    __m512i av = _mm512_mask_sub_epi8(ap[p], neg, _mm512_setzero_si512(), ap[p]);
+                    __m512i av = _mm512_mask_sub_epi8(t->ap[p], neg, _mm512_setzero_si512(), t->ap[p]);
                     iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), av);
                 } else {
                     __m256i v = _mm256_inserti128_si256(
@@ -429,7 +469,7 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int6
                         _mm_loadu_si128((const __m128i *)q1), 1);
                     __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
                                                     _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, ap[p]);
+                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, t->ap[p]);
                 }
                 acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, sc[r]), _mm512_cvtepi32_ps(iw),
                                          acc[r]);
@@ -437,7 +477,7 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int6
         }
         if (n & 1) {
             int i = n - 1;
-            __m256i av = _mm256_loadu_si256((const __m256i *)a[b0 + i].qs);
+            __m256i av = t->tail;
             for (int r = 0; r < R; r++) {
                 const uint8_t *qs = w + r * rb + (size_t)(b0 + i) * bs + qoff;
                 __m256 pr;
@@ -467,40 +507,12 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int6
  * once per tile (row_prep), then every (row, token) output with the very operations rows_q8_r uses
  * for it, in the same order, so a prompt's outputs are bit for bit its tokens' one-at-a-time ones. */
 
-typedef struct {          /* one token's activations, per group of 16 blocks */
-    float d[16], s[16];   /* block scales d_a and d_a * sum(q), 0 past the row's end */
-    __m512i ap[8];        /* pairs (2p, 2p+1) arranged as rows_q8_r arranges them */
-    __m256i tail;         /* the odd last block of a group */
-} q8_tok_group;
-
 typedef struct {          /* one weight row, per group of 16 blocks */
     float d[16], m[16];
     __m512i wv[8];        /* the pair's unsigned weights (Q8_0: |w|) */
     __mmask64 neg[8];     /* Q8_0: lanes whose weight is negative */
     __m256i tail;         /* the odd last block, unpacked (Q8_0: the raw int8 weights) */
 } q8_row_group;
-
-AVX512_FN static void tok_prep(const int wtype, int64_t nb, const block_q8a *a, q8_tok_group *g) {
-    for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
-        int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
-        for (int i = 0; i < 16; i++) {
-            g[gi].d[i] = i < n ? a[b0 + i].d : 0.0f;
-            g[gi].s[i] = i < n ? a[b0 + i].s : 0.0f;
-        }
-        for (int p = 0; p < n / 2; p++) {
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p].qs);
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)a[b0 + 2 * p + 1].qs);
-            if (wtype == 2) {
-                g[gi].ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
-            } else {
-                __m256i lo = _mm256_permute2x128_si256(x0, x1, 0x20);
-                __m256i hi = _mm256_permute2x128_si256(x0, x1, 0x31);
-                g[gi].ap[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            }
-        }
-        if (n & 1) g[gi].tail = _mm256_loadu_si256((const __m256i *)a[b0 + n - 1].qs);
-    }
-}
 
 AVX512_FN static void row_prep(const int wtype, int64_t nb, const uint8_t *w, q8_row_group *g) {
     const int bs = wtype == 0 ? (int)sizeof(block_q4_0)
@@ -509,7 +521,10 @@ AVX512_FN static void row_prep(const int wtype, int64_t nb, const uint8_t *w, q8
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
         int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
-        scales16(w + (size_t)b0 * bs, bs, n, g[gi].d, wtype == 1 ? g[gi].m : NULL);
+        if (wtype == 2)
+            scales16_scalar(w + (size_t)b0 * bs, bs, n, g[gi].d);
+        else
+            scales16(w + (size_t)b0 * bs, bs, n, g[gi].d, wtype == 1 ? g[gi].m : NULL);
         for (int p = 0; p < n / 2; p++) {
             const uint8_t *q0 = w + (size_t)(b0 + 2 * p) * bs + qoff, *q1 = q0 + bs;
             if (wtype == 2) {
@@ -664,12 +679,44 @@ ROWS_DRIVER(rows_q4_1_f32, rows_q4_f32_r(4, 1, nb, w + r * rb, rb, x, y + r),
             rows_q4_f32_r(1, 1, nb, w + r * rb, rb, x, y + r), float)
 ROWS_DRIVER(rows_q8_0_f32, rows_q8_0_f32_r(4, nb, w + r * rb, rb, x, y + r),
             rows_q8_0_f32_r(1, nb, w + r * rb, rb, x, y + r), float)
-ROWS_DRIVER(rows_q4_0_q8, rows_q8_r(4, 0, nb, w + r * rb, rb, x, y + r),
-            rows_q8_r(1, 0, nb, w + r * rb, rb, x, y + r), block_q8a)
-ROWS_DRIVER(rows_q4_1_q8, rows_q8_r(4, 1, nb, w + r * rb, rb, x, y + r),
-            rows_q8_r(1, 1, nb, w + r * rb, rb, x, y + r), block_q8a)
-ROWS_DRIVER(rows_q8_0_q8, rows_q8_r(4, 2, nb, w + r * rb, rb, x, y + r),
-            rows_q8_r(1, 2, nb, w + r * rb, rb, x, y + r), block_q8a)
+/* q8 rows: the token's activations prepared once for all the rows, on the stack up to K = 16384
+ * (22 KiB), else on the heap; without heap memory, each row's dot_q8 (the same integer products,
+ * only the fp32 scaling order differs). */
+#define TOK_STACK_GROUPS 32
+AVX512_FN static INLINE_ALWAYS void rows_q8_w(const int wtype, int64_t nb, const uint8_t *w,
+                                              size_t rb, int64_t nrows, const block_q8a *a,
+                                              float *y) {
+    int64_t ng = (nb + 15) / 16;
+    q8_tok_group stack[TOK_STACK_GROUPS];
+    q8_tok_group *tg = ng <= TOK_STACK_GROUPS
+        ? stack : (q8_tok_group *)aligned_alloc(64, (size_t)ng * sizeof(q8_tok_group));
+    if (!tg) {
+        for (int64_t r = 0; r < nrows; r++)
+            y[r] = edgert_kernels_avx512.dot_q8[wtype](nb, w + (size_t)r * rb, a);
+        return;
+    }
+    tok_prep(wtype, nb, a, tg);
+    int64_t r = 0;
+    for (; r + ROWS <= nrows; r += ROWS) {
+        prefetch_rows(w, rb, r, nrows);
+        rows_q8_r(ROWS, wtype, nb, w + r * rb, rb, tg, y + r);
+    }
+    for (; r < nrows; r++) rows_q8_r(1, wtype, nb, w + r * rb, rb, tg, y + r);
+    if (tg != stack) free(tg);
+}
+
+AVX512_FN static void rows_q4_0_q8(int64_t nb, const uint8_t *w, size_t rb, int64_t nrows,
+                                   const block_q8a *a, float *y) {
+    rows_q8_w(0, nb, w, rb, nrows, a, y);
+}
+AVX512_FN static void rows_q4_1_q8(int64_t nb, const uint8_t *w, size_t rb, int64_t nrows,
+                                   const block_q8a *a, float *y) {
+    rows_q8_w(1, nb, w, rb, nrows, a, y);
+}
+AVX512_FN static void rows_q8_0_q8(int64_t nb, const uint8_t *w, size_t rb, int64_t nrows,
+                                   const block_q8a *a, float *y) {
+    rows_q8_w(2, nb, w, rb, nrows, a, y);
+}
 
 /* ---- fp32 vector primitives ---------------------------------------------------------------- */
 
