@@ -195,6 +195,7 @@ const edgert_kernel_table edgert_kernels_avx2 = {
     {NULL, NULL, NULL},
     NULL, /* attention and SwiGLU: the portable loops of ops.c */
     NULL,
+    {NULL, NULL, NULL}, /* no q8 prompt tiles: rows_q8 or dot_q8 per token */
 };
 
 #endif /* EDGERT_HAVE_AVX2 */

@@ -211,6 +211,7 @@ const edgert_kernel_table edgert_kernels_neon = {
     {NULL, NULL, NULL},
     NULL, /* attention and SwiGLU: the portable loops of ops.c */
     NULL,
+    {NULL, NULL, NULL}, /* no q8 prompt tiles: rows_q8 or dot_q8 per token */
 };
 
 /* SDOT changes only the integer dots; the fp32 kernels and primitives are the baseline ones. */
@@ -227,6 +228,7 @@ const edgert_kernel_table edgert_kernels_neon_dotprod = {
     {NULL, NULL, NULL},
     NULL, /* attention and SwiGLU: the portable loops of ops.c */
     NULL,
+    {NULL, NULL, NULL}, /* no q8 prompt tiles: rows_q8 or dot_q8 per token */
 };
 
 #endif /* __aarch64__ */

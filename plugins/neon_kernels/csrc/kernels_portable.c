@@ -182,6 +182,7 @@ const edgert_kernel_table edgert_kernels_portable = {
     {NULL, NULL, NULL},
     NULL, /* attention and SwiGLU: the portable loops of ops.c */
     NULL,
+    {NULL, NULL, NULL}, /* no q8 prompt tiles: rows_q8 or dot_q8 per token */
 };
 
 /* ---- dequantization (the reference of every path's dequant) ------------------------------- */
