@@ -27,7 +27,7 @@ ENTRY_POINT_GROUP = "edgert"
 
 #: The plugin API's version: the major version changes when a name is removed or changes meaning,
 #: the minor version when one is added.
-API_VERSION = "1.2"
+API_VERSION = "1.3"
 #: The attribute in which a plugin declares the API version it was written against.
 API_ATTRIBUTE = "EDGERT_API"
 #: The hooks a plugin may implement.

@@ -3,7 +3,7 @@
 A plugin imports only from this module (``from edgert_core.plugin_api import ...``) and declares the
 API version it was written against in the module its entry point names::
 
-    EDGERT_API = "1.2"
+    EDGERT_API = "1.3"
 
 The registry loads a plugin when the declared major version equals :data:`API_VERSION`'s and the
 declared minor version is at most the core's (a plugin written for ``1.0`` runs on a core with API
@@ -23,7 +23,8 @@ name is added. See ``docs/plugins.md``.
 - backends: ``KernelBackend``, ``NumpyBackend`` (the reference, which a backend may subclass),
   ``Weight``, ``TensorForm`` (how a backend holds a prepared tensor, added in 1.1),
   ``KernelBackend.activation_modes`` and ``.activations`` (the precision of activations in
-  ``linear``, added in 1.2),
+  ``linear``, added in 1.2), ``KernelBackend.attention_block`` and ``.mlp_block`` (optional
+  one-call block parts, added in 1.3),
   ``BackendStatus``, ``TensorInfo``, ``usable_cpus``;
 - monitors: ``SystemMonitor``, ``Reading``;
 - errors a plugin raises: ``EdgeRTError``, ``InfeasibleBudgetError``, ``ModelError``,

@@ -197,6 +197,9 @@ class PlainCache:
         self.v[layer, :, start:end] = v.transpose(1, 0, 2)
         return self.k[layer, :, :end], self.v[layer, :, :end]
 
+    def fp32_layer(self, layer: int) -> tuple[F32, F32] | None:
+        return None  # the ops one by one, through write
+
     def release(self) -> None:
         pass
 

@@ -337,16 +337,18 @@ def test_installed_shipped_plugins_load_cleanly() -> None:
             assert plugin.api is not None and api_compatible(plugin.api, api.API_VERSION), plugin
 
 
-def test_the_api_version_is_1_2_since_activation_modes_were_added() -> None:
+def test_the_api_version_is_1_3_since_block_parts_in_one_call_were_added() -> None:
     """``TensorForm`` (a backend declares its prepared form) was added in 1.1, the backends'
-    ``activation_modes``/``activations`` in 1.2; the neon plugin uses both and declares 1.2, the
-    strategy plugins still declare 1.0 and load."""
-    assert api.API_VERSION == "1.2"
+    ``activation_modes``/``activations`` in 1.2, the optional ``attention_block``/``mlp_block`` in
+    1.3; the neon plugin uses them all and declares 1.3, the strategy plugins still declare 1.0 and
+    load."""
+    assert api.API_VERSION == "1.3"
+    assert api.KernelBackend.attention_block is not None and api.KernelBackend.mlp_block is not None
     assert "TensorForm" in api.__all__
     assert api.KernelBackend.activation_modes == ("f32",) and api.KernelBackend.activations == "f32"
     registry = load_registry()
     if "neon" in {p.name for p in registry.plugins}:
-        assert info(registry, "neon").api == "1.2"
+        assert info(registry, "neon").api == "1.3"
         assert registry.backend("neon").activation_modes == ("f32", "q8")
 
 

@@ -229,6 +229,29 @@ class KernelBackend(ABC):
         np.add(residual, y, out=out)
         return out
 
+    def attention_block(
+        self, x: F32, norm: Weight, eps: float, qkv: Weight, output: Weight, cos: F32, sin: F32,
+        keys: F32, values: F32, start: int, *, interleaved: bool,
+    ) -> F32 | None:
+        """Optional (since 1.3): a Llama attention part in one call, for backends that can run it
+        without returning to Python between the ops. ``x`` float32 ``[T, n]`` at positions
+        ``start..start+T-1``; ``norm`` the RMSNorm weight ``[n]``; ``qkv`` the stacked q, k, v
+        projection ``[(H + 2 Hkv) D, n]``; ``output`` ``[n, H D]``; ``cos``/``sin`` ``[T, D/2]``;
+        ``keys``/``values`` the layer's whole fp32 KV cache ``[Hkv, max_context, D]``, into which
+        the new positions' keys (after RoPE) and values are written. Returns ``x + output(
+        attention(...))`` float32 ``[T, n]`` (a new array), or ``None`` (the default) to have the
+        model run ``rmsnorm``, ``linear``, ``rope``, ``attention`` and ``linear_add`` one by one.
+        A backend that returns a result must return exactly what those calls give it."""
+        return None
+
+    def mlp_block(self, x: F32, norm: Weight, eps: float, gate_up: Weight, down: Weight) -> F32 | None:
+        """Optional (since 1.3): a SwiGLU MLP with its residual in one call: ``x`` float32
+        ``[T, n]`` -> ``x + down(swiglu(rmsnorm(x) @ gate_up.T))`` float32 ``[T, n]`` (written
+        into ``x``, which is returned), with ``gate_up`` the stacked ``[2I, n]`` (gate rows, then
+        up rows) and ``down`` ``[n, I]``; or ``None`` (the default) to have the model call
+        ``rmsnorm``, ``linear``, ``swiglu`` and ``linear_add``. A result must be exactly theirs."""
+        return None
+
     def gelu_tanh(self, x: F32) -> F32:
         """GELU, tanh approximation (GPT-2's ``gelu_new``): float32 any shape -> the same shape."""
         c = np.float32(math.sqrt(2.0 / math.pi))

@@ -105,6 +105,15 @@ class KVCache:
     def scratch_nbytes(self) -> int:
         return 0 if self.scratch is None else self.scratch.nbytes
 
+    def fp32_layer(self, layer: int) -> tuple[F32, F32] | None:
+        """The whole fp32 K and V arrays of ``layer``, float32 ``[n_kv_heads, max_context,
+        head_dim]`` each, for a backend's one-call attention part to write new positions into and
+        read in place (``KernelBackend.attention_block``); ``None`` when the cache stores another
+        precision (then only :meth:`write` gives fp32 views)."""
+        if self.scratch is not None:
+            return None
+        return self.k[layer], self.v[layer]  # type: ignore[return-value]
+
     def write(
         self, layer: int, start: int, k: F32, v: F32
     ) -> tuple[F32, F32]:

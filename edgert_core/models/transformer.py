@@ -106,9 +106,7 @@ class LlamaBlock:
         ``[T, nkv]``, ``[T, nkv]`` (biases added when the architecture has them)."""
         be, d = self.be, self.config.dims
         nq, nkv = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
-        stacked = w.fused.get("qkv")
-        if stacked is None and "attn_qkv" in self.n:
-            stacked = self._w(w, "attn_qkv")
+        stacked = self._stacked(w, "qkv", "attn_qkv")
         if stacked is not None:
             qkv = be.linear(h, stacked)  # [T, nq + 2*nkv]
             q_, k_, v_ = qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
@@ -133,6 +131,9 @@ class LlamaBlock:
         ``start..start+T-1`` -> float32 ``[T, hidden]`` (a new array)."""
         be, d, eps = self.be, self.config.dims, self.config.norm_eps
         t = x.shape[0]
+        fused = self._attention_block(w, x, cache, start)
+        if fused is not None:
+            return fused
         h = be.rmsnorm(x, self._w(w, "attn_norm"), eps)  # [T, hidden]
         q_, k_, v_ = self._qkv(w, h)
         q = q_.reshape(t, d.n_heads, d.head_dim)
@@ -148,14 +149,37 @@ class LlamaBlock:
         a = be.attention(q, keys, values, start)  # [T, H*D]
         return be.linear_add(a, self._w(w, "attn_output"), x)  # [T, hidden], a new array
 
+    def _stacked(self, w: LayerWeights, fused: str, kind: str) -> Weight | None:
+        """The stacked weight of two or three projections: fused by the backend from adjacent
+        tensors (``w.fused``), stored stacked in the file (``kind``), or ``None``."""
+        stacked = w.fused.get(fused)
+        if stacked is None and kind in self.n:
+            stacked = self._w(w, kind)
+        return stacked
+
+    def _attention_block(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32 | None:
+        """The backend's one-call attention part, where the block has no biases or head norms,
+        q/k/v are stacked and the cache holds fp32 (else ``None``: the ops one by one)."""
+        qkv = self._stacked(w, "qkv", "attn_qkv")
+        if (qkv is None or "attn_q_norm" in self.n
+                or ("attn_q" in self.n and self.arch.kind("attn_q").bias)):
+            return None
+        arrays = cache.fp32_layer(w.index)
+        if arrays is None:
+            return None
+        t = x.shape[0]
+        return self.be.attention_block(
+            x, self._w(w, "attn_norm"), self.config.norm_eps, qkv, self._w(w, "attn_output"),
+            self.cos[start : start + t], self.sin[start : start + t], arrays[0], arrays[1], start,
+            interleaved=self.config.rope_interleaved,
+        )
+
     def mlp_in(self, w: LayerWeights, x: F32) -> F32:
         """RMSNorm -> SwiGLU's gate and up products: ``x`` float32 ``[T, hidden]`` -> the inner
         activation float32 ``[T, intermediate]``."""
         be, eps = self.be, self.config.norm_eps
         h = be.rmsnorm(x, self._w(w, "ffn_norm"), eps)
-        stacked = w.fused.get("gate_up")
-        if stacked is None and "ffn_gate_up" in self.n:
-            stacked = self._w(w, "ffn_gate_up")
+        stacked = self._stacked(w, "gate_up", "ffn_gate_up")
         if stacked is not None:
             gate = be.swiglu(be.linear(h, stacked))  # [T, 2*inter] (gate, then up) -> [T, inter]
         else:
@@ -171,6 +195,12 @@ class LlamaBlock:
     def __call__(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32:
         """``x`` float32 ``[T, hidden]`` at positions ``start..start+T-1`` -> float32 ``[T, hidden]``."""
         x = self.attention(w, x, cache, start)
+        gate_up = self._stacked(w, "gate_up", "ffn_gate_up")
+        if gate_up is not None:
+            fused = self.be.mlp_block(x, self._w(w, "ffn_norm"), self.config.norm_eps, gate_up,
+                                      self._w(w, "ffn_down"))
+            if fused is not None:
+                return fused
         return self.mlp_out(w, x, self.mlp_in(w, x))
 
 

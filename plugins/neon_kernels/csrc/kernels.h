@@ -191,6 +191,26 @@ int edgert_attention(const edgert_kernel_table *kt, const float *q, int64_t T, i
 void edgert_swiglu(const edgert_kernel_table *kt, const float *gate_up, int64_t T, int64_t n,
                    float *out);
 
+/* A Llama attention part in one call, as LlamaBlock.attention runs it op by op: y [T, n] =
+ * x + o(attention(rope(q), rope(k), v)) where q, k, v are the fused product of rmsnorm(x, norm_w)
+ * with wqkv (N = (H + 2 Hkv) D rows: q, then k, then v); the new keys and values are written to
+ * the layer's caches kc, vc ([Hkv, C, D] each) at positions start..start+T-1, which attention then
+ * reads up to start+T; cos, sin [T, D/2] are the positions' rows; wo has n rows of H D inputs. y
+ * must not alias x. Returns 0, -1 for bad sizes, -2 out of memory. */
+int edgert_attention_block(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t n,
+                           const float *norm_w, float eps, const uint8_t *wqkv, int wtype_qkv,
+                           int64_t H, int64_t Hkv, int64_t D, const float *cos_t,
+                           const float *sin_t, int interleaved, float *kc, float *vc, int64_t C,
+                           int64_t start, const uint8_t *wo, int wtype_o, float *y, int threads,
+                           int act_q8);
+
+/* A Llama MLP in one call, as LlamaBlock.mlp_in + mlp_out run it: y [T, n] = x +
+ * down(swiglu(rmsnorm(x, norm_w) . wgu^T)) with wgu [2I, n] (gate rows, then up rows) and wdown
+ * [n, I]. y may be x itself. Returns 0, -1 for bad sizes, -2 out of memory. */
+int edgert_mlp_block(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t n,
+                     const float *norm_w, float eps, const uint8_t *wgu, int wtype_gu, int64_t I,
+                     const uint8_t *wdown, int wtype_down, float *y, int threads, int act_q8);
+
 /* Rotary embedding of x [T, H, D] with cos, sin [T, D/2] into y [T, H, D] (y may alias x).
  * interleaved: pairs (x[2i], x[2i+1]) (GGUF layout); else pairs (x[i], x[i + D/2]). */
 void edgert_rope(const float *x, int64_t T, int64_t H, int64_t D, const float *cos_t,

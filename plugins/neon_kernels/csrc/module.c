@@ -290,6 +290,153 @@ fail_q:
     return NULL;
 }
 
+/* Quantized weight rows: a C-contiguous buffer of at least `rows` rows of K weights of `wtype`. */
+static int get_blocks(PyObject *o, Py_buffer *b, int wtype, Py_ssize_t rows, Py_ssize_t K,
+                      const char *what) {
+    size_t rb = edgert_row_bytes(wtype, K);
+    if (rb == 0 || K % EDGERT_QK) {
+        PyErr_Format(PyExc_ValueError, "%s: unknown weight type %d or K=%zd not a multiple of 32",
+                     what, wtype, K);
+        return -1;
+    }
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (b->len < (Py_ssize_t)((size_t)rows * rb)) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, needs %zd rows of %zu", what, b->len,
+                     rows, rb);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *block_result(int rc, const char *what) {
+    if (rc == -2) return PyErr_NoMemory();
+    if (rc != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: bad sizes", what);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(attention_block_doc,
+             "attention_block(x, norm_w, wqkv, cos, sin, kc, vc, wo, y, T, n, eps, wtype_qkv, H, Hkv,\n"
+             "                D, interleaved, C, start, wtype_o, threads, act_q8)\n\n"
+             "A Llama attention part in one call (see edgert_attention_block in kernels.h): y [T, n] =\n"
+             "x + o(attention(...)) with the new keys and values written to kc, vc [Hkv, C, D].");
+
+static PyObject *py_attention_block(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *nwo, *wqo, *co, *so, *kco, *vco, *woo, *yo;
+    Py_ssize_t T, n, H, Hkv, D, C, start;
+    double eps;
+    int wq_type, wo_type, interleaved, threads, act_q8;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOnndinnnpnniip", &xo, &nwo, &wqo, &co, &so, &kco, &vco,
+                          &woo, &yo, &T, &n, &eps, &wq_type, &H, &Hkv, &D, &interleaved, &C,
+                          &start, &wo_type, &threads, &act_q8))
+        return NULL;
+    if (T <= 0 || n <= 0 || H <= 0 || Hkv <= 0 || D <= 0 || D % 2 || H % Hkv || start < 0 ||
+        start + T > C) {
+        PyErr_Format(PyExc_ValueError,
+                     "attention_block: bad sizes T=%zd n=%zd H=%zd Hkv=%zd D=%zd C=%zd start=%zd",
+                     T, n, H, Hkv, D, C, start);
+        return NULL;
+    }
+    Py_ssize_t N = (H + 2 * Hkv) * D;
+    Py_buffer x, nw, wq, c, sn, kc, vc, wo, y;
+    PyObject *result = NULL;
+    if (get_f32(xo, &x, T * n, 0, "attention_block x") < 0) return NULL;
+    if (get_f32(nwo, &nw, n, 0, "attention_block norm") < 0) goto f_x;
+    if (get_blocks(wqo, &wq, wq_type, N, n, "attention_block qkv weight") < 0) goto f_nw;
+    if (get_f32(co, &c, T * D / 2, 0, "attention_block cos") < 0) goto f_wq;
+    if (get_f32(so, &sn, T * D / 2, 0, "attention_block sin") < 0) goto f_c;
+    if (get_f32(kco, &kc, Hkv * C * D, 1, "attention_block key cache") < 0) goto f_s;
+    if (get_f32(vco, &vc, Hkv * C * D, 1, "attention_block value cache") < 0) goto f_kc;
+    if (get_blocks(woo, &wo, wo_type, n, H * D, "attention_block output weight") < 0) goto f_vc;
+    if (get_f32(yo, &y, T * n, 1, "attention_block y") < 0) goto f_wo;
+    {
+        const edgert_kernel_table *kt = active_table();
+        int rc;
+        C_TIMED_BEGIN
+        Py_BEGIN_ALLOW_THREADS
+        rc = edgert_attention_block(kt, (const float *)x.buf, T, n, (const float *)nw.buf,
+                                    (float)eps, (const uint8_t *)wq.buf, wq_type, H, Hkv, D,
+                                    (const float *)c.buf, (const float *)sn.buf, interleaved,
+                                    (float *)kc.buf, (float *)vc.buf, C, start,
+                                    (const uint8_t *)wo.buf, wo_type, (float *)y.buf, threads,
+                                    act_q8);
+        Py_END_ALLOW_THREADS
+        C_TIMED_END
+        result = block_result(rc, "attention_block");
+    }
+    PyBuffer_Release(&y);
+f_wo:
+    PyBuffer_Release(&wo);
+f_vc:
+    PyBuffer_Release(&vc);
+f_kc:
+    PyBuffer_Release(&kc);
+f_s:
+    PyBuffer_Release(&sn);
+f_c:
+    PyBuffer_Release(&c);
+f_wq:
+    PyBuffer_Release(&wq);
+f_nw:
+    PyBuffer_Release(&nw);
+f_x:
+    PyBuffer_Release(&x);
+    return result;
+}
+
+PyDoc_STRVAR(mlp_block_doc,
+             "mlp_block(x, norm_w, wgu, wdown, y, T, n, eps, wtype_gu, I, wtype_down, threads, act_q8)\n\n"
+             "A Llama SwiGLU MLP with its residual in one call (see edgert_mlp_block in kernels.h):\n"
+             "y [T, n] = x + down(swiglu(rmsnorm(x) . wgu^T)); y may be x.");
+
+static PyObject *py_mlp_block(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *nwo, *wgo, *wdo, *yo;
+    Py_ssize_t T, n, I;
+    double eps;
+    int wg_type, wd_type, threads, act_q8;
+    if (!PyArg_ParseTuple(args, "OOOOOnndiniip", &xo, &nwo, &wgo, &wdo, &yo, &T, &n, &eps,
+                          &wg_type, &I, &wd_type, &threads, &act_q8))
+        return NULL;
+    if (T <= 0 || n <= 0 || I <= 0) {
+        PyErr_Format(PyExc_ValueError, "mlp_block: bad sizes T=%zd n=%zd I=%zd", T, n, I);
+        return NULL;
+    }
+    Py_buffer x, nw, wg, wd, y;
+    PyObject *result = NULL;
+    if (get_f32(xo, &x, T * n, 0, "mlp_block x") < 0) return NULL;
+    if (get_f32(nwo, &nw, n, 0, "mlp_block norm") < 0) goto f_x;
+    if (get_blocks(wgo, &wg, wg_type, 2 * I, n, "mlp_block gate/up weight") < 0) goto f_nw;
+    if (get_blocks(wdo, &wd, wd_type, n, I, "mlp_block down weight") < 0) goto f_wg;
+    if (get_f32(yo, &y, T * n, 1, "mlp_block y") < 0) goto f_wd;
+    {
+        const edgert_kernel_table *kt = active_table();
+        int rc;
+        C_TIMED_BEGIN
+        Py_BEGIN_ALLOW_THREADS
+        rc = edgert_mlp_block(kt, (const float *)x.buf, T, n, (const float *)nw.buf, (float)eps,
+                              (const uint8_t *)wg.buf, wg_type, I, (const uint8_t *)wd.buf,
+                              wd_type, (float *)y.buf, threads, act_q8);
+        Py_END_ALLOW_THREADS
+        C_TIMED_END
+        result = block_result(rc, "mlp_block");
+    }
+    PyBuffer_Release(&y);
+f_wd:
+    PyBuffer_Release(&wd);
+f_wg:
+    PyBuffer_Release(&wg);
+f_nw:
+    PyBuffer_Release(&nw);
+f_x:
+    PyBuffer_Release(&x);
+    return result;
+}
+
 PyDoc_STRVAR(swiglu_doc,
              "swiglu(gate_up, out, T, n)\n\n"
              "out[T, n] = silu(gate) * up for gate_up [T, 2n] (gate columns, then up), float32.");
@@ -404,6 +551,8 @@ static PyMethodDef methods[] = {
     {"rope", py_rope, METH_VARARGS, rope_doc},
     {"swiglu", py_swiglu, METH_VARARGS, swiglu_doc},
     {"attention", py_attention, METH_VARARGS, attention_doc},
+    {"attention_block", py_attention_block, METH_VARARGS, attention_block_doc},
+    {"mlp_block", py_mlp_block, METH_VARARGS, mlp_block_doc},
     {"path", py_path, METH_NOARGS, "The active kernel path: portable, neon, neon-dotprod, x86-avx2."},
     {"paths", py_paths, METH_NOARGS, "Every path compiled in, mapped to whether this CPU runs it."},
     {"set_path", py_set_path, METH_VARARGS, "Choose the kernel path by name (tests, benchmarks)."},

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -132,4 +133,75 @@ void edgert_swiglu(const edgert_kernel_table *kt, const float *gate_up, int64_t 
                    float *out) {
     void (*fn)(int64_t, const float *, const float *, float *) = kt->swiglu ? kt->swiglu : swiglu_portable;
     for (int64_t t = 0; t < T; t++) fn(n, gate_up + t * 2 * n, gate_up + t * 2 * n + n, out + t * n);
+}
+
+/* ---- whole block parts (Llama family, decode and prompts) ------------------------------------ *
+ * The ops above and the matmul driver in the order the Python model code calls them one by one
+ * (edgert_core/models/transformer.py, LlamaBlock.attention / mlp_in + mlp_out), in one call, so a
+ * decoded token does not pay the interpreter's per-op cost ~10 times a layer. Same kernels, same
+ * order: the results are bit for bit those of the separate calls. */
+
+int edgert_attention_block(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t n,
+                           const float *norm_w, float eps, const uint8_t *wqkv, int wtype_qkv,
+                           int64_t H, int64_t Hkv, int64_t D, const float *cos_t,
+                           const float *sin_t, int interleaved, float *kc, float *vc, int64_t C,
+                           int64_t start, const uint8_t *wo, int wtype_o, float *y, int threads,
+                           int act_q8) {
+    if (T <= 0 || n <= 0 || H <= 0 || Hkv <= 0 || D <= 0 || D % 2 || H % Hkv || start < 0 ||
+        start + T > C)
+        return -1;
+    int64_t nq = H * D, nkv = Hkv * D, N = nq + 2 * nkv;
+    float *h = (float *)malloc((size_t)(T * n) * sizeof(float));
+    float *qkv = (float *)malloc((size_t)(T * N) * sizeof(float));
+    float *q = (float *)malloc((size_t)(T * nq) * sizeof(float));
+    float *k = (float *)malloc((size_t)(T * nkv) * sizeof(float));
+    float *a = (float *)malloc((size_t)(T * nq) * sizeof(float));
+    int rc = -2;
+    if (!h || !qkv || !q || !k || !a) goto done;
+    edgert_rmsnorm(kt, x, T, n, norm_w, eps, h);
+    rc = edgert_linear(kt, h, T, n, wqkv, N, wtype_qkv, qkv, threads, act_q8);
+    if (rc != 0) goto done;
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(q + t * nq, qkv + t * N, (size_t)nq * sizeof(float));
+        memcpy(k + t * nkv, qkv + t * N + nq, (size_t)nkv * sizeof(float));
+    }
+    edgert_rope(q, T, H, D, cos_t, sin_t, interleaved, q);
+    edgert_rope(k, T, Hkv, D, cos_t, sin_t, interleaved, k);
+    for (int64_t t = 0; t < T; t++) /* the cache: [Hkv, C, D] per layer, position start + t */
+        for (int64_t j = 0; j < Hkv; j++) {
+            memcpy(kc + (j * C + start + t) * D, k + t * nkv + j * D, (size_t)D * sizeof(float));
+            memcpy(vc + (j * C + start + t) * D, qkv + t * N + nq + nkv + j * D,
+                   (size_t)D * sizeof(float));
+        }
+    rc = edgert_attention(kt, q, T, H, D, kc, vc, Hkv, start + T, C * D, start, a, threads);
+    if (rc != 0) goto done;
+    rc = edgert_linear_add(kt, a, T, nq, wo, n, wtype_o, x, y, threads, act_q8);
+done:
+    free(h);
+    free(qkv);
+    free(q);
+    free(k);
+    free(a);
+    return rc;
+}
+
+int edgert_mlp_block(const edgert_kernel_table *kt, const float *x, int64_t T, int64_t n,
+                     const float *norm_w, float eps, const uint8_t *wgu, int wtype_gu, int64_t I,
+                     const uint8_t *wdown, int wtype_down, float *y, int threads, int act_q8) {
+    if (T <= 0 || n <= 0 || I <= 0) return -1;
+    float *h = (float *)malloc((size_t)(T * n) * sizeof(float));
+    float *gu = (float *)malloc((size_t)(T * 2 * I) * sizeof(float));
+    float *inner = (float *)malloc((size_t)(T * I) * sizeof(float));
+    int rc = -2;
+    if (!h || !gu || !inner) goto done;
+    edgert_rmsnorm(kt, x, T, n, norm_w, eps, h);
+    rc = edgert_linear(kt, h, T, n, wgu, 2 * I, wtype_gu, gu, threads, act_q8);
+    if (rc != 0) goto done;
+    edgert_swiglu(kt, gu, T, I, inner);
+    rc = edgert_linear_add(kt, inner, T, I, wdown, n, wtype_down, x, y, threads, act_q8);
+done:
+    free(h);
+    free(gu);
+    free(inner);
+    return rc;
 }

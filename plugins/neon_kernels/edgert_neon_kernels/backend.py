@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -162,6 +163,50 @@ class NeonBackend(NumpyBackend):
                        residual)
             return y
         return super().linear_add(x, w, residual, out=out)
+
+    # -- block parts in one C call (plugin API 1.3) ------------------------------------------------
+    @staticmethod
+    def _f32_ok(*arrays: NDArray[Any]) -> bool:
+        return all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+
+    def attention_block(
+        self, x: F32, norm: Weight, eps: float, qkv: Weight, output: Weight, cos: F32, sin: F32,
+        keys: F32, values: F32, start: int, *, interleaved: bool,
+    ) -> F32 | None:
+        """The attention part in one C call (the same kernels in the same order as the separate
+        calls, so the same bits), when every operand is in the kernels' form; else ``None``."""
+        ext = self._k
+        cq, co = self._fast(x, qkv), _CODES.get(output.info.dtype, -1)
+        if (ext is None or cq < 0 or co < 0 or output.data.dtype != np.uint8 or keys.ndim != 3
+                or not self._f32_ok(norm.data, cos, sin, keys, values)
+                or keys.shape != values.shape):
+            return None
+        t, n = x.shape
+        hkv, ctx, d = keys.shape
+        h = (qkv.info.shape[0] - 2 * hkv * d) // d
+        if h <= 0 or output.info.shape != (n, h * d) or cos.shape != (t, d // 2):
+            return None
+        y = np.empty((t, n), dtype=np.float32)
+        ext.attention_block(x, norm.data, qkv.data, cos, sin, keys, values, output.data, y, t, n,
+                            eps, cq, h, hkv, d, interleaved, ctx, start, co, self.threads,
+                            self.activations == "q8")
+        return y
+
+    def mlp_block(self, x: F32, norm: Weight, eps: float, gate_up: Weight, down: Weight) -> F32 | None:
+        """The MLP and its residual in one C call, written into ``x`` (the same bits as the
+        separate calls), when every operand is in the kernels' form; else ``None``."""
+        ext = self._k
+        cg, cd = self._fast(x, gate_up), _CODES.get(down.info.dtype, -1)
+        if (ext is None or cg < 0 or cd < 0 or down.data.dtype != np.uint8
+                or not self._f32_ok(norm.data)):
+            return None
+        t, n = x.shape
+        inner = gate_up.info.shape[0] // 2
+        if down.info.shape != (n, inner):
+            return None
+        ext.mlp_block(x, norm.data, gate_up.data, down.data, x, t, n, eps, cg, inner, cd,
+                      self.threads, self.activations == "q8")
+        return x
 
     # -- fused ops: C when the extension loaded, else the numpy reference ------------------------
     def rmsnorm(self, x: F32, w: Weight, eps: float) -> F32:

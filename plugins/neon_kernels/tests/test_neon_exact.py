@@ -131,3 +131,32 @@ def test_prompt_logits_equal_decoded_logits(activations: str) -> None:
         f"{int(differ.sum())} of {differ.size} logits differ, worst by "
         f"{float(np.abs(prompt - one).max()):.3g}"
     )
+
+
+@pytest.mark.parametrize("activations", ["f32", "q8"])
+def test_block_parts_in_one_call_equal_the_ops_one_by_one(
+    activations: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``attention_block`` and ``mlp_block`` (one C call per block part, plugin API 1.3) give bit
+    for bit the logits and greedy tokens of the separate ops, for a prompt and for decoding; and
+    they are what runs (C calls per token drop from about 10 a layer to 2)."""
+    text = TEXT.read_text()[:1500]
+
+    def run(model: Model) -> tuple[np.ndarray, list[int], int]:
+        ids = model.encode(text)[:200]
+        calls0 = kernels.c_time()[0]
+        logits = model.logits(ids)
+        calls = kernels.c_time()[0] - calls0
+        tokens = [t.id for t in model.generate(model.encode("Once upon a time"), max_tokens=16)]
+        return logits, tokens, calls
+
+    with open_model("neon", activations) as model:
+        fused = run(model)
+    with open_model("neon", activations) as model:
+        monkeypatch.setattr(model.backend, "attention_block", lambda *a, **k: None)
+        monkeypatch.setattr(model.backend, "mlp_block", lambda *a, **k: None)
+        separate = run(model)
+    layers = model.config.dims.n_layers
+    assert fused[2] <= 2 * layers + 4 < separate[2], (fused[2], separate[2])
+    assert np.array_equal(fused[0], separate[0])
+    assert fused[1] == separate[1]
