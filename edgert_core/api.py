@@ -603,6 +603,8 @@ def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
         "hidden_load_fraction": s.hidden_load_fraction,
         "prefetch": s.prefetch,
         "pool_peak_bytes": s.pool_peak_bytes,
+        "decode_read_bytes": s.decode_read_bytes,
+        "read_bytes_per_token": s.read_bytes_per_token,
         "threads": getattr(model.backend, "threads", None),
         **model.engine_report(),
     }

@@ -49,3 +49,8 @@ class GenerationError(EdgeRTError):
 
 class MemoryPoolError(EdgeRTError):
     """A request to the memory pool exceeds the budget."""
+
+
+class MemoryLimitError(EdgeRTError):
+    """A memory cgroup for a measured run (``benchmark --memory-limit``) could not be made, entered or
+    removed; the message says what is missing and what to do."""

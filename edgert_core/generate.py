@@ -1,8 +1,9 @@
 """Token generation: prefill the prompt, then decode one token at a time with the KV cache.
 
 :func:`generate_ids` is a generator of token ids; it fills a :class:`GenerationStats` as it goes
-(prefill and decode speed, stop reason, resident memory). Sampling is greedy at temperature 0, else
-temperature, top-k and top-p (nucleus) sampling from a seeded generator.
+(prefill and decode speed, stop reason, resident memory, bytes read from disk while decoding).
+Sampling is greedy at temperature 0, else temperature, top-k and top-p (nucleus) sampling from a
+seeded generator.
 
 Generation drives an engine through :class:`StepEngine`, the few members it uses; a
 :class:`~edgert_core.engine.ReadyEngine` has them (an ``Engine`` or ``PlannedEngine`` does not, so
@@ -22,6 +23,7 @@ from numpy.typing import NDArray
 
 from edgert_core.engine.pipeline import EngineTimes
 from edgert_core.errors import GenerationError
+from edgert_core.memory.io_stats import read_bytes
 from edgert_core.memory.rss import peak_rss_bytes
 
 
@@ -91,6 +93,9 @@ class GenerationStats:
     decode_wait_seconds: float = 0.0  # main-thread time blocked on loads during decode
     prefetch: bool = False
     pool_peak_bytes: int | None = None
+    # bytes this process read from disk (/proc/self/io) from the first token to the end; None where
+    # the OS does not say
+    decode_read_bytes: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -108,6 +113,13 @@ class GenerationStats:
     @property
     def decode_tokens_per_s(self) -> float | None:
         return self.decode_steps / self.decode_seconds if self.decode_seconds > 0 else None
+
+    @property
+    def read_bytes_per_token(self) -> float | None:
+        """Bytes read from disk per decoded token (``None`` without a decode step or a count)."""
+        if self.decode_read_bytes is None or self.decode_steps == 0:
+            return None
+        return self.decode_read_bytes / self.decode_steps
 
 
 def check_request(prompt_ids: Sequence[int], max_tokens: int, vocab: int, max_context: int) -> None:
@@ -191,6 +203,7 @@ def generate_ids(
     stats.reused_tokens = reuse
 
     before = replace(engine.times)
+    read_before: int | None = None
     try:
         t0 = time.perf_counter()
         chunk = prefill_chunk or len(ids)
@@ -204,6 +217,7 @@ def generate_ids(
         stats.prefill_seconds = time.perf_counter() - t0
         position = len(ids)
         before = replace(engine.times)
+        read_before = read_bytes()
         while True:
             if token in stops:
                 stats.stop_reason = "eos"
@@ -230,3 +244,6 @@ def generate_ids(
         stats.decode_compute_seconds = spent.compute
         stats.pool_peak_bytes = engine.pool_peak_bytes
         stats.peak_rss_bytes = peak_rss_bytes()
+        read_after = read_bytes() if read_before is not None else None
+        if read_before is not None and read_after is not None:
+            stats.decode_read_bytes = read_after - read_before

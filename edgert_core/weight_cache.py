@@ -37,7 +37,7 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,21 @@ def remove_stale(path: Path, source: dict[str, Any]) -> list[tuple[Path, int]]:
             other.unlink()
             removed.append((other, size))
     return removed
+
+
+def prepared_files_of(model_files: Iterable[Path]) -> list[Path]:
+    """The prepared files in the cache that record being made from any of ``model_files`` (for any
+    backend), so that a measured run can drop their cached pages too."""
+    wanted = {str(Path(f).resolve()) for f in model_files}
+    folder = cache_dir() / "prepared"
+    out = []
+    with contextlib.suppress(OSError):
+        for path in sorted(folder.glob("*" + SUFFIX)):
+            source = (_read_header(path) or {}).get("source")
+            files = source.get("files") if isinstance(source, dict) else None
+            if isinstance(files, list) and wanted & {str(f) for f in files}:
+                out.append(path)
+    return out
 
 
 @contextlib.contextmanager

@@ -9,16 +9,21 @@ import typer
 
 from edgert_core.api import open_source
 from edgert_core.benchmark import (
+    LLAMA_CPP_CONFIG,
     BenchConfig,
     BenchResult,
+    LlamaCppSettings,
+    check_llama_cpp,
+    check_memory_limit,
     check_plotting,
     plot,
+    run_command_options,
     run_sweep,
     summarize,
     sweep_configs,
     to_csv,
 )
-from edgert_core.budget import format_bytes
+from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.cli.app import (
     ActivationsOption,
     ConfigOption,
@@ -30,9 +35,10 @@ from edgert_core.cli.app import (
     warn_threads,
 )
 from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
-from edgert_core.errors import ConfigError, EdgeRTError
+from edgert_core.errors import BudgetError, ConfigError, EdgeRTError
 from edgert_core.models.kv_quant import check_mode
 from edgert_core.plan import DEFAULT_MAX_CONTEXT
+from edgert_core.weight_cache import prepared_files_of
 
 DEFAULT_SWEEP = "64M,128M,256M,1G"
 DEFAULT_STRATEGIES = "sequential,greedy-grouping,speculative-prefetch"
@@ -67,6 +73,14 @@ def benchmark_command(
         1, "--repeat", "-r", min=1,
         help="Rounds of the whole sweep, interleaved; each row is its median run (for noisy machines).",
     ),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit",
+        help="Run every configuration in a fresh memory cgroup of this size (page cache counted, no "
+        "swap), after dropping the model file's cached pages, e.g. 160M; needs root.",
+    ),
+    llama_cpp: bool = typer.Option(
+        False, "--llama-cpp", help="Add a llama.cpp row on the same GGUF file (needs llama-cpp-python)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print rows and summary as one JSON object."),
     csv_path: Path | None = typer.Option(None, "--csv", help="Also write the table to this CSV file."),
     plot_path: Path | None = typer.Option(
@@ -91,6 +105,8 @@ def benchmark_command(
             "activations": activations,
             "kv_cache": kv_cache,
             "repeat": repeat,
+            "memory_limit": memory_limit,
+            "llama_cpp": llama_cpp,
         },
     )
     for key, minimum in (("repeat", 1), ("max_tokens", 1), ("max_context", 2), ("threads", 1)):
@@ -104,20 +120,25 @@ def benchmark_command(
             raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist; create it "
                               "or write the file elsewhere.")
     configs = sweep_configs(_split(values["sweep_memory"]), _split(values["strategies"]))
-    open_source(str(values["model"]))  # a missing or unreadable model is said once, not per run
-    options = [
-        "--prompt", str(values["prompt"]),
-        "--max-tokens", str(values["max_tokens"]),
-        "--max-context", str(values["max_context"]),
-        "--temperature", "0",
-    ]  # fmt: skip
-    if values["backend"]:
-        options += ["--backend", str(values["backend"])]
-    if values["threads"]:
-        options += ["--threads", str(values["threads"])]
-    if values["activations"]:
-        options += ["--activations", str(values["activations"])]
-    options += ["--kv-cache", check_mode(str(values["kv_cache"]))]  # said once, not per run
+    source = open_source(str(values["model"]))  # a missing or unreadable model is said once, not per run
+    model_files = sorted(source.file_sizes()) if source.format != "synthetic" else []
+    source.close()
+    limit = _memory_limit(values["memory_limit"])
+    if limit is not None:
+        check_memory_limit(limit)  # no root or no writable memory cgroup: said before the sweep
+    llama = None
+    if values["llama_cpp"]:
+        check_llama_cpp(source.format, source.path)
+        llama = LlamaCppSettings(source.path, str(values["prompt"]), int(values["max_tokens"]),
+                                 int(values["max_context"]), values["threads"])
+        configs.append(LLAMA_CPP_CONFIG)
+    options = run_command_options(
+        prompt=str(values["prompt"]), max_tokens=int(values["max_tokens"]),
+        max_context=int(values["max_context"]), backend=values["backend"], threads=values["threads"],
+        activations=values["activations"],
+        kv_cache=check_mode(str(values["kv_cache"])),  # said once, not per run
+    )
+    drop = [*model_files, *prepared_files_of(model_files)] if limit is not None else []
 
     def progress(i: int, n: int, cfg: BenchConfig, result: BenchResult | None) -> None:
         if result is None:
@@ -128,7 +149,7 @@ def benchmark_command(
             typer.echo(f"[{i}/{n}] {cfg.label}: {result.decode_tokens_per_s or 0:.1f} tok/s", err=True)
 
     results = run_sweep(configs, str(values["model"]), options, repeat=int(values["repeat"]),
-                        on_progress=progress)
+                        on_progress=progress, memory_limit=limit, drop_files=drop, llama_cpp=llama)
     summary = summarize(results)
     # The results first, so that a failing file write below never loses the sweep.
     if as_json:
@@ -147,21 +168,42 @@ def benchmark_command(
         plot(results, str(plot_path))
 
 
+def _memory_limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return MemoryBudget.parse(str(text)).bytes
+    except BudgetError:
+        raise ConfigError(
+            f"Cannot read --memory-limit {text!r}: write a size such as 160M, 1G or 512MiB."
+        ) from None
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _size(value: float | None) -> str:
+    return "-" if value is None else format_bytes(int(value))
 
 
 BENCH_COLUMNS: list[tuple[str, Justify]] = [
     ("strategy", "left"), ("budget", "right"), ("groups", "right"), ("peak RSS", "right"),
     ("base RSS", "right"), ("over base", "right"), ("ms/tok", "right"), ("compute ms", "right"),
     ("load ms", "right"), ("hidden", "right"), ("tok/s", "right"), ("x base", "right"),
+    ("read/tok", "right"), ("disk MB/s", "right"),
+]
+LIMIT_COLUMNS: list[tuple[str, Justify]] = [
+    ("limit", "right"), ("cgroup peak", "right"), ("failcnt", "right"),
 ]
 
 
 def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
     notes = ["failed: " + r.error if r.error else
              "" if r.within_budget in (None, True) else "OVER BUDGET" for r in results]
-    table = make_table(BENCH_COLUMNS + ([("note", "left")] if any(notes) else []))
+    limited = any(r.memory_limit_bytes is not None for r in results)
+    columns = BENCH_COLUMNS + (LIMIT_COLUMNS if limited else [])
+    table = make_table(columns + ([("note", "left")] if any(notes) else []))
     for r, note in zip(results, notes, strict=True):
         budget = r.budget or "none"
         if r.error:
@@ -175,7 +217,11 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
                 _fmt(r.ms_per_token, ".1f"), _fmt(r.compute_ms_per_token, ".1f"),
                 _fmt(r.load_ms_per_token, ".1f"), _fmt(r.hidden_load_fraction, ".0%"),
                 _fmt(r.decode_tokens_per_s, ".1f"), _fmt(r.speed_vs_baseline, ".2f"),
+                _size(r.read_bytes_per_token), _fmt(r.disk_mb_per_s, ".1f"),
             ]
+        if limited:  # also for a failed row: an OOM kill's peak is the limit
+            cells += [_size(r.memory_limit_bytes), _size(r.cgroup_peak_bytes),
+                      "-" if r.failcnt is None else str(r.failcnt)]
         add_row(table, cells + ([note] if any(notes) else []))
     echo_table(table)
     typer.echo("")
@@ -188,6 +234,20 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
         typer.echo(f"speculative-prefetch / sequential at {budget}: {ratio:.2f}x{detail}")
     typer.echo(f"peak RSS over baseline within budget for every run: {summary['all_within_budget']}")
     typer.echo(f"identical generated tokens across runs: {summary['identical_outputs']}")
+    if summary["llama_cpp_same_tokens"] is not None:
+        same = summary["llama_cpp_same_tokens"]
+        detail = "" if same else f" (the first {summary['llama_cpp_common_prefix_tokens']} agree)"
+        typer.echo(f"llama.cpp generated the same tokens: {same}{detail}")
+    if summary["memory_limit_bytes"] is not None:
+        killed = ", ".join(summary["oom_killed"]) or "none"
+        typer.echo(f"memory limit {format_bytes(summary['memory_limit_bytes'])} per run (a fresh memory "
+                   f"cgroup each, page cache counted, no swap; the model's cached pages dropped "
+                   f"first); OOM-killed: {killed}")
+    if summary["cached_at_start_bytes"] > 2**20:
+        cached = format_bytes(summary["cached_at_start_bytes"])
+        typer.echo(f"note: up to {cached} of the model file stayed in the page cache after the drop "
+                   "(another process maps it?); reads of those pages did not reach the disk and were "
+                   "not charged to the run's cgroup")
     if summary["rounds"] > 1:
         typer.echo(f"({summary['rounds']} rounds: each row is its configuration's median-speed run, "
                    "with the highest peak of its rounds)")

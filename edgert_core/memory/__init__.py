@@ -1,8 +1,9 @@
 """Memory machinery: the budget-enforced buffer pool, positional file reads into pool buffers, and
-the OS's view of the process's memory (RSS)."""
+the OS's view of the process's memory (RSS) and disk reads, and memory cgroups for measured runs."""
 
 from __future__ import annotations
 
+from edgert_core.memory.io_stats import drop_page_cache, read_bytes
 from edgert_core.memory.pool import (
     ALIGNMENT,
     PAGE_BYTES,
@@ -37,7 +38,9 @@ __all__ = [
     "block_bytes",
     "current_rss_bytes",
     "drop_mapped_pages",
+    "drop_page_cache",
     "pack_offsets",
     "peak_rss_bytes",
+    "read_bytes",
     "reset_peak_rss",
 ]

@@ -1,0 +1,302 @@
+"""Memory cgroups for measured runs: a run limited as a device limits it, page cache included.
+
+A device (a Pi's RAM, a container's memory limit) counts a process's RSS *and* the page cache that
+its file reads fill. :class:`MemoryCgroup` makes a fresh child memory cgroup under this process's own
+one, with a hard limit and no swap, puts a subprocess into it before the subprocess allocates
+anything (:meth:`MemoryCgroup.enter`, a ``preexec_fn`` for :mod:`subprocess`), reads what the kernel
+counted afterwards (:class:`CgroupStats`: peak usage, how often the limit was hit, OOM kills) and
+removes the cgroup.
+
+Both hierarchies:
+
+* **cgroup v2** (the unified hierarchy; used when its ``memory`` controller is available to this
+  process's cgroup): ``memory.max``, ``memory.swap.max`` = 0 where present; peak ``memory.peak``
+  (Linux 5.19+); ``max`` (limit hit) and ``oom_kill`` counts of ``memory.events``. Under v2 a cgroup
+  that holds processes cannot hand the memory controller to children ("no internal processes"), so
+  this works from the root cgroup or from a delegated one (``systemd-run --scope -p Delegate=yes``).
+* **cgroup v1**: ``<memory mount>/<own path from /proc/self/cgroup>/<name>``,
+  ``memory.limit_in_bytes`` (charges page cache too), ``memory.memsw.limit_in_bytes`` equal to it
+  where present (no swap); peak ``memory.max_usage_in_bytes``, ``memory.failcnt``, ``oom_kill`` of
+  ``memory.oom_control`` (Linux 4.13+).
+
+Making a cgroup needs root (or a delegated v2 subtree) and a writable memory controller; where that
+is missing, :class:`~edgert_core.errors.MemoryLimitError` says what and what to do. This module does
+no printing.
+
+What the limit does not count: pages of files that another cgroup read first (the Python
+interpreter and libraries the parent had already loaded) stay charged to that cgroup. Drop the model
+file's cached pages first (:func:`edgert_core.memory.io_stats.drop_page_cache`), so that the run
+reads, and is charged for, its weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edgert_core.errors import MemoryLimitError
+
+PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_MOUNTINFO = Path("/proc/self/mountinfo")
+WHAT_TO_DO = "run as root, or drop --memory-limit"
+NEEDS = "--memory-limit needs root and a writable memory cgroup (v1 or v2)"
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class CgroupParent:
+    """This process's own memory cgroup: the hierarchy's version and its directory."""
+
+    version: Literal[1, 2]
+    path: Path
+
+
+@dataclass(frozen=True)
+class CgroupStats:
+    """What the kernel counted for a cgroup; ``None`` where this kernel does not say."""
+
+    limit_bytes: int
+    peak_bytes: int | None
+    failcnt: int | None  # times usage hit the limit (v1 failcnt, v2 the "max" event count)
+    oom_kills: int | None
+
+
+@dataclass(frozen=True)
+class _Mount:
+    root: str  # the hierarchy path mounted (mountinfo's 4th field)
+    point: Path
+    fstype: str
+    options: frozenset[str]  # super options (cgroup v1: the controllers)
+
+
+def _mounts(mountinfo: str) -> list[_Mount]:
+    out = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        out.append(_Mount(fields[3], Path(fields[4]), tail[0], frozenset(tail[2].split(","))))
+    return out
+
+
+def _own_paths(proc_cgroup: str) -> tuple[str | None, str | None]:
+    """This process's cgroup v2 path and cgroup v1 memory path from a ``/proc/self/cgroup`` text."""
+    v2 = v1 = None
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, controllers, path = parts
+        if hid == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _under(mount: _Mount, own: str) -> Path:
+    """The directory of cgroup ``own`` (a path in the hierarchy) below ``mount``."""
+    root = mount.root.rstrip("/")
+    rel = own[len(root):] if root and (own == root or own.startswith(root + "/")) else own
+    return mount.point / rel.lstrip("/")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def find_parent(proc_cgroup: str, mountinfo: str) -> CgroupParent:
+    """This process's memory cgroup, from the texts of ``/proc/self/cgroup`` and
+    ``/proc/self/mountinfo``: cgroup v2 where its memory controller is available there, else the
+    cgroup v1 memory hierarchy. Raises :class:`MemoryLimitError` when neither is."""
+    v2_path, v1_path = _own_paths(proc_cgroup)
+    mounts = _mounts(mountinfo)
+    if v2_path is not None:
+        for m in (m for m in mounts if m.fstype == "cgroup2"):
+            here = _under(m, v2_path)
+            if "memory" in (_read(here / "cgroup.controllers") or "").split():
+                return CgroupParent(2, here)
+    if v1_path is not None:
+        for m in (m for m in mounts if m.fstype == "cgroup" and "memory" in m.options):
+            here = _under(m, v1_path)
+            if here.is_dir():
+                return CgroupParent(1, here)
+            raise MemoryLimitError(
+                f"{NEEDS}: this process's memory cgroup {v1_path} has no directory {here} (a cgroup "
+                f"namespace that the mount does not match?); {WHAT_TO_DO}."
+            )
+    raise MemoryLimitError(
+        f"{NEEDS}, but no memory controller is mounted for this process (neither cgroup v2 with "
+        f"'memory' in cgroup.controllers nor a cgroup v1 memory hierarchy); {WHAT_TO_DO}."
+    )
+
+
+def own_parent() -> CgroupParent:
+    """This process's memory cgroup (see :func:`find_parent`)."""
+    proc_cgroup, mountinfo = _read(PROC_CGROUP), _read(PROC_MOUNTINFO)
+    if proc_cgroup is None or mountinfo is None:
+        raise MemoryLimitError(
+            f"{NEEDS}, and this system has no {PROC_CGROUP} and {PROC_MOUNTINFO} (Linux only); "
+            "drop --memory-limit."
+        )
+    return find_parent(proc_cgroup, mountinfo)
+
+
+def _keyed(text: str | None, key: str) -> int | None:
+    """The value of ``key`` in a ``key value`` per line file (``memory.events``, ``oom_control``)."""
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
+            return int(parts[1])
+    return None
+
+
+def _number(text: str | None) -> int | None:
+    value = (text or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+class MemoryCgroup:
+    """A fresh child memory cgroup of ``parent`` (default: this process's own) limited to
+    ``limit_bytes``, page cache included, without swap.
+
+    ``with MemoryCgroup(limit) as cg:`` makes it and removes it at the end, whatever happens;
+    ``subprocess.run(..., preexec_fn=cg.enter)`` runs a process in it from its first allocation;
+    :meth:`stats` reads what the kernel counted (call it after the process ended, before removal).
+    """
+
+    def __init__(self, limit_bytes: int, *, parent: CgroupParent | None = None,
+                 name: str | None = None) -> None:
+        if limit_bytes <= 0:
+            raise MemoryLimitError(f"A memory limit must be positive, got {limit_bytes} bytes.")
+        self.limit_bytes = limit_bytes
+        self.parent = parent if parent is not None else own_parent()
+        self.name = name or f"edgert-{os.getpid()}-{next(_counter)}-{secrets.token_hex(3)}"
+        self.path = self.parent.path / self.name
+        self._procs = str(self.path / "cgroup.procs")
+        self.created = False
+
+    @property
+    def version(self) -> Literal[1, 2]:
+        return self.parent.version
+
+    def __enter__(self) -> MemoryCgroup:
+        self.create()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def create(self) -> None:
+        """Make the cgroup and set its limits; raise :class:`MemoryLimitError` where it cannot be."""
+        if self.version == 2:
+            self._delegate_memory()
+        try:
+            self.path.mkdir()
+        except OSError as exc:
+            raise MemoryLimitError(
+                f"{NEEDS}: could not create the cgroup {self.path} ({exc.strerror or exc}); "
+                f"{WHAT_TO_DO}."
+            ) from None
+        self.created = True
+        try:
+            if self.version == 2:
+                self._write("memory.max", self.limit_bytes)
+                if (self.path / "memory.swap.max").exists():
+                    self._write("memory.swap.max", 0)
+            else:
+                self._write("memory.limit_in_bytes", self.limit_bytes)
+                if (self.path / "memory.memsw.limit_in_bytes").exists():
+                    self._write("memory.memsw.limit_in_bytes", self.limit_bytes)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _delegate_memory(self) -> None:
+        """cgroup v2: the parent must list ``memory`` in ``cgroup.subtree_control`` for its children
+        to have ``memory.max``; enable it where it is not yet."""
+        control = self.parent.path / "cgroup.subtree_control"
+        if "memory" in (_read(control) or "").split():
+            return
+        try:
+            control.write_text("+memory")
+        except OSError as exc:
+            busy = exc.errno == errno.EBUSY
+            why = (" (this cgroup holds processes, and cgroup v2 hands controllers only to the "
+                   "children of a cgroup without processes: run from a delegated cgroup, e.g. "
+                   "`systemd-run --scope -p Delegate=yes edge-rt ...`)") if busy else ""
+            raise MemoryLimitError(
+                f"{NEEDS}: could not enable the memory controller for the children of "
+                f"{self.parent.path} ({exc.strerror or exc}){why}; {WHAT_TO_DO}."
+            ) from None
+
+    def _write(self, file: str, value: int) -> None:
+        try:
+            (self.path / file).write_text(str(value))
+        except OSError as exc:
+            raise MemoryLimitError(
+                f"{NEEDS}: could not write {value} to {self.path / file} ({exc.strerror or exc}); "
+                f"{WHAT_TO_DO}."
+            ) from None
+
+    def enter(self) -> None:
+        """Move the calling process into the cgroup: the ``preexec_fn`` of a subprocess, so that the
+        child is inside before it runs a single instruction of the new program."""
+        fd = os.open(self._procs, os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+
+    def stats(self) -> CgroupStats:
+        """Peak usage, limit hits and OOM kills so far."""
+        if self.version == 2:
+            events = _read(self.path / "memory.events")
+            return CgroupStats(self.limit_bytes, _number(_read(self.path / "memory.peak")),
+                               _keyed(events, "max"), _keyed(events, "oom_kill"))
+        return CgroupStats(
+            self.limit_bytes,
+            _number(_read(self.path / "memory.max_usage_in_bytes")),
+            _number(_read(self.path / "memory.failcnt")),
+            _keyed(_read(self.path / "memory.oom_control"), "oom_kill"),
+        )
+
+    def remove(self, timeout: float = 2.0) -> None:
+        """Remove the cgroup (its processes must have exited; retried for up to ``timeout`` seconds
+        while the kernel still counts exiting ones). Raises :class:`MemoryLimitError` when it stays."""
+        if not self.created:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise MemoryLimitError(
+                    f"Could not remove the cgroup {self.path} ({exc.strerror or exc}); once the "
+                    f"processes in {self._procs} have exited, remove it with `rmdir {self.path}`."
+                ) from None
+            self.created = False
+            return
+
+
+def leftover(parent: CgroupParent, prefix: str = "edgert-") -> list[Path]:
+    """Child cgroups of ``parent`` whose names start with ``prefix`` (what a run left behind)."""
+    with contextlib.suppress(OSError):
+        return sorted(p for p in parent.path.iterdir() if p.is_dir() and p.name.startswith(prefix))
+    return []
