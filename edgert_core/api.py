@@ -372,6 +372,8 @@ class Model:
             "pool_fresh_blocks": pool.fresh_blocks,
             "pool_reuses": pool.reuses,
             "peak_scope": engine.peak_scope,
+            "read_mode": engine.read_mode,
+            "read_mode_reason": engine.read_mode_reason,
         }
 
     def notify(self, message: str) -> None:

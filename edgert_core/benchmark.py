@@ -104,7 +104,8 @@ class BenchResult:
     threads: int | None = None
     decode_read_bytes: int | None = None
     read_bytes_per_token: float | None = None
-    disk_mb_per_s: float | None = None  # read_bytes_per_token x decode tok/s, in MB/s (10^6 bytes)
+    read_mode: str | None = None  # how streamed weights were read (run --json read_mode)
+    disk_mib_per_s: float | None = None  # read_bytes_per_token x decode tok/s, in MiB/s
     memory_limit_bytes: int | None = None
     cgroup_peak_bytes: int | None = None
     failcnt: int | None = None
@@ -255,15 +256,16 @@ def _parse_report(config: BenchConfig, returncode: int, stdout: str, stderr: str
     result.decode_read_bytes = data.get("decode_read_bytes")
     per_token = data.get("read_bytes_per_token")
     result.read_bytes_per_token = None if per_token is None else float(per_token)
-    result.disk_mb_per_s = disk_mb_per_s(result.read_bytes_per_token, tps)
+    result.read_mode = data.get("read_mode")
+    result.disk_mib_per_s = disk_mib_per_s(result.read_bytes_per_token, tps)
     return result
 
 
-def disk_mb_per_s(read_bytes_per_token: float | None, tokens_per_s: float | None) -> float | None:
-    """The disk bandwidth a run implies: bytes read per token x tokens per second, in MB/s."""
+def disk_mib_per_s(read_bytes_per_token: float | None, tokens_per_s: float | None) -> float | None:
+    """The disk bandwidth a run implies: bytes read per token x tokens per second, in MiB/s."""
     if read_bytes_per_token is None or not tokens_per_s:
         return None
-    return read_bytes_per_token * tokens_per_s / 1e6
+    return read_bytes_per_token * tokens_per_s / (1024 * 1024)
 
 
 def run_sweep(
@@ -502,7 +504,8 @@ CSV_FIELDS = [
     "threads",
     "decode_read_bytes",
     "read_bytes_per_token",
-    "disk_mb_per_s",
+    "read_mode",
+    "disk_mib_per_s",
     "memory_limit_bytes",
     "cgroup_peak_bytes",
     "failcnt",

@@ -19,7 +19,7 @@ library pages that the limit charges to the parent's cgroup, so it can exceed ``
 ``base RSS`` the RSS before any weight (edge-rt: after the tokenizer and plan; llama.cpp: after
 importing llama-cpp-python); ``cgroup peak`` what the cgroup counted at most (RSS it was charged for
 plus page cache); ``read/tok`` bytes read from disk per decoded token (``/proc/self/io``
-``read_bytes``); ``disk MB/s`` the bandwidth that implies at that speed; ``failcnt`` how often usage
+``read_bytes``); ``disk MiB/s`` the bandwidth that implies at that speed; ``failcnt`` how often usage
 hit the limit (the kernel's count; some kernels leave it at 0). A note says when pages of the model
 file stayed in the page cache after the drop (another process maps the file): those reads neither
 reach the disk nor count against the row's cgroup, so that row flatters the engine.
@@ -63,7 +63,7 @@ MiB = 2**20
 COLUMNS: list[tuple[str, Justify]] = [
     ("limit", "right"), ("engine", "left"), ("budget", "right"), ("tok/s", "right"),
     ("prompt tok/s", "right"), ("peak RSS", "right"), ("base RSS", "right"),
-    ("cgroup peak", "right"), ("read/tok", "right"), ("disk MB/s", "right"), ("failcnt", "right"),
+    ("cgroup peak", "right"), ("read/tok", "right"), ("disk MiB/s", "right"), ("failcnt", "right"),
     ("note", "left"),
 ]
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             add_row(table, [
                 limit, _engine(r), r.budget or "none", _num(r.decode_tokens_per_s),
                 _num(r.prefill_tokens_per_s), _size(r.peak_rss_bytes), _size(r.baseline_rss_bytes),
-                _size(r.cgroup_peak_bytes), _size(r.read_bytes_per_token), _num(r.disk_mb_per_s),
+                _size(r.cgroup_peak_bytes), _size(r.read_bytes_per_token), _num(r.disk_mib_per_s),
                 "-" if r.failcnt is None else str(r.failcnt), _note(r),
             ])
     echo_table(table)

@@ -415,3 +415,54 @@ def test_run_json_reports_the_engine(q8_gguf: Path, cache_dir: Path) -> None:
     assert report["pool_held_bytes"] == 0 and report["pool_closed"]
     assert 0 <= report["hidden_load_fraction"] <= 1
     assert report["pool_peak_bytes"] <= budget  # OS figures: tests/test_budget_run.py, real sizes
+
+
+# -- how streamed weights are read under a memory limit ------------------------------------------
+def test_initial_read_mode_and_the_disk_rule() -> None:
+    from edgert_core.engine.weights import initial_read_mode, reads_say_drop
+
+    assert initial_read_mode(0, 128 * 2**20) == ("cached", "nothing is streamed", False)
+    assert initial_read_mode(10 * 2**20, None) == ("cached", "no memory limit", False)
+    mode, why, watch = initial_read_mode(10 * 2**20, 128 * 2**20)
+    assert mode == "cached" and watch and "128.0 MiB" in why
+    assert reads_say_drop(6 * 2**20, 10 * 2**20)  # most of a token's streamed bytes from disk
+    assert not reads_say_drop(4 * 2**20, 10 * 2**20)
+    assert not reads_say_drop(0, 10 * 2**20) and not reads_say_drop(5, 0)
+
+
+@pytest.mark.parametrize(("disk_fraction", "expected"), [(0.9, "drop"), (0.1, "cached")])
+def test_under_a_limit_a_run_drops_its_reads_when_tokens_read_from_disk(
+    q8_gguf: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, disk_fraction: float,
+    expected: str,
+) -> None:
+    """Under a memory limit the engine starts cached and watches the first decoded tokens' disk
+    reads (/proc/self/io, faked here at a fraction of the streamed bytes each token): most of the
+    streamed weights read from disk again -> it switches to drop and says why; otherwise it stays
+    cached. The greedy tokens do not depend on it."""
+    import edgert_core.engine.states as states
+
+    monkeypatch.delenv("EDGERT_READ_MODE", raising=False)
+    budget = prefetch_budget(q8_gguf)
+    reference, _ = greedy(q8_gguf, budget, "speculative-prefetch")
+    monkeypatch.setattr(states, "effective_memory_limit", lambda: 256 * 2**20)
+    counter = {"bytes": 0}
+    model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
+                       max_context=64, notify=None)
+    try:
+        engine = model.engine
+        streamed = engine.plan.streamed_bytes_per_token(engine.layout)
+        assert streamed > 0 and engine.read_mode == "cached" and "memory limit" in engine.read_mode_reason
+
+        def fake_read_bytes() -> int:
+            counter["bytes"] += int(streamed * disk_fraction)
+            return counter["bytes"]
+
+        monkeypatch.setattr(states, "read_bytes", fake_read_bytes)
+        ids = model.generate([5, 6, 7, 8, 9, 10, 11], max_tokens=12).result().ids
+        assert engine.read_mode == expected
+        assert engine.reader.read_mode() == expected  # the model file's reader itself
+        if expected == "drop":
+            assert "from disk" in engine.read_mode_reason
+        assert ids == reference
+    finally:
+        model.close()

@@ -282,12 +282,12 @@ def test_parse_run_reads_the_new_keys() -> None:
     assert r.error is None and r.engine == "edge-rt" and r.threads == 2
     assert r.prompt_ids == [1, 2, 3]
     assert r.decode_read_bytes == 32 * MiB and r.read_bytes_per_token == 4.0 * MiB
-    assert r.disk_mb_per_s == pytest.approx(4.0 * MiB * 50.0 / 1e6)  # bytes/token x tok/s
+    assert r.disk_mib_per_s == pytest.approx(4.0 * 50.0)  # bytes/token x tok/s
     assert (r.memory_limit_bytes, r.cgroup_peak_bytes, r.failcnt, r.oom_killed) == (
         160 * MiB, 150 * MiB, 3, False)
     row = r.as_dict()
     for key in ("memory_limit_bytes", "cgroup_peak_bytes", "failcnt", "oom_killed",
-                "read_bytes_per_token", "disk_mb_per_s"):
+                "read_bytes_per_token", "disk_mib_per_s"):
         assert key in row and key in CSV_FIELDS
     header, line = to_csv([r]).splitlines()
     assert header.startswith("strategy,budget,budget_bytes")  # old columns first, as before
@@ -299,7 +299,7 @@ def test_an_old_report_without_read_bytes_still_parses() -> None:
     for key in ("decode_read_bytes", "read_bytes_per_token", "threads", "prompt_ids"):
         del old[key]
     r = parse_run(BenchConfig("sequential", "64M"), 0, json.dumps(old), "")
-    assert r.error is None and r.read_bytes_per_token is None and r.disk_mb_per_s is None
+    assert r.error is None and r.read_bytes_per_token is None and r.disk_mib_per_s is None
     assert r.memory_limit_bytes is None and r.oom_killed is False
 
 
@@ -436,7 +436,7 @@ def test_benchmark_under_a_real_memory_limit() -> None:
     assert streamed["memory_limit_bytes"] == limit
     assert 0 < streamed["cgroup_peak_bytes"] <= limit
     assert isinstance(streamed["read_bytes_per_token"], float)
-    assert isinstance(streamed["disk_mb_per_s"], float)
+    assert isinstance(streamed["disk_mib_per_s"], float)
     for row in rows:
         assert row["cgroup_peak_bytes"] is None or row["cgroup_peak_bytes"] <= limit
     assert [p for p in leftover(parent) if p.name.startswith(f"edgert-{proc.pid}-")] == []

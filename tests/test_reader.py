@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edgert_core.errors import ModelError
+from edgert_core.errors import ConfigError, ModelError
 from edgert_core.memory import (
     FileRangeReader,
     MemoryPool,
@@ -19,6 +21,8 @@ from edgert_core.memory import (
     peak_rss_bytes,
     reset_peak_rss,
 )
+from edgert_core.memory.io_stats import cached_bytes, drop_page_cache
+from edgert_core.memory.reader import DIRECT_BOUNCE_BYTES, READ_MODES, default_read_mode
 
 MiB = 1024 * 1024
 
@@ -185,3 +189,84 @@ def test_drop_mapped_pages_gives_file_pages_back(big_file: Path) -> None:
         del view
     assert touched - base > 150 * MiB
     assert touched - dropped > 150 * MiB
+
+
+# -- read modes ---------------------------------------------------------------------------------
+MODE_DATA = np.random.default_rng(5).integers(0, 256, size=3 * DIRECT_BOUNCE_BYTES + 4099, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def mode_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("modes") / "weights.bin"
+    path.write_bytes(MODE_DATA.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+@settings(max_examples=60, deadline=None)
+@given(offset=st.integers(0, MODE_DATA.size), length=st.integers(0, 2 * DIRECT_BOUNCE_BYTES + 10))
+def test_every_read_mode_reads_the_exact_bytes(mode_file: Path, mode: str, offset: int, length: int) -> None:
+    """Any offset and length (unaligned, across bounce buffers, up to the file's end) give the
+    file's bytes in every mode; ``direct`` goes through its aligned bounce buffer."""
+    length = min(length, MODE_DATA.size - offset)
+    out = np.full(length + 3, 7, dtype=np.uint8)
+    with FileRangeReader(mode_file, read_mode=mode, chunk_bytes=DIRECT_BOUNCE_BYTES // 2 + 1) as reader:
+        assert reader.read_mode == mode  # ext4/tmpfs under the test's tmp folder take O_DIRECT
+        got = reader.read_into(offset, length, out)
+    np.testing.assert_array_equal(got, MODE_DATA[offset : offset + length])
+    assert (out[length:] == 7).all()  # nothing written past the range
+
+
+@pytest.mark.parametrize(("mode", "stays_cached"), [("cached", True), ("drop", False), ("direct", False)])
+def test_drop_and_direct_leave_the_file_out_of_the_page_cache(
+    mode_file: Path, mode: str, stays_cached: bool
+) -> None:
+    """What a device's memory limit counts: after reading the whole file, ``cached`` leaves it in
+    the page cache, ``drop`` and ``direct`` leave (almost) none of it there."""
+    assert drop_page_cache(mode_file)
+    before = cached_bytes(mode_file)
+    if before is None:
+        pytest.skip("this OS cannot say which pages of a file are cached (no mincore)")
+    assert before < MODE_DATA.size // 4  # the drop worked, so the check below means something
+    out = np.empty(MODE_DATA.size, dtype=np.uint8)
+    with FileRangeReader(mode_file, read_mode=mode) as reader:
+        reader.read_into(0, MODE_DATA.size, out)
+    after = cached_bytes(mode_file)
+    assert after is not None
+    if stays_cached:
+        assert after > MODE_DATA.size // 2, after
+    else:
+        assert after < MODE_DATA.size // 4, after
+
+
+def test_direct_falls_back_to_drop_once_where_o_direct_is_refused(
+    mode_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+    o_direct = getattr(os, "O_DIRECT", 0)
+
+    def refuse(path: object, flags: int, *args: object) -> int:
+        if o_direct and flags & o_direct:
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse)
+    out = np.empty(100, dtype=np.uint8)
+    with pytest.warns(RuntimeWarning, match="read mode 'drop'") as said:
+        reader = FileRangeReader(mode_file, read_mode="direct")
+    with reader:
+        assert reader.read_mode == "drop"
+        np.testing.assert_array_equal(reader.read_into(5, 100, out), MODE_DATA[5:105])
+    assert len(said) == 1
+
+
+def test_read_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch, mode_file: Path) -> None:
+    monkeypatch.delenv("EDGERT_READ_MODE", raising=False)
+    assert default_read_mode() == "cached"
+    monkeypatch.setenv("EDGERT_READ_MODE", "Direct")
+    assert default_read_mode() == "direct"
+    with FileRangeReader(mode_file) as reader:
+        assert reader.read_mode == "direct"
+    monkeypatch.setenv("EDGERT_READ_MODE", "fast")
+    with pytest.raises(ConfigError, match="cached, drop, direct"):
+        FileRangeReader(mode_file)

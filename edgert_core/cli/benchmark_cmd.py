@@ -191,7 +191,7 @@ BENCH_COLUMNS: list[tuple[str, Justify]] = [
     ("strategy", "left"), ("budget", "right"), ("groups", "right"), ("peak RSS", "right"),
     ("base RSS", "right"), ("over base", "right"), ("ms/tok", "right"), ("compute ms", "right"),
     ("load ms", "right"), ("hidden", "right"), ("tok/s", "right"), ("x base", "right"),
-    ("read/tok", "right"), ("disk MB/s", "right"),
+    ("read/tok", "right"), ("disk MiB/s", "right"),
 ]
 LIMIT_COLUMNS: list[tuple[str, Justify]] = [
     ("limit", "right"), ("cgroup peak", "right"), ("failcnt", "right"),
@@ -217,7 +217,7 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
                 _fmt(r.ms_per_token, ".1f"), _fmt(r.compute_ms_per_token, ".1f"),
                 _fmt(r.load_ms_per_token, ".1f"), _fmt(r.hidden_load_fraction, ".0%"),
                 _fmt(r.decode_tokens_per_s, ".1f"), _fmt(r.speed_vs_baseline, ".2f"),
-                _size(r.read_bytes_per_token), _fmt(r.disk_mb_per_s, ".1f"),
+                _size(r.read_bytes_per_token), _fmt(r.disk_mib_per_s, ".1f"),
             ]
         if limited:  # also for a failed row: an OOM kill's peak is the limit
             cells += [_size(r.memory_limit_bytes), _size(r.cgroup_peak_bytes),

@@ -6,6 +6,7 @@ the plan is walked."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgert_core.backends.base import KernelBackend, Weight
+from edgert_core.budget import format_bytes
 from edgert_core.engine.pipeline import EngineTimes, StagePipeline
 from edgert_core.engine.stages import (
     LoadedStage,
@@ -24,10 +26,19 @@ from edgert_core.engine.stages import (
     tensor_order,
 )
 from edgert_core.engine.tuning import ProcessTuning
-from edgert_core.engine.weights import WeightReader, WeightSource, open_weights
+from edgert_core.engine.weights import (
+    READ_MODE_WATCH_TOKENS,
+    WeightReader,
+    WeightSource,
+    initial_read_mode,
+    open_weights,
+    reads_say_drop,
+)
 from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
 from edgert_core.loaders.base import ValidatedModel
+from edgert_core.memory.cgroup import effective_memory_limit
+from edgert_core.memory.io_stats import read_bytes
 from edgert_core.memory.pool import (
     PAGE_BYTES,
     POISON_BYTE,
@@ -36,6 +47,7 @@ from edgert_core.memory.pool import (
     block_bytes,
     pack_offsets,
 )
+from edgert_core.memory.reader import default_read_mode
 from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.models.config import (
     layer_prefix,
@@ -185,6 +197,7 @@ class ReadyEngine(_Step):
             self._stages = make_stages(self.config, self.layout, self.plan, self.reader.forms)
             self._group_stages = count_group_stages(self.plan, self._stages)
             self._allocate()
+            self._choose_read_mode()
         except BaseException:
             self._teardown()
             raise
@@ -196,6 +209,39 @@ class ReadyEngine(_Step):
         )
         if self._pipeline.prefetch:
             self.tuning.split_cores(self.backend)
+
+    def _choose_read_mode(self) -> None:
+        """How streamed weights are read: ``EDGERT_READ_MODE`` when set, else the rule of
+        :func:`~edgert_core.engine.weights.initial_read_mode` for this plan under this process's
+        memory limit, with the first decoded tokens' disk reads watched where it says so."""
+        self._streamed_per_token = self.plan.streamed_bytes_per_token(self.layout)
+        self._watch_reads = 0
+        self._reads_before: int | None = None
+        if os.environ.get("EDGERT_READ_MODE", "").strip():
+            mode, self.read_mode_reason = default_read_mode(), "EDGERT_READ_MODE"
+        else:
+            mode, self.read_mode_reason, watch = initial_read_mode(
+                self._streamed_per_token, effective_memory_limit())
+            self._watch_reads = READ_MODE_WATCH_TOKENS if watch else 0
+        self.reader.set_read_mode(mode)
+        self.read_mode = self.reader.read_mode()
+
+    def _watch_disk_reads(self, tokens: int) -> None:
+        """After a one-token forward, while watching: switch to ``drop`` when its streamed
+        weights came from disk (:func:`~edgert_core.engine.weights.reads_say_drop`)."""
+        now = read_bytes()
+        before, self._reads_before = self._reads_before, now
+        if tokens != 1 or before is None or now is None:
+            return  # a prompt's pass, or the first token: no one-token figure yet
+        self._watch_reads -= 1
+        if reads_say_drop(now - before, self._streamed_per_token):
+            self.reader.set_read_mode("drop")
+            self.read_mode = self.reader.read_mode()
+            self.read_mode_reason = (
+                f"a decoded token read {format_bytes(now - before)} of its "
+                f"{format_bytes(self._streamed_per_token)} streamed weights from disk: under the "
+                "memory limit the page cache did not keep them, so each read's pages are dropped")
+            self._watch_reads = 0
 
     # -- buffers ----------------------------------------------------------------------------------
     def _allocate(self) -> None:
@@ -395,6 +441,8 @@ class ReadyEngine(_Step):
                 # the pool caches a released block for reuse by its size; one per length asked for
                 # would pile up, so this one-off block goes back at once
                 self.pool.trim()
+        if self._watch_reads > 0:
+            self._watch_disk_reads(t)
         self.cache.length = start + t
         del self.cached_ids[start:]
         self.cached_ids.extend(int(i) for i in arr)

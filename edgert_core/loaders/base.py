@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from edgert_core.backends.numpy_ref import BLOCK_BYTES, FLOAT_BYTES, SUPPORTED_DTYPES, file_nbytes
 from edgert_core.errors import ModelError
 from edgert_core.layout import LayerInfo, ModelLayout, TensorInfo
-from edgert_core.memory.reader import FileRangeReader
+from edgert_core.memory.reader import FileRangeReader, default_read_mode
 from edgert_core.models.arch import arch_of
 from edgert_core.models.arch import expected_shapes as arch_expected_shapes
 from edgert_core.models.config import (
@@ -90,6 +90,7 @@ class ModelSource:
         self.chat_template: str | None = None
         self._readers: dict[Path, FileRangeReader] = {}
         self._readers_lock = threading.Lock()
+        self._read_mode: str | None = None  # None: each reader's default (EDGERT_READ_MODE)
 
     # -- header-only facts --------------------------------------------------------------------
     def layout(self) -> ModelLayout:
@@ -195,8 +196,27 @@ class ModelSource:
         with self._readers_lock:
             reader = self._readers.get(file)
             if reader is None or reader.closed:
-                reader = self._readers[file] = FileRangeReader(file)
+                reader = self._readers[file] = FileRangeReader(file, read_mode=self._read_mode)
             return reader
+
+    def read_mode(self) -> str:
+        """The read mode of this model's open readers (the first one's: they share it), or the
+        mode new ones get."""
+        with self._readers_lock:
+            readers = [r for r in self._readers.values() if not r.closed]
+            mode = self._read_mode
+        if readers:
+            return readers[0].read_mode
+        return mode if mode is not None else default_read_mode()
+
+    def set_read_mode(self, mode: str) -> None:
+        """How this model's files are read from now on (see :mod:`edgert_core.memory.reader`)."""
+        with self._readers_lock:
+            self._read_mode = mode
+            readers = list(self._readers.values())
+        for reader in readers:
+            if not reader.closed:
+                reader.set_read_mode(mode)
 
     def read_into(self, entry: TensorEntry, out: U8, byte_start: int = 0) -> None:
         """Fill ``out`` (``uint8``) with the file bytes of ``entry`` from ``byte_start``."""
@@ -343,6 +363,13 @@ class ValidatedModel:
             )
         if remember:
             self._finite.add(key)
+
+    def set_read_mode(self, mode: str) -> None:
+        """How the model's files are read from now on (see :mod:`edgert_core.memory.reader`)."""
+        self.source.set_read_mode(mode)
+
+    def read_mode(self) -> str:
+        return self.source.read_mode()
 
     def close(self) -> None:
         self.source.close()

@@ -46,6 +46,8 @@ from edgert_core.errors import MemoryLimitError
 PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_MOUNTINFO = Path("/proc/self/mountinfo")
 WHAT_TO_DO = "run as root, or drop --memory-limit"
+#: A cgroup v1 limit at or above this means "no limit" (the kernel reports PAGE_COUNTER_MAX pages).
+V1_UNLIMITED = 2**62
 NEEDS = "--memory-limit needs root and a writable memory cgroup (v1 or v2)"
 _counter = itertools.count(1)
 
@@ -300,3 +302,29 @@ def leftover(parent: CgroupParent, prefix: str = "edgert-") -> list[Path]:
     with contextlib.suppress(OSError):
         return sorted(p for p in parent.path.iterdir() if p.is_dir() and p.name.startswith(prefix))
     return []
+
+
+def effective_memory_limit() -> int | None:
+    """The memory limit this process runs under, in bytes: the smallest ``memory.max`` from its
+    cgroup up to the hierarchy's root (v2), or ``hierarchical_memory_limit`` of ``memory.stat``
+    (v1, the same smallest limit); ``None`` without a memory cgroup or a limit."""
+    try:
+        own = own_parent()
+    except MemoryLimitError:
+        return None
+    if own.version == 1:
+        stat = _read(own.path / "memory.stat")
+        limit = _keyed(stat, "hierarchical_memory_limit")
+        if limit is None:
+            limit = _number(_read(own.path / "memory.limit_in_bytes"))
+        return limit if limit is not None and limit < V1_UNLIMITED else None
+    limits = []
+    path = own.path
+    while True:
+        value = _number(_read(path / "memory.max"))  # "max" (no limit) is not a number
+        if value is not None:
+            limits.append(value)
+        if not (path.parent / "cgroup.controllers").exists() or path.parent == path:
+            break
+        path = path.parent
+    return min(limits) if limits else None

@@ -10,6 +10,17 @@ page cache, which is not RSS and is given up under memory pressure; ``drop_cache
 kernel to drop the range after reading (``posix_fadvise(POSIX_FADV_DONTNEED)``), for devices where
 the page cache competes with the run.
 
+How a reader reads is its *read mode* (``read_mode=``; the process default from the environment
+variable ``EDGERT_READ_MODE``, else :data:`DEFAULT_READ_MODE`):
+
+- ``cached``: plain positional reads; the file's pages stay in the page cache.
+- ``drop``: the same, then ``posix_fadvise(DONTNEED)`` on each chunk read, so streamed weights do not
+  pile up in the page cache, which a device's memory limit (a cgroup) counts with the RSS.
+- ``direct``: ``O_DIRECT`` reads that bypass the page cache, through a page-aligned bounce buffer of
+  :data:`DIRECT_BOUNCE_BYTES` per reading thread (the only memory they touch besides the caller's
+  buffer). Where the file system refuses ``O_DIRECT`` the reader says so once (a
+  ``RuntimeWarning``) and reads in ``drop`` mode.
+
 When a mapping cannot be avoided (for example, a parser that maps the file to read its header),
 :func:`drop_mapped_pages` gives the touched pages of a read-only file mapping back.
 """
@@ -19,6 +30,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,10 +38,35 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.errors import ModelError
+from edgert_core.errors import ConfigError, ModelError
 
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 """Bytes per read call; with ``drop_cache`` the page cache is dropped after each chunk."""
+
+READ_MODES = ("cached", "drop", "direct")
+DEFAULT_READ_MODE = "cached"
+"""The read mode of readers made without ``read_mode`` when ``EDGERT_READ_MODE`` is not set."""
+DIRECT_BOUNCE_BYTES = 1024 * 1024
+"""Bytes of the aligned bounce buffer of ``direct`` reads, per reading thread."""
+DIRECT_ALIGN = 4096
+"""Offset, length and buffer alignment of ``O_DIRECT`` reads (the page size covers every block
+size Linux file systems use)."""
+_O_DIRECT: int | None = getattr(os, "O_DIRECT", None)
+
+
+def default_read_mode() -> str:
+    """``EDGERT_READ_MODE`` when it names a read mode, else :data:`DEFAULT_READ_MODE`; any other
+    value is a :class:`~edgert_core.errors.ConfigError` naming the valid ones."""
+    value = os.environ.get("EDGERT_READ_MODE", "").strip().lower()
+    if not value:
+        return DEFAULT_READ_MODE
+    return check_read_mode(value, "EDGERT_READ_MODE")
+
+
+def check_read_mode(mode: str, what: str = "read_mode") -> str:
+    if mode not in READ_MODES:
+        raise ConfigError(f"{what} {mode!r} is not a read mode; use one of {', '.join(READ_MODES)}.")
+    return mode
 
 _HAVE_PREADV = hasattr(os, "preadv")
 _HAVE_FADVISE = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEED")
@@ -49,12 +86,17 @@ class FileRangeReader:
         *,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         drop_cache: bool = False,
+        read_mode: str | None = None,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
         self.path = Path(path)
         self.chunk_bytes = chunk_bytes
-        self.drop_cache = drop_cache and _HAVE_FADVISE
+        mode = check_read_mode(read_mode) if read_mode is not None else default_read_mode()
+        if drop_cache and mode == "cached":
+            mode = "drop"
+        self._direct_fd: int | None = None
+        self._bounce = threading.local()
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as err:
@@ -63,6 +105,9 @@ class FileRangeReader:
                 "permissions."
             ) from err
         self.size = os.fstat(self._fd).st_size
+        self.read_mode = "cached"
+        self.drop_cache = False
+        self.set_read_mode(mode)
         self._state = threading.Condition(threading.Lock())
         self._active = 0
         self._closed = False
@@ -71,6 +116,59 @@ class FileRangeReader:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def set_read_mode(self, mode: str) -> str:
+        """Read in ``mode`` from now on (reads in progress finish as they began); returns the mode
+        in force, ``drop`` where ``direct`` was asked for and the file system refused it."""
+        mode = check_read_mode(mode)
+        if mode == "direct" and self._direct_fd is None:
+            mode = self._open_direct()
+        self.read_mode = mode
+        self.drop_cache = mode == "drop" and _HAVE_FADVISE
+        return mode
+
+    def _open_direct(self) -> str:
+        """Open the file a second time with ``O_DIRECT`` and try one aligned read; the read mode
+        that results (``drop`` where it fails, said once)."""
+        reason = "this platform has no O_DIRECT"
+        if _O_DIRECT is not None:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | _O_DIRECT)
+            except OSError as err:
+                reason = f"opening it with O_DIRECT failed ({err.strerror})"
+            else:
+                try:
+                    if self.size:
+                        os.preadv(fd, [memoryview(self._bounce_buffer())[:DIRECT_ALIGN]], 0)
+                except OSError as err:
+                    os.close(fd)
+                    reason = f"an O_DIRECT read failed ({err.strerror})"
+                else:
+                    self._direct_fd = fd
+                    return "direct"
+        _say_once(f"edge-rt: {self.path}: {reason}; reading it with posix_fadvise(DONTNEED) after "
+                  "each read instead (read mode 'drop').")
+        return "drop"
+
+    def _bounce_buffer(self) -> mmap.mmap:
+        buf: mmap.mmap | None = getattr(self._bounce, "buf", None)
+        if buf is None:
+            buf = self._bounce.buf = mmap.mmap(-1, DIRECT_BOUNCE_BYTES)  # page-aligned
+        return buf
+
+    def _direct_into(self, view: memoryview, offset: int) -> int:
+        """One ``O_DIRECT`` read of up to a bounce buffer's worth at ``offset`` into ``view``
+        (aligned range through the bounce buffer); returns the bytes given, 0 at the file's end."""
+        assert self._direct_fd is not None
+        start = offset // DIRECT_ALIGN * DIRECT_ALIGN
+        lead = offset - start
+        want = min(len(view), DIRECT_BOUNCE_BYTES - lead)
+        span = -(-(lead + want) // DIRECT_ALIGN) * DIRECT_ALIGN
+        bounce = self._bounce_buffer()
+        got = os.preadv(self._direct_fd, [memoryview(bounce)[:span]], start)
+        n = max(0, min(want, got - lead))
+        view[:n] = memoryview(bounce)[lead : lead + n]
+        return n
 
     def read_into(
         self, offset: int, nbytes: int, out: NDArray[Any], *, what: str = ""
@@ -132,6 +230,8 @@ class FileRangeReader:
         return True
 
     def _pread_into(self, view: memoryview, offset: int) -> int:
+        if self._direct_fd is not None and self.read_mode == "direct":
+            return self._direct_into(view, offset)
         if _HAVE_PREADV:
             return os.preadv(self._fd, [view], offset)
         with self._seek_lock:  # pragma: no cover - platforms without preadv (Windows)
@@ -165,6 +265,8 @@ class FileRangeReader:
             while self._active:
                 self._state.wait()
             os.close(self._fd)
+            if self._direct_fd is not None:
+                os.close(self._direct_fd)
 
     def __enter__(self) -> FileRangeReader:
         return self
@@ -180,6 +282,16 @@ class FileRangeReader:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.size} bytes"
         return f"<FileRangeReader {str(self.path)!r} {state}>"
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A notice on stderr (a ``RuntimeWarning``), once per message in a process."""
+    if message not in _SAID:
+        _SAID.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _of(what: str) -> str:

@@ -112,7 +112,7 @@ class KVCache:
         precision (then only :meth:`write` gives fp32 views)."""
         if self.scratch is not None:
             return None
-        return self.k[layer], self.v[layer]  # type: ignore[return-value]
+        return self.k[layer], self.v[layer]
 
     def write(
         self, layer: int, start: int, k: F32, v: F32
