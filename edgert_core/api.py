@@ -27,13 +27,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgert_core.backends.base import KernelBackend
-from edgert_core.budget import MemoryBudget
+from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.chat import Conversation, turns_to_drop
 from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
 from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
 from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
 from edgert_core.layout import SYNTHETIC_SHAPES
 from edgert_core.loaders import ModelSource, open_model
+from edgert_core.memory import auto_budget
+from edgert_core.memory.auto_budget import is_auto
+from edgert_core.memory.malloc import give_back_freed_memory
+from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.models.kv_quant import DEFAULT_KV_CACHE, check_kv_cache, check_mode
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, PlanningContext
 from edgert_core.planner import AUTO
@@ -211,6 +215,8 @@ class Model:
         self.tokenizer: BaseTokenizer | None = self.source.tokenizer()
         self.prefill_chunk = self.context.prefill_chunk if budgeted else None
         self.synthetic = isinstance(self.source.source, SyntheticModel)
+        self.budget_source = ("none: every weight resident" if self.context.budget_bytes is None
+                              else f"given: {format_bytes(self.context.budget_bytes)}")
 
     @property
     def engine(self) -> ReadyEngine:
@@ -527,7 +533,9 @@ def load_model(
 
     ``model``: a ``.gguf`` path, a Hugging Face folder, a known name (``smollm2``, after
     ``edge-rt pull smollm2``), ``synthetic-smollm2-135m``/``synthetic-gpt2-small``, or ``None`` for
-    the default synthetic model. ``memory_budget``: e.g. ``"256M"``; ``None`` keeps every weight
+    the default synthetic model. ``memory_budget``: e.g. ``"256M"``; ``"auto"`` takes it from the
+    machine (:mod:`edgert_core.memory.auto_budget`: the cgroup's limit and MemAvailable, less the
+    RSS and a margin; ``budget_source`` in ``run --json`` says how); ``None`` keeps every weight
     resident. ``strategy``: a partition strategy name or ``auto``. ``threads``: kernel threads of
     backends that have them. ``weight_cache``: use the prepared-weights cache when streamed weights
     need converting (see :mod:`edgert_core.weight_cache`; default: on unless
@@ -559,13 +567,25 @@ def load_model(
         if chosen.threads is not None:
             chosen.threads = threads
     chosen.activations = choose_activations(chosen, activations)
-    budget = None if memory_budget is None else MemoryBudget.parse(memory_budget).bytes
+    budget_source = "none: every weight resident"
+    if is_auto(memory_budget):
+        validated.tokenizer()  # built first (and kept): it is part of the baseline the budget is on
+        give_back_freed_memory()
+        auto = auto_budget.resolve(current_rss_bytes())
+        budget, budget_source = auto.bytes, auto.source
+    elif memory_budget is not None:
+        budget = MemoryBudget.parse(memory_budget).bytes
+        budget_source = f"given: {format_bytes(budget)}"
+    else:
+        budget = None
     check_kv_cache(kv_cache, validated.config.dims.head_dim)
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk,
                           kv_cache=kv_cache)
     planned = Engine(validated, chosen).plan(ctx, strategy, reg)
-    return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
-                 tune_process=tune_process)
+    loaded = Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
+                   tune_process=tune_process)
+    loaded.budget_source = budget_source
+    return loaded
 
 
 def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
@@ -582,6 +602,7 @@ def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
         "kv_cache": model.kv_cache,
         "strategy": model.plan.strategy,
         "budget_bytes": model.context.budget_bytes,
+        "budget_source": model.budget_source,
         "max_context": model.context.max_context,
         "groups": [list(g.layers) for g in model.plan.groups],
         "resident_groups": [g.resident for g in model.plan.groups],

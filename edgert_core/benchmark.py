@@ -35,6 +35,8 @@ from typing import Any
 
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.errors import EdgeRTError, MemoryLimitError
+from edgert_core.memory.auto_budget import AUTO as AUTO_BUDGET
+from edgert_core.memory.auto_budget import is_auto
 from edgert_core.memory.cgroup import WHAT_TO_DO, CgroupParent, CgroupStats, MemoryCgroup, own_parent
 from edgert_core.memory.io_stats import cached_bytes, drop_page_cache
 
@@ -121,7 +123,9 @@ class BenchResult:
 
 def sweep_configs(budgets: Sequence[str], strategies: Sequence[str]) -> list[BenchConfig]:
     """The baseline (no budget) first, then every strategy at every budget, budgets ascending."""
-    parsed = sorted(budgets, key=lambda b: MemoryBudget.parse(b).bytes)  # also validates them
+    fixed = [b for b in budgets if not is_auto(b)]
+    parsed = sorted(fixed, key=lambda b: MemoryBudget.parse(b).bytes)  # also validates them
+    parsed += [AUTO_BUDGET] if len(fixed) < len(budgets) else []  # auto: resolved by each run
     configs = [BenchConfig("auto", None)]
     configs += [BenchConfig(s, b) for b in parsed for s in strategies]
     return configs
@@ -216,7 +220,8 @@ def parse_run(config: BenchConfig, returncode: int, stdout: str, stderr: str,
 
 
 def _parse_report(config: BenchConfig, returncode: int, stdout: str, stderr: str) -> BenchResult:
-    budget_bytes = None if config.budget is None else MemoryBudget.parse(config.budget).bytes
+    budget_bytes = (None if config.budget is None or is_auto(config.budget)
+                    else MemoryBudget.parse(config.budget).bytes)
     result = BenchResult(config.strategy, config.budget, budget_bytes, engine=config.engine)
     lines = stdout.strip().splitlines()
     if returncode != 0 or not lines:
@@ -231,6 +236,8 @@ def _parse_report(config: BenchConfig, returncode: int, stdout: str, stderr: str
     result.backend = str(data.get("backend", ""))
     result.strategy = str(data.get("strategy", config.strategy))
     result.groups = len(data.get("groups") or [])
+    if config.budget is not None and is_auto(config.budget):  # what the run resolved it to
+        budget_bytes = result.budget_bytes = data.get("budget_bytes")
     result.peak_rss_bytes = data.get("peak_rss_bytes")
     result.baseline_rss_bytes = data.get("baseline_rss_bytes")
     if result.peak_rss_bytes is not None and result.baseline_rss_bytes is not None:

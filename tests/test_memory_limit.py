@@ -446,3 +446,66 @@ def test_cgroup_module_prints_nothing() -> None:
     for module in (cgroup_module, benchmark):
         text = Path(str(module.__file__)).read_text()
         assert "print(" not in text and "typer" not in text
+
+
+# -- --memory-budget auto --------------------------------------------------------------------------
+def test_auto_budget_is_the_smaller_room_less_the_margin() -> None:
+    from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES, resolve
+
+    cg = resolve(70 * MiB, limit_bytes=160 * MiB, available_bytes=2000 * MiB, read_machine=False)
+    assert cg.bytes == 90 * MiB - AUTO_MARGIN_BYTES
+    assert cg.source.startswith("auto: cgroup limit 160.0 MiB - RSS 70.0 MiB") and "74.0 MiB" in cg.source
+    used = resolve(70 * MiB, limit_bytes=160 * MiB, usage_bytes=40 * MiB, available_bytes=None,
+                   read_machine=False)  # the limit is measured against the cgroup's usage
+    assert used.bytes == 120 * MiB - AUTO_MARGIN_BYTES and "cgroup usage 40.0 MiB" in used.source
+    mem = resolve(70 * MiB, limit_bytes=None, available_bytes=50 * MiB, read_machine=False)
+    assert mem.bytes == 50 * MiB - AUTO_MARGIN_BYTES and "MemAvailable 50.0 MiB" in mem.source
+    with pytest.raises(EdgeRTError, match=r"no room \(cgroup limit 80.0 MiB - RSS 70.0 MiB = 10.0 MiB"):
+        resolve(70 * MiB, limit_bytes=80 * MiB, available_bytes=None, read_machine=False)
+    with pytest.raises(EdgeRTError, match="neither a cgroup memory limit nor MemAvailable"):
+        resolve(70 * MiB, read_machine=False)
+
+
+def test_mem_available_from_meminfo() -> None:
+    from edgert_core.memory.auto_budget import mem_available
+
+    text = "MemTotal:       24683520 kB\nMemFree:        1000 kB\nMemAvailable:   2048 kB\n"
+    assert mem_available(text) == 2048 * 1024
+    assert mem_available("MemTotal: 5 kB\n") is None
+
+
+def test_load_model_with_an_auto_budget_says_where_it_came_from() -> None:
+    from edgert_core.api import generation_report, load_model
+
+    model = load_model("synthetic-smollm2-135m", memory_budget="auto", max_context=32, notify=None)
+    try:
+        assert model.context.budget_bytes is not None and model.context.budget_bytes > 0
+        assert model.budget_source.startswith("auto: ")
+        gen = model.generate([1, 2, 3], max_tokens=2)
+        report = generation_report(model, gen.result())
+        assert report["budget_source"] == model.budget_source
+        assert report["budget_bytes"] == model.context.budget_bytes
+    finally:
+        model.close()
+
+
+def test_auto_budget_and_read_mode_inside_a_real_memory_limit() -> None:
+    """In a 200 MiB cgroup, ``--memory-budget auto`` is that limit less the run's RSS and the
+    margin, ``run --json`` says so, and the run stays within the limit."""
+    why = _cgroup_unavailable()
+    if why is not None:
+        pytest.skip(f"needs root and a writable memory cgroup: {why}")
+    cmd = [sys.executable, "-m", "edgert_core", "run", "--model", "synthetic-smollm2-135m",
+           "--prompt-ids", "1,2,3", "--max-tokens", "3", "--max-context", "32",
+           "--memory-budget", "auto", "--json"]
+    with MemoryCgroup(200 * MiB, parent=own_parent()) as cg:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              preexec_fn=cg.enter, check=False)
+        stats = cg.stats()
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["budget_source"].startswith("auto: cgroup limit 200.0 MiB - cgroup usage"), \
+        report["budget_source"]
+    assert 0 < report["budget_bytes"] < 200 * MiB - 16 * MiB
+    assert report["read_mode"] == "cached"  # synthetic weights: nothing read from a file
+    assert stats.oom_kills in (None, 0)

@@ -198,7 +198,10 @@ MODE_DATA = np.random.default_rng(5).integers(0, 256, size=3 * DIRECT_BOUNCE_BYT
 @pytest.fixture(scope="module")
 def mode_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("modes") / "weights.bin"
-    path.write_bytes(MODE_DATA.tobytes())
+    with path.open("wb") as f:  # on disk, so its pages are clean and can be dropped
+        f.write(MODE_DATA.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

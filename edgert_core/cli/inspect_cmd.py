@@ -19,6 +19,9 @@ from edgert_core.cli.app import (
 )
 from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
 from edgert_core.inspection import ALL_RESIDENT, compare_plans, describe_layout
+from edgert_core.memory import auto_budget
+from edgert_core.memory.auto_budget import is_auto
+from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.models.kv_quant import check_kv_cache
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, PlanningContext
 from edgert_core.plugins import load_registry
@@ -56,8 +59,10 @@ def inspect_command(
     )
     require_at_least(ctx, config, values, "max_context", 2)
     budget = values["memory_budget"]
+    auto = auto_budget.resolve(current_rss_bytes()) if is_auto(budget) else None
     plan_ctx = PlanningContext(  # the options first: a mistyped budget is said before any file opens
-        budget_bytes=None if budget is None else MemoryBudget.parse(budget).bytes,
+        budget_bytes=(auto.bytes if auto is not None
+                      else None if budget is None else MemoryBudget.parse(budget).bytes),
         max_context=int(values["max_context"]),
         kv_cache=str(values["kv_cache"]),
     )
@@ -70,6 +75,7 @@ def inspect_command(
         "model": describe_layout(layout),
         "backend": chosen.name,
         "planning": compare_plans(registry, layout, plan_ctx),
+        "budget_source": None if auto is None else auto.source,
     }
     if as_json:
         print_json(report)
@@ -98,6 +104,8 @@ def _print_report(report: dict[str, Any]) -> None:
     )
     p = report["planning"]
     budget = "none" if p["budget_bytes"] is None else format_bytes(p["budget_bytes"])
+    if report.get("budget_source"):
+        budget += f" ({report['budget_source']}; this process's RSS, a run's baseline is larger)"
     scratch = p["kv_scratch_bytes"]
     kv = f"KV cache {p['kv_cache']} {format_bytes(p['kv_cache_bytes'])}" + (
         f" (+ {format_bytes(scratch)} fp32 scratch for one layer)" if scratch else "")

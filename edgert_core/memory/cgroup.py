@@ -328,3 +328,14 @@ def effective_memory_limit() -> int | None:
             break
         path = path.parent
     return min(limits) if limits else None
+
+
+def own_memory_usage() -> int | None:
+    """What this process's memory cgroup is charged now (v2 ``memory.current``, v1
+    ``memory.usage_in_bytes``): the RSS and page cache of every process in it, the measure its limit
+    applies to; ``None`` without a memory cgroup."""
+    try:
+        own = own_parent()
+    except MemoryLimitError:
+        return None
+    return _number(_read(own.path / ("memory.current" if own.version == 2 else "memory.usage_in_bytes")))

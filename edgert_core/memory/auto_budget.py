@@ -1,0 +1,93 @@
+"""``--memory-budget auto``: a budget taken from the machine the run is on.
+
+The budget is what a run may hold on top of the process's baseline (the RSS before any weight). On
+a device it is bounded twice: by the memory limit of the process's cgroup (a container, a systemd
+slice; :func:`~edgert_core.memory.cgroup.effective_memory_limit`), which counts the RSS *and* the
+page cache, and by the memory the kernel can still give (``MemAvailable`` in ``/proc/meminfo``).
+So::
+
+    budget = min(cgroup limit - cgroup usage now, MemAvailable) - AUTO_MARGIN_BYTES
+
+with :data:`AUTO_MARGIN_BYTES` left for what no plan counts (the interpreter's temporaries, the
+page cache of the file reads in flight, page tables). The budget is resolved once, when the model
+is loaded; re-reading it as the run goes is the adaptive runtime's job. How streamed weights are read
+under the limit is decided by the engine (:func:`~edgert_core.engine.weights.initial_read_mode`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgert_core.budget import format_bytes
+from edgert_core.errors import BudgetError
+from edgert_core.memory.cgroup import effective_memory_limit, own_memory_usage
+
+AUTO = "auto"
+#: Bytes ``auto`` leaves unbudgeted below what the machine offers.
+AUTO_MARGIN_BYTES = 16 * 1024 * 1024
+MEMINFO = Path("/proc/meminfo")
+
+
+@dataclass(frozen=True)
+class AutoBudget:
+    """A resolved ``auto`` budget: the bytes and where they came from (``source``, one line for
+    ``run --json``'s ``budget_source`` and ``inspect``)."""
+
+    bytes: int
+    source: str
+    limit_bytes: int | None  # the cgroup's memory limit, None without one
+    available_bytes: int | None  # MemAvailable, None where the OS does not say
+
+
+def is_auto(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
+def mem_available(meminfo: str | None = None) -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (or of the text given) in bytes; ``None`` without it."""
+    if meminfo is None:
+        try:
+            meminfo = MEMINFO.read_text()
+        except OSError:
+            return None
+    for line in meminfo.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "MemAvailable:" and parts[1].isdigit():
+            return int(parts[1]) * 1024
+    return None
+
+
+def resolve(rss_bytes: int, *, limit_bytes: int | None = None, usage_bytes: int | None = None,
+            available_bytes: int | None = None, read_machine: bool = True) -> AutoBudget:
+    """The ``auto`` budget for a process whose RSS is ``rss_bytes`` now. ``limit_bytes``, the
+    cgroup's ``usage_bytes`` (what its limit is measured against; the RSS where unknown) and
+    ``available_bytes`` default to this machine's (``read_machine``); raises :class:`BudgetError`
+    when the machine leaves no room, with the figures."""
+    if read_machine:
+        limit_bytes = effective_memory_limit() if limit_bytes is None else limit_bytes
+        if limit_bytes is not None and usage_bytes is None:
+            usage_bytes = own_memory_usage()
+        available_bytes = mem_available() if available_bytes is None else available_bytes
+    rooms: list[tuple[int, str]] = []
+    if limit_bytes is not None:
+        used, what = (usage_bytes, "cgroup usage") if usage_bytes is not None else (rss_bytes, "RSS")
+        rooms.append((limit_bytes - used,
+                      f"cgroup limit {format_bytes(limit_bytes)} - {what} {format_bytes(used)}"))
+    if available_bytes is not None:
+        rooms.append((available_bytes, f"MemAvailable {format_bytes(available_bytes)}"))
+    if not rooms:
+        raise BudgetError(
+            "--memory-budget auto: this system reports neither a cgroup memory limit nor "
+            "MemAvailable; give a budget such as 256M instead."
+        )
+    room, why = min(rooms)
+    budget = room - AUTO_MARGIN_BYTES
+    if budget <= 0:
+        raise BudgetError(
+            f"--memory-budget auto: the machine leaves no room ({why} = {format_bytes(room)}, less "
+            f"than the {format_bytes(AUTO_MARGIN_BYTES)} margin); free memory, raise the limit, or "
+            "give a budget explicitly."
+        )
+    source = f"auto: {why} - margin {format_bytes(AUTO_MARGIN_BYTES)} = {format_bytes(budget)}"
+    return AutoBudget(budget, source, limit_bytes, available_bytes)
