@@ -417,20 +417,97 @@ AVX512_FN static void tok_prep(const int wtype, int64_t nb, const block_q8a *a, 
  * blocks b, b+1 as [lo nibbles b, lo b+1, hi b, hi b+1] (Q8_0: [b, b+1]), the activations of the
  * pair rearranged once per group of 16 blocks to match, and each int32 lane scaled by its block's
  * d_w * d_a (a vpermps of the group's 16 scales). An odd last block takes the 256-bit route. */
+/* The pieces rows_q8_r (weights unpacked as it goes, decode) and tile_q8_r (weights unpacked once
+ * by row_prep, prompts) are built from, so both compute every output by the same operations. */
+AVX512_FN static INLINE_ALWAYS int q8_block_bytes(const int wtype) {
+    return wtype == 0 ? (int)sizeof(block_q4_0) : wtype == 1 ? (int)sizeof(block_q4_1)
+                                                              : (int)sizeof(block_q8_0);
+}
+AVX512_FN static INLINE_ALWAYS int q8_qs_offset(const int wtype) { return wtype == 1 ? 4 : 2; }
+
+/* lane -> block of the pair: Q4 [b, b+1, b, b+1] per 4 lanes; Q8_0 [b x8, b+1 x8] */
+AVX512_FN static INLINE_ALWAYS __m512i q8_lane_blk(const int wtype) {
+    return wtype == 2 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                      : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+}
+
+/* The scales (and Q4_1 minimums) of a group of n <= 16 blocks (see scales16_scalar for Q8_0). */
+AVX512_FN static INLINE_ALWAYS void q8_scales(const int wtype, const uint8_t *blocks, int n, float *d,
+                                              float *m) {
+    if (wtype == 2)
+        scales16_scalar(blocks, q8_block_bytes(wtype), n, d);
+    else
+        scales16(blocks, q8_block_bytes(wtype), n, d, wtype == 1 ? m : NULL);
+}
+
+/* The weights of blocks b, b+1 (quants at q0, q1) as vpdpbusd's unsigned operand: Q4 as
+ * [lo nibbles b, lo b+1, hi b, hi b+1]; Q8_0 as |w|, with *neg the lanes where w < 0. */
+AVX512_FN static INLINE_ALWAYS __m512i q8_pair_weights(const int wtype, const uint8_t *q0,
+                                                       const uint8_t *q1, __mmask64 *neg) {
+    if (wtype == 2) {
+        __m512i wv = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0)),
+            _mm256_loadu_si256((const __m256i *)q1), 1);
+        *neg = _mm512_movepi8_mask(wv);
+        return _mm512_abs_epi8(wv);
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)q0)),
+                                        _mm_loadu_si128((const __m128i *)q1), 1);
+    *neg = 0;
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                              _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+}
+
+/* The odd last block of a group: Q4 unpacked, Q8_0 its raw int8 weights. */
+AVX512_FN static INLINE_ALWAYS __m256i q8_tail_weights(const int wtype, const uint8_t *qs) {
+    return wtype == 2 ? _mm256_loadu_si256((const __m256i *)qs) : unpack_nibbles(qs);
+}
+
+/* Per row and group: the side sum (Q4_1 sum m_w * s_a; Q4_0 sum d_w * s_a, times -8 at the end)
+ * and the block products' scales d_w * d_a. */
+AVX512_FN static INLINE_ALWAYS void q8_group_scales(const int wtype, const float *d, const float *m,
+                                                    __m512 vad, __m512 vas, __m512 *side,
+                                                    __m512 *sc) {
+    __m512 vd = _mm512_loadu_ps(d);
+    if (wtype == 1) *side = _mm512_fmadd_ps(_mm512_loadu_ps(m), vas, *side);
+    if (wtype == 0) *side = _mm512_fmadd_ps(vd, vas, *side);
+    *sc = _mm512_mul_ps(vd, vad);
+}
+
+/* acc + the pair's two block products, each scaled by its block's d_w * d_a (signed x signed for
+ * Q8_0 as |w| x (a negated where w < 0)). */
+AVX512_FN static INLINE_ALWAYS __m512 q8_pair_product(const int wtype, __m512i wv, __mmask64 neg,
+                                                      __m512i ap, __m512i idx, __m512 sc,
+                                                      __m512 acc) {
+    __m512i av = wtype == 2 ? _mm512_mask_sub_epi8(ap, neg, _mm512_setzero_si512(), ap) : ap;
+    __m512i iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, av);
+    return _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, sc), _mm512_cvtepi32_ps(iw), acc);
+}
+
+/* tail + block i's product (weights from q8_tail_weights) scaled by lane i of sc. */
+AVX512_FN static INLINE_ALWAYS __m256 q8_tail_product(const int wtype, __m256i wv, __m256i av,
+                                                      __m512 sc, int i, __m256 tail) {
+    __m256 pr = wtype == 2 ? dot_us8(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv))
+                           : dot_us8(wv, av);
+    float scale[16];
+    _mm512_storeu_ps(scale, sc);
+    return _mm256_fmadd_ps(_mm256_set1_ps(scale[i]), pr, tail);
+}
+
+AVX512_FN static INLINE_ALWAYS float q8_finish(const int wtype, __m512 acc, __m512 side, __m256 tail) {
+    float sv = _mm512_reduce_add_ps(side);
+    return _mm512_reduce_add_ps(acc) + hsum256(tail) +
+           (wtype == 0 ? -8.0f * sv : wtype == 1 ? sv : 0.0f);
+}
+
 AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int64_t nb,
                                               const uint8_t *w, size_t rb, const q8_tok_group *tg,
                                               float *y) {
-    const int bs = wtype == 0 ? (int)sizeof(block_q4_0)
-                 : wtype == 1 ? (int)sizeof(block_q4_1) : (int)sizeof(block_q8_0);
-    const int qoff = wtype == 1 ? 4 : 2;
-    /* lane -> block of the pair: Q4 [b, b+1, b, b+1] per 4 lanes; Q8_0 [b x8, b+1 x8] */
-    const __m512i lane_blk = wtype == 2
-        ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
-        : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m512 acc[ROWS], side[ROWS]; /* side: Q4_1 sum m_w * s_a; Q4_0 sum d_w * s_a (x -8) */
+    const int bs = q8_block_bytes(wtype), qoff = q8_qs_offset(wtype);
+    const __m512i lane_blk = q8_lane_blk(wtype);
+    __m512 acc[ROWS], side[ROWS], sc[ROWS];
     __m256 tail[ROWS];
-    __m512 sc[ROWS];
     float d[ROWS][16], m[ROWS][16];
     for (int r = 0; r < R; r++) {
         acc[r] = side[r] = _mm512_setzero_ps();
@@ -441,63 +518,26 @@ AVX512_FN static INLINE_ALWAYS void rows_q8_r(const int R, const int wtype, int6
         const q8_tok_group *t = tg + gi;
         __m512 vad = _mm512_loadu_ps(t->d), vas = _mm512_loadu_ps(t->s);
         for (int r = 0; r < R; r++) {
-            if (wtype == 2)
-                scales16_scalar(w + r * rb + (size_t)b0 * bs, bs, n, d[r]);
-            else
-                scales16(w + r * rb + (size_t)b0 * bs, bs, n, d[r], wtype == 1 ? m[r] : NULL);
-            __m512 vd = _mm512_loadu_ps(d[r]);
-            if (wtype == 1) side[r] = _mm512_fmadd_ps(_mm512_loadu_ps(m[r]), vas, side[r]);
-            if (wtype == 0) side[r] = _mm512_fmadd_ps(vd, vas, side[r]);
-            sc[r] = _mm512_mul_ps(vd, vad); /* the block products' scales */
+            q8_scales(wtype, w + r * rb + (size_t)b0 * bs, n, d[r], m[r]);
+            q8_group_scales(wtype, d[r], m[r], vad, vas, &side[r], &sc[r]);
         }
         for (int p = 0; p < np; p++) {
             __m512i idx = _mm512_add_epi32(lane_blk, _mm512_set1_epi32(2 * p));
             for (int r = 0; r < R; r++) {
-                const uint8_t *q0 = w + r * rb + (size_t)(b0 + 2 * p) * bs + qoff, *q1 = q0 + bs;
-                __m512i iw;
-                if (wtype == 2) {
-                    __m512i wv = _mm512_inserti64x4(
-                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0)),
-                        _mm256_loadu_si256((const __m256i *)q1), 1);
-                    /* signed x signed as |w| x (a negated where w < 0) */
-                    __mmask64 neg = _mm512_movepi8_mask(wv);
-                    __m512i av = _mm512_mask_sub_epi8(t->ap[p], neg, _mm512_setzero_si512(), t->ap[p]);
-                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), av);
-                } else {
-                    __m256i v = _mm256_inserti128_si256(
-                        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)q0)),
-                        _mm_loadu_si128((const __m128i *)q1), 1);
-                    __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                                    _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, t->ap[p]);
-                }
-                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, sc[r]), _mm512_cvtepi32_ps(iw),
-                                         acc[r]);
+                const uint8_t *q0 = w + r * rb + (size_t)(b0 + 2 * p) * bs + qoff;
+                __mmask64 neg;
+                __m512i wv = q8_pair_weights(wtype, q0, q0 + bs, &neg);
+                acc[r] = q8_pair_product(wtype, wv, neg, t->ap[p], idx, sc[r], acc[r]);
             }
         }
-        if (n & 1) {
-            int i = n - 1;
-            __m256i av = t->tail;
+        if (n & 1)
             for (int r = 0; r < R; r++) {
-                const uint8_t *qs = w + r * rb + (size_t)(b0 + i) * bs + qoff;
-                __m256 pr;
-                if (wtype == 2) {
-                    __m256i wv = _mm256_loadu_si256((const __m256i *)qs);
-                    pr = dot_us8(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-                } else {
-                    pr = dot_us8(unpack_nibbles(qs), av);
-                }
-                float scale[16];
-                _mm512_storeu_ps(scale, sc[r]);
-                tail[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[i]), pr, tail[r]);
+                const uint8_t *qs = w + r * rb + (size_t)(b0 + n - 1) * bs + qoff;
+                tail[r] = q8_tail_product(wtype, q8_tail_weights(wtype, qs), t->tail, sc[r], n - 1,
+                                          tail[r]);
             }
-        }
     }
-    for (int r = 0; r < R; r++) {
-        float sv = _mm512_reduce_add_ps(side[r]);
-        y[r] = _mm512_reduce_add_ps(acc[r]) + hsum256(tail[r]) +
-               (wtype == 0 ? -8.0f * sv : wtype == 1 ? sv : 0.0f);
-    }
+    for (int r = 0; r < R; r++) y[r] = q8_finish(wtype, acc[r], side[r], tail[r]);
 }
 
 /* ---- q8 activations, prompts (T > 1) ------------------------------------------------------ *
@@ -515,36 +555,15 @@ typedef struct {          /* one weight row, per group of 16 blocks */
 } q8_row_group;
 
 AVX512_FN static void row_prep(const int wtype, int64_t nb, const uint8_t *w, q8_row_group *g) {
-    const int bs = wtype == 0 ? (int)sizeof(block_q4_0)
-                 : wtype == 1 ? (int)sizeof(block_q4_1) : (int)sizeof(block_q8_0);
-    const int qoff = wtype == 1 ? 4 : 2;
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const int bs = q8_block_bytes(wtype), qoff = q8_qs_offset(wtype);
     for (int64_t b0 = 0, gi = 0; b0 < nb; b0 += 16, gi++) {
         int n = nb - b0 < 16 ? (int)(nb - b0) : 16;
-        if (wtype == 2)
-            scales16_scalar(w + (size_t)b0 * bs, bs, n, g[gi].d);
-        else
-            scales16(w + (size_t)b0 * bs, bs, n, g[gi].d, wtype == 1 ? g[gi].m : NULL);
+        q8_scales(wtype, w + (size_t)b0 * bs, n, g[gi].d, g[gi].m);
         for (int p = 0; p < n / 2; p++) {
-            const uint8_t *q0 = w + (size_t)(b0 + 2 * p) * bs + qoff, *q1 = q0 + bs;
-            if (wtype == 2) {
-                __m512i wv = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q0)),
-                    _mm256_loadu_si256((const __m256i *)q1), 1);
-                g[gi].neg[p] = _mm512_movepi8_mask(wv);
-                g[gi].wv[p] = _mm512_abs_epi8(wv);
-            } else {
-                __m256i v = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)q0)),
-                    _mm_loadu_si128((const __m128i *)q1), 1);
-                g[gi].wv[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
-                                                 _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-            }
+            const uint8_t *q0 = w + (size_t)(b0 + 2 * p) * bs + qoff;
+            g[gi].wv[p] = q8_pair_weights(wtype, q0, q0 + bs, &g[gi].neg[p]);
         }
-        if (n & 1) {
-            const uint8_t *qs = w + (size_t)(b0 + n - 1) * bs + qoff;
-            g[gi].tail = wtype == 2 ? _mm256_loadu_si256((const __m256i *)qs) : unpack_nibbles(qs);
-        }
+        if (n & 1) g[gi].tail = q8_tail_weights(wtype, w + (size_t)(b0 + n - 1) * bs + qoff);
     }
 }
 
@@ -552,9 +571,7 @@ AVX512_FN static void row_prep(const int wtype, int64_t nb, const uint8_t *w, q8
 AVX512_FN static INLINE_ALWAYS void tile_q8_r(const int R, const int wtype, int64_t nb,
                                               const q8_row_group *rg, int64_t ng,
                                               const q8_tok_group *tg, float *y) {
-    const __m512i lane_blk = wtype == 2
-        ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
-        : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    const __m512i lane_blk = q8_lane_blk(wtype);
     __m512 acc[ROWS], side[ROWS], sc[ROWS];
     __m256 tail[ROWS];
     for (int r = 0; r < R; r++) {
@@ -567,45 +584,20 @@ AVX512_FN static INLINE_ALWAYS void tile_q8_r(const int R, const int wtype, int6
         __m512 vad = _mm512_loadu_ps(t->d), vas = _mm512_loadu_ps(t->s);
         for (int r = 0; r < R; r++) {
             const q8_row_group *g = rg + r * ng + gi;
-            __m512 vd = _mm512_loadu_ps(g->d);
-            if (wtype == 1) side[r] = _mm512_fmadd_ps(_mm512_loadu_ps(g->m), vas, side[r]);
-            if (wtype == 0) side[r] = _mm512_fmadd_ps(vd, vas, side[r]);
-            sc[r] = _mm512_mul_ps(vd, vad);
+            q8_group_scales(wtype, g->d, g->m, vad, vas, &side[r], &sc[r]);
         }
         for (int p = 0; p < np; p++) {
             __m512i idx = _mm512_add_epi32(lane_blk, _mm512_set1_epi32(2 * p));
-            __m512i ap = t->ap[p];
             for (int r = 0; r < R; r++) {
                 const q8_row_group *g = rg + r * ng + gi;
-                __m512i iw;
-                if (wtype == 2) {
-                    __m512i av = _mm512_mask_sub_epi8(ap, g->neg[p], _mm512_setzero_si512(), ap);
-                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), g->wv[p], av);
-                } else {
-                    iw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), g->wv[p], ap);
-                }
-                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, sc[r]), _mm512_cvtepi32_ps(iw),
-                                         acc[r]);
+                acc[r] = q8_pair_product(wtype, g->wv[p], g->neg[p], t->ap[p], idx, sc[r], acc[r]);
             }
         }
-        if (n & 1) {
-            int i = n - 1;
-            for (int r = 0; r < R; r++) {
-                const q8_row_group *g = rg + r * ng + gi;
-                __m256 pr = wtype == 2 ? dot_us8(_mm256_sign_epi8(g->tail, g->tail),
-                                                 _mm256_sign_epi8(t->tail, g->tail))
-                                       : dot_us8(g->tail, t->tail);
-                float scale[16];
-                _mm512_storeu_ps(scale, sc[r]);
-                tail[r] = _mm256_fmadd_ps(_mm256_set1_ps(scale[i]), pr, tail[r]);
-            }
-        }
+        if (n & 1)
+            for (int r = 0; r < R; r++)
+                tail[r] = q8_tail_product(wtype, rg[r * ng + gi].tail, t->tail, sc[r], n - 1, tail[r]);
     }
-    for (int r = 0; r < R; r++) {
-        float sv = _mm512_reduce_add_ps(side[r]);
-        y[r] = _mm512_reduce_add_ps(acc[r]) + hsum256(tail[r]) +
-               (wtype == 0 ? -8.0f * sv : wtype == 1 ? sv : 0.0f);
-    }
+    for (int r = 0; r < R; r++) y[r] = q8_finish(wtype, acc[r], side[r], tail[r]);
 }
 
 /* Rows 0..nrows-1 (row_bytes apart) times T tokens: y[t * ldy + r]. Returns 0 when its scratch
