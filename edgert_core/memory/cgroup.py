@@ -46,7 +46,8 @@ from edgert_core.errors import MemoryLimitError
 PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_MOUNTINFO = Path("/proc/self/mountinfo")
 WHAT_TO_DO = "run as root, or drop --memory-limit"
-#: A cgroup v1 limit at or above this means "no limit" (the kernel reports PAGE_COUNTER_MAX pages).
+#: A cgroup v1 limit at or above this many bytes means "no limit" (the kernel reports
+#: ``PAGE_COUNTER_MAX`` pages, about 2**63 bytes, rounded down to a page).
 V1_UNLIMITED = 2**62
 NEEDS = "--memory-limit needs root and a writable memory cgroup (v1 or v2)"
 _counter = itertools.count(1)
@@ -89,8 +90,9 @@ def _mounts(mountinfo: str) -> list[_Mount]:
     return out
 
 
-def _own_paths(proc_cgroup: str) -> tuple[str | None, str | None]:
-    """This process's cgroup v2 path and cgroup v1 memory path from a ``/proc/self/cgroup`` text."""
+def own_cgroup_paths(proc_cgroup: str) -> tuple[str | None, str | None]:
+    """This process's cgroup v2 path and cgroup v1 memory path from a ``/proc/self/cgroup`` text
+    (also what the ``cgroup`` monitor reads)."""
     v2 = v1 = None
     for line in proc_cgroup.splitlines():
         parts = line.split(":", 2)
@@ -122,7 +124,7 @@ def find_parent(proc_cgroup: str, mountinfo: str) -> CgroupParent:
     """This process's memory cgroup, from the texts of ``/proc/self/cgroup`` and
     ``/proc/self/mountinfo``: cgroup v2 where its memory controller is available there, else the
     cgroup v1 memory hierarchy. Raises :class:`MemoryLimitError` when neither is."""
-    v2_path, v1_path = _own_paths(proc_cgroup)
+    v2_path, v1_path = own_cgroup_paths(proc_cgroup)
     mounts = _mounts(mountinfo)
     if v2_path is not None:
         for m in (m for m in mounts if m.fstype == "cgroup2"):

@@ -24,14 +24,12 @@ from typing import ClassVar
 import psutil
 
 from edgert_core.hookspecs import hookimpl
+from edgert_core.memory.cgroup import V1_UNLIMITED, own_cgroup_paths
 from edgert_core.monitors.base import Reading, SystemMonitor
 
 #: The filesystem root the monitors read ``proc``/``sys`` files under when given no ``root``.
 ROOT = Path("/")
 
-#: A cgroup v1 limit at or above this many bytes means "no limit" (the kernel reports
-#: ``PAGE_COUNTER_MAX`` pages, about 2**63 bytes, rounded down to a page).
-CGROUP_V1_UNLIMITED = 2**62
 
 #: Bits of the Raspberry Pi firmware's ``get_throttled`` word: (bit, key, label).
 THROTTLE_BITS: tuple[tuple[int, str, str], ...] = (
@@ -310,21 +308,6 @@ class ThermalMonitor(RootedMonitor):
 
 
 # -- cgroup memory limit --------------------------------------------------------------------------
-def _cgroup_paths(text: str | None) -> tuple[str | None, str | None]:
-    """The (v2, v1 memory) cgroup paths of this process from ``/proc/self/cgroup``."""
-    v2 = v1 = None
-    for line in (text or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
-    return v2, v1
-
-
 def _candidates(mount: Path, own: str | None) -> list[Path]:
     """Where this process's cgroup directory may be: its own path under the mount (on a host), then
     the mount itself (inside a container with a cgroup namespace, where the own path is ``/``)."""
@@ -344,7 +327,7 @@ class CgroupMonitor(RootedMonitor):
     description: ClassVar[str] = "container (cgroup) memory limit"
 
     def read(self) -> list[Reading]:
-        v2_path, v1_path = _cgroup_paths(_read_text(self.path("proc/self/cgroup")))
+        v2_path, v1_path = own_cgroup_paths(_read_text(self.path("proc/self/cgroup")) or "")
         for directory in _candidates(self.path("sys/fs/cgroup"), v2_path):
             if (directory / "memory.max").is_file():
                 return self._v2(directory)
@@ -373,7 +356,7 @@ class CgroupMonitor(RootedMonitor):
         if raw is None:
             limited: bool | None = None
             limit, note = None, "memory.limit_in_bytes unreadable"
-        elif raw >= CGROUP_V1_UNLIMITED:
+        elif raw >= V1_UNLIMITED:
             limited, limit, note = False, None, "no limit"
         else:
             limited, limit, note = True, raw, ""
