@@ -24,7 +24,6 @@ import csv
 import importlib.util
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edgert_core.backends.base import usable_cpus
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.errors import EdgeRTError, MemoryLimitError
 from edgert_core.memory.auto_budget import AUTO as AUTO_BUDGET
@@ -313,7 +313,7 @@ def run_sweep(
                 done = [r for rs in runs for r in rs if r.engine == EDGE_RT and r.error is None]
                 prompt_ids = next((r.prompt_ids for r in done if r.prompt_ids), [])
                 threads = llama_cpp.threads or next((r.threads for r in done if r.threads), None)
-                args = llama_cpp_args(llama_cpp, prompt_ids, threads or _cpus())
+                args = llama_cpp_args(llama_cpp, prompt_ids, threads or usable_cpus())
             else:
                 args = run_args(config, model, run_options)
             cached = _drop(drop_files)
@@ -336,12 +336,6 @@ def _drop(files: Sequence[Path]) -> int | None:
         if n is not None:
             left = (left or 0) + n
     return left
-
-
-def _cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1  # pragma: no cover - not Linux
 
 
 def _run_one(config: BenchConfig, args: Sequence[str], timeout: float, memory_limit: int | None,
