@@ -200,6 +200,7 @@ class Model:
         weight_cache: bool | None = None,
         notify: Callable[[str], None] | None = None,
         tune_process: bool = False,
+        budget_source: str | None = None,
     ) -> None:
         self.source = planned.model
         self.backend = planned.backend
@@ -215,8 +216,10 @@ class Model:
         self.tokenizer: BaseTokenizer | None = self.source.tokenizer()
         self.prefill_chunk = self.context.prefill_chunk if budgeted else None
         self.synthetic = isinstance(self.source.source, SyntheticModel)
-        self.budget_source = ("none: every weight resident" if self.context.budget_bytes is None
-                              else f"given: {format_bytes(self.context.budget_bytes)}")
+        #: where the budget came from (``run --json`` ``budget_source``)
+        self.budget_source = budget_source or (
+            "none: every weight resident" if self.context.budget_bytes is None
+            else f"given: {format_bytes(self.context.budget_bytes)}")
 
     @property
     def engine(self) -> ReadyEngine:
@@ -567,7 +570,7 @@ def load_model(
         if chosen.threads is not None:
             chosen.threads = threads
     chosen.activations = choose_activations(chosen, activations)
-    budget_source = "none: every weight resident"
+    budget_source = None
     if is_auto(memory_budget):
         validated.tokenizer()  # built first (and kept): it is part of the baseline the budget is on
         give_back_freed_memory()
@@ -575,17 +578,14 @@ def load_model(
         budget, budget_source = auto.bytes, auto.source
     elif memory_budget is not None:
         budget = MemoryBudget.parse(memory_budget).bytes
-        budget_source = f"given: {format_bytes(budget)}"
     else:
         budget = None
     check_kv_cache(kv_cache, validated.config.dims.head_dim)
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk,
                           kv_cache=kv_cache)
     planned = Engine(validated, chosen).plan(ctx, strategy, reg)
-    loaded = Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
-                   tune_process=tune_process)
-    loaded.budget_source = budget_source
-    return loaded
+    return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
+                 tune_process=tune_process, budget_source=budget_source)
 
 
 def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
