@@ -29,13 +29,15 @@ from numpy.typing import NDArray
 from edgert_core.backends.base import KernelBackend
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.chat import Conversation, turns_to_drop
+from edgert_core.device_cost import disk_bound_tokens_per_s
 from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
 from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
 from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
 from edgert_core.layout import SYNTHETIC_SHAPES
-from edgert_core.loaders import ModelSource, open_model
-from edgert_core.memory import auto_budget
+from edgert_core.loaders import ModelSource, ValidatedModel, open_model
+from edgert_core.memory import auto_budget, bandwidth
 from edgert_core.memory.auto_budget import is_auto
+from edgert_core.memory.cgroup import effective_memory_limit
 from edgert_core.memory.malloc import give_back_freed_memory
 from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.models.kv_quant import DEFAULT_KV_CACHE, check_kv_cache, check_mode
@@ -383,6 +385,11 @@ class Model:
             "peak_scope": engine.peak_scope,
             "read_mode": engine.read_mode,
             "read_mode_reason": engine.read_mode_reason,
+            "room_bytes": engine.room_bytes,
+            "predicted_disk_bytes_per_token": engine.disk_bytes_per_token,
+            "disk_read_bytes_per_s": self.context.disk_bytes_per_s,
+            "disk_bound_tokens_per_s": disk_bound_tokens_per_s(engine.disk_bytes_per_token,
+                                                               self.context.disk_bytes_per_s),
         }
 
     def notify(self, message: str) -> None:
@@ -571,21 +578,46 @@ def load_model(
             chosen.threads = threads
     chosen.activations = choose_activations(chosen, activations)
     budget_source = None
+    limit = None
     if is_auto(memory_budget):
         validated.tokenizer()  # built first (and kept): it is part of the baseline the budget is on
         give_back_freed_memory()
         auto = auto_budget.resolve(current_rss_bytes())
-        budget, budget_source = auto.bytes, auto.source
+        budget, budget_source, limit = auto.bytes, auto.source, auto.limit_bytes
     elif memory_budget is not None:
         budget = MemoryBudget.parse(memory_budget).bytes
     else:
         budget = None
     check_kv_cache(kv_cache, validated.config.dims.head_dim)
+    room, disk = _device(validated, budget, limit, is_auto(memory_budget))
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk,
-                          kv_cache=kv_cache)
+                          kv_cache=kv_cache, room_bytes=room, disk_bytes_per_s=disk)
     planned = Engine(validated, chosen).plan(ctx, strategy, reg)
     return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
                  tune_process=tune_process, budget_source=budget_source)
+
+
+def _device(validated: ValidatedModel, budget: int | None, limit: int | None,
+            auto: bool) -> tuple[int | None, float | None]:
+    """The device facts ``auto`` ranks plans by under a memory limit: the room for pool and page
+    cache (for ``auto``, the budget itself) and the read bandwidth of the model's disk (measured
+    once per file, :mod:`edgert_core.memory.bandwidth`); ``(None, None)`` without a limit or a
+    budget."""
+    if budget is None:
+        return None, None
+    if not auto:
+        limit = effective_memory_limit()
+        if limit is None:
+            return None, None
+        found = auto_budget.device_room(current_rss_bytes())
+        room = None if found is None else found.bytes - auto_budget.AUTO_MARGIN_BYTES
+    else:
+        room = budget if limit is not None else None
+    if room is None:
+        return None, None
+    files = sorted(validated.source.file_sizes()) if validated.format != "synthetic" else []
+    speed = bandwidth.read_bandwidth(files[0]) if files else None
+    return room, (speed.bytes_per_s if speed is not None else None)
 
 
 def generation_report(model: Model, gen: Generation) -> dict[str, Any]:

@@ -34,9 +34,11 @@ from typing import Any
 
 from edgert_core.backends.base import usable_cpus
 from edgert_core.budget import MemoryBudget, format_bytes
+from edgert_core.device_cost import disk_bound_tokens_per_s
 from edgert_core.errors import EdgeRTError, MemoryLimitError
 from edgert_core.memory.auto_budget import AUTO as AUTO_BUDGET
 from edgert_core.memory.auto_budget import is_auto
+from edgert_core.memory.bandwidth import measure as measure_bandwidth
 from edgert_core.memory.cgroup import WHAT_TO_DO, CgroupParent, CgroupStats, MemoryCgroup, own_parent
 from edgert_core.memory.io_stats import cached_bytes, drop_page_cache
 
@@ -108,6 +110,11 @@ class BenchResult:
     read_bytes_per_token: float | None = None
     read_mode: str | None = None  # how streamed weights were read (run --json read_mode)
     disk_mib_per_s: float | None = None  # read_bytes_per_token x decode tok/s, in MiB/s
+    # the model file's disk read bandwidth measured before the sweep (memory/bandwidth.py), the tok/s
+    # it allows for this row's bytes read from disk per token, and this row's speed as a fraction of it
+    disk_read_bytes_per_s: float | None = None
+    disk_bound_tokens_per_s: float | None = None
+    of_disk_bound: float | None = None
     memory_limit_bytes: int | None = None
     cgroup_peak_bytes: int | None = None
     failcnt: int | None = None
@@ -324,7 +331,35 @@ def run_sweep(
                 on_progress(i, total, config, result)
     results = [combine(r) for r in runs]
     _add_ratios(results)
+    if drop_files and memory_limit is not None:
+        add_disk_bound(results, _bandwidth(drop_files[0]))
     return results
+
+
+#: Rows reading less than this from disk per token are not disk-bound: no bound is given for them.
+DISK_BOUND_MIN_BYTES = 2**20
+
+
+def add_disk_bound(results: Sequence[BenchResult], read_bytes_per_s: float | None) -> None:
+    """Give each row the disk bound of its OS-measured bytes read per token at the measured read
+    bandwidth (:func:`edgert_core.device_cost.disk_bound_tokens_per_s`) and its speed as a fraction
+    of that bound; rows reading under :data:`DISK_BOUND_MIN_BYTES` a token get none."""
+    for r in results:
+        r.disk_read_bytes_per_s = read_bytes_per_s
+        if (r.read_bytes_per_token or 0) < DISK_BOUND_MIN_BYTES:
+            continue
+        r.disk_bound_tokens_per_s = disk_bound_tokens_per_s(r.read_bytes_per_token, read_bytes_per_s)
+        if r.disk_bound_tokens_per_s and r.decode_tokens_per_s:
+            r.of_disk_bound = r.decode_tokens_per_s / r.disk_bound_tokens_per_s
+
+
+def _bandwidth(path: Path) -> float | None:
+    """The file's disk read bandwidth measured now (not the cached figure: the table is about this
+    run's device), ``None`` where it cannot be read."""
+    try:
+        return measure_bandwidth(path).bytes_per_s
+    except OSError:
+        return None
 
 
 def _drop(files: Sequence[Path]) -> int | None:
@@ -507,6 +542,9 @@ CSV_FIELDS = [
     "read_bytes_per_token",
     "read_mode",
     "disk_mib_per_s",
+    "disk_read_bytes_per_s",
+    "disk_bound_tokens_per_s",
+    "of_disk_bound",
     "memory_limit_bytes",
     "cgroup_peak_bytes",
     "failcnt",

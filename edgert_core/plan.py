@@ -61,6 +61,11 @@ class PlanningContext:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     stage_bytes: int = DEFAULT_STAGE_BYTES
     kv_cache: str = kv_quant.DEFAULT_KV_CACHE
+    #: The device's room for the run's pool and page cache together (a memory limit's, margin off;
+    #: ``None``: no limit) and its measured disk read bandwidth: ``auto`` ranks plans by the bytes
+    #: they read from disk per token (:mod:`edgert_core.device_cost`) when these are known.
+    room_bytes: int | None = None
+    disk_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_context <= 0 or self.prefill_chunk <= 0 or self.stage_bytes <= 0:

@@ -1,6 +1,8 @@
 """Choosing a plan: a named strategy, or ``auto`` among the installed ones.
 
 The ``auto`` rule: every installed strategy plans for the budget; among the valid plans, pick the one
+that reads the fewest bytes from disk per token on this device (:mod:`edgert_core.device_cost`: 0
+unless a memory limit leaves no room for the streamed weights in the page cache), then the one
 with the lowest estimated time per token (:func:`edgert_core.plan.estimated_seconds_per_token`: every
 weight is computed once per token, and streamed weights are loaded once more, after the compute or,
 with prefetch, behind it), then the one that reads the fewest bytes per token, then the lowest
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgert_core.device_cost import device_cost
 from edgert_core.errors import EdgeRTError, InfeasibleBudgetError, PluginError
 from edgert_core.layout import ModelLayout
 from edgert_core.plan import (
@@ -62,13 +65,14 @@ def plan_with(
     return plan
 
 
-def _rank(plan: ExecutionPlan, layout: ModelLayout) -> tuple[float, int, int, str]:
-    return (
-        estimated_seconds_per_token(plan, layout),
-        plan.streamed_bytes_per_token(layout),
-        plan.predicted_peak_bytes,
-        plan.strategy,
-    )
+def _rank(plan: ExecutionPlan, layout: ModelLayout,
+          ctx: PlanningContext) -> tuple[int, float, int, int, str]:
+    disk = device_cost(plan, layout, ctx.room_bytes).disk_bytes_per_token
+    seconds = estimated_seconds_per_token(plan, layout)
+    if disk and ctx.disk_bytes_per_s:  # its streamed bytes come at the disk's speed, not memory's
+        seconds = estimated_seconds_per_token(plan, layout, load_bytes_per_s=ctx.disk_bytes_per_s)
+    return (disk, seconds, plan.streamed_bytes_per_token(layout), plan.predicted_peak_bytes,
+            plan.strategy)
 
 
 @dataclass(frozen=True)
@@ -117,4 +121,4 @@ def choose_auto(
             "No installed strategy could plan for this budget: " + " ".join(errors),
             minimum_bytes=min(minimums, default=0),
         )
-    return min(plans, key=lambda p: _rank(p, layout))
+    return min(plans, key=lambda p: _rank(p, layout, ctx))

@@ -418,13 +418,9 @@ def test_run_json_reports_the_engine(q8_gguf: Path, cache_dir: Path) -> None:
 
 
 # -- how streamed weights are read under a memory limit ------------------------------------------
-def test_initial_read_mode_and_the_disk_rule() -> None:
-    from edgert_core.engine.weights import initial_read_mode, reads_say_drop
+def test_the_disk_rule() -> None:
+    from edgert_core.engine.weights import reads_say_drop
 
-    assert initial_read_mode(0, 128 * 2**20) == ("cached", "nothing is streamed", False)
-    assert initial_read_mode(10 * 2**20, None) == ("cached", "no memory limit", False)
-    mode, why, watch = initial_read_mode(10 * 2**20, 128 * 2**20)
-    assert mode == "cached" and watch and "128.0 MiB" in why
     assert reads_say_drop(6 * 2**20, 10 * 2**20)  # most of a token's streamed bytes from disk
     assert not reads_say_drop(4 * 2**20, 10 * 2**20)
     assert not reads_say_drop(0, 10 * 2**20) and not reads_say_drop(5, 0)
@@ -435,23 +431,25 @@ def test_under_a_limit_a_run_drops_its_reads_when_tokens_read_from_disk(
     q8_gguf: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, disk_fraction: float,
     expected: str,
 ) -> None:
-    """Under a memory limit the engine starts cached and watches the first decoded tokens' disk
-    reads (/proc/self/io, faked here at a fraction of the streamed bytes each token): most of the
-    streamed weights read from disk again -> it switches to drop and says why; otherwise it stays
-    cached. The greedy tokens do not depend on it."""
+    """Under a memory limit whose room holds the plan and its streamed weights, the engine starts
+    cached and watches the first decoded tokens' disk reads (/proc/self/io, faked here at a
+    fraction of the streamed bytes each token): most of the streamed weights read from disk again
+    -> it switches to drop and says why; otherwise it stays cached. The greedy tokens do not depend
+    on it."""
     import edgert_core.engine.states as states
 
     monkeypatch.delenv("EDGERT_READ_MODE", raising=False)
     budget = prefetch_budget(q8_gguf)
     reference, _ = greedy(q8_gguf, budget, "speculative-prefetch")
-    monkeypatch.setattr(states, "effective_memory_limit", lambda: 256 * 2**20)
+    monkeypatch.setattr(states, "_device_room", lambda rss: 256 * 2**20)
     counter = {"bytes": 0}
     model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
                        max_context=64, notify=None)
     try:
         engine = model.engine
         streamed = engine.plan.streamed_bytes_per_token(engine.layout)
-        assert streamed > 0 and engine.read_mode == "cached" and "memory limit" in engine.read_mode_reason
+        assert streamed > 0 and engine.read_mode == "cached" and "fit the 256.0 MiB room" in \
+            engine.read_mode_reason
 
         def fake_read_bytes() -> int:
             counter["bytes"] += int(streamed * disk_fraction)
@@ -464,5 +462,32 @@ def test_under_a_limit_a_run_drops_its_reads_when_tokens_read_from_disk(
         if expected == "drop":
             assert "from disk" in engine.read_mode_reason
         assert ids == reference
+    finally:
+        model.close()
+
+
+def test_under_a_limit_too_small_for_the_streamed_weights_a_run_drops_from_the_start(
+    q8_gguf: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the room the limit leaves is smaller than the plan's peak plus its streamed weights,
+    the cost model says every streamed byte comes from disk: ``drop`` from the first token, no
+    watching, and the predicted disk bytes per token are the streamed bytes."""
+    import edgert_core.engine.states as states
+
+    monkeypatch.delenv("EDGERT_READ_MODE", raising=False)
+    budget = prefetch_budget(q8_gguf)
+    reference, _ = greedy(q8_gguf, budget, "speculative-prefetch")
+    room = budget  # the plan fills it, so its streamed weights cannot stay cached beside it
+    monkeypatch.setattr(states, "_device_room", lambda rss: room)
+    model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
+                       max_context=64, notify=None)
+    try:
+        engine = model.engine
+        streamed = engine.plan.streamed_bytes_per_token(engine.layout)
+        assert engine.read_mode == "drop" and "exceed" in engine.read_mode_reason
+        assert engine.reader.read_mode() == "drop"
+        assert engine.disk_bytes_per_token == streamed > 0
+        assert model.generate([5, 6, 7, 8, 9, 10, 11], max_tokens=12).result().ids == reference
+        assert engine.read_mode == "drop"
     finally:
         model.close()

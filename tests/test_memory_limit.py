@@ -294,6 +294,24 @@ def test_parse_run_reads_the_new_keys() -> None:
     assert dict(zip(header.split(","), line.split(","), strict=True))["cgroup_peak_bytes"] == str(150 * MiB)
 
 
+def test_rows_get_the_disk_bound_of_their_reads() -> None:
+    """A row's disk bound is the measured bandwidth over its OS-measured bytes read per token, and
+    ``x bound`` its speed over that; a row that reads (almost) nothing from disk has none."""
+    from edgert_core.benchmark import add_disk_bound
+
+    cfg = BenchConfig("speculative-prefetch", "32M")
+    disk = parse_run(cfg, 0, _report(), "", CgroupStats(160 * MiB, 150 * MiB, 3, 0))
+    idle = parse_run(cfg, 0, _report(), "", None)
+    idle.read_bytes_per_token = 1000.0
+    add_disk_bound([disk, idle], 400.0 * MiB)
+    assert disk.disk_bound_tokens_per_s == pytest.approx(100.0)  # 400 MiB/s over 4 MiB a token
+    assert disk.of_disk_bound == pytest.approx(50.0 / 100.0)
+    assert idle.disk_bound_tokens_per_s is None and idle.of_disk_bound is None
+    assert idle.disk_read_bytes_per_s == 400.0 * MiB
+    for key in ("disk_read_bytes_per_s", "disk_bound_tokens_per_s", "of_disk_bound"):
+        assert key in disk.as_dict() and key in CSV_FIELDS
+
+
 def test_an_old_report_without_read_bytes_still_parses() -> None:
     old = json.loads(_report())
     for key in ("decode_read_bytes", "read_bytes_per_token", "threads", "prompt_ids"):
@@ -455,9 +473,9 @@ def test_auto_budget_is_the_smaller_room_less_the_margin() -> None:
     cg = resolve(70 * MiB, limit_bytes=160 * MiB, available_bytes=2000 * MiB, read_machine=False)
     assert cg.bytes == 90 * MiB - AUTO_MARGIN_BYTES
     assert cg.source.startswith("auto: cgroup limit 160.0 MiB - RSS 70.0 MiB") and "74.0 MiB" in cg.source
-    used = resolve(70 * MiB, limit_bytes=160 * MiB, usage_bytes=40 * MiB, available_bytes=None,
-                   read_machine=False)  # the limit is measured against the cgroup's usage
-    assert used.bytes == 120 * MiB - AUTO_MARGIN_BYTES and "cgroup usage 40.0 MiB" in used.source
+    used = resolve(70 * MiB, limit_bytes=160 * MiB, held_bytes=40 * MiB, available_bytes=None,
+                   read_machine=False)  # what the cgroup holds beyond its droppable page cache
+    assert used.bytes == 120 * MiB - AUTO_MARGIN_BYTES and "cgroup held 40.0 MiB" in used.source
     mem = resolve(70 * MiB, limit_bytes=None, available_bytes=50 * MiB, read_machine=False)
     assert mem.bytes == 50 * MiB - AUTO_MARGIN_BYTES and "MemAvailable 50.0 MiB" in mem.source
     with pytest.raises(EdgeRTError, match=r"no room \(cgroup limit 80.0 MiB - RSS 70.0 MiB = 10.0 MiB"):
@@ -504,8 +522,89 @@ def test_auto_budget_and_read_mode_inside_a_real_memory_limit() -> None:
         stats = cg.stats()
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["budget_source"].startswith("auto: cgroup limit 200.0 MiB - cgroup usage"), \
+    assert report["budget_source"].startswith("auto: cgroup limit 200.0 MiB - cgroup held"), \
         report["budget_source"]
     assert 0 < report["budget_bytes"] < 200 * MiB - 16 * MiB
     assert report["read_mode"] == "cached"  # synthetic weights: nothing read from a file
     assert stats.oom_kills in (None, 0)
+
+
+# -- what a cgroup holds, and the plan auto makes under a real limit ------------------------------
+V1_STAT = """cache 95000000
+rss 30000000
+shmem 1000000
+mapped_file 7000000
+total_cache 90177536
+total_rss 38076416
+total_shmem 0
+total_mapped_file 9330688
+total_dirty 135168
+total_writeback 0
+total_inactive_file 81661952
+total_active_file 5349376
+"""
+V2_STAT = """anon 38076416
+file 90177536
+file_mapped 9330688
+file_dirty 135168
+file_writeback 4096
+shmem 0
+active_file 5349376
+inactive_file 81661952
+"""
+
+
+def test_reclaimable_page_cache_from_memory_stat() -> None:
+    """Clean, unmapped file pages are room: the file LRU lists less mapped, dirty and writeback
+    pages (v1: the hierarchical ``total_`` keys, as ``usage_in_bytes`` counts children)."""
+    from edgert_core.memory.cgroup import MemoryCharge, reclaimable_bytes
+
+    files = 81661952 + 5349376
+    assert reclaimable_bytes(V1_STAT, 1) == files - 9330688 - 135168
+    assert reclaimable_bytes(V2_STAT, 2) == files - 9330688 - 135168 - 4096
+    assert reclaimable_bytes("", 1) == 0 and reclaimable_bytes("total_mapped_file 5\n", 1) == 0
+    charge = MemoryCharge(usage_bytes=125 * MiB, reclaimable_bytes=80 * MiB)
+    assert charge.held_bytes == 45 * MiB
+    assert MemoryCharge(usage_bytes=MiB, reclaimable_bytes=2 * MiB).held_bytes == 0
+
+
+def test_auto_plans_for_the_disk_inside_a_real_memory_limit() -> None:
+    """SmolLM2 in a 128 MiB cgroup with ``--memory-budget auto``: the budget counts what the cgroup
+    holds, not the page cache it was charged for the libraries and the header (so it is far above
+    what the cgroup's usage would leave); the plan and its streamed weights do not fit, so the run
+    reads in ``drop`` mode from its first token (no watching), the bytes it reads from disk per
+    decoded token are the ones the cost model predicted (``/proc/self/io``, within 25%), the disk
+    bound is reported from a measured bandwidth, the greedy tokens are the unlimited run's, and
+    nothing is OOM-killed."""
+    why = _cgroup_unavailable()
+    if why is not None:
+        pytest.skip(f"needs root and a writable memory cgroup: {why}")
+    from edgert_core.memory.io_stats import drop_page_cache
+    from edgert_core.testing import smollm2_for_tests
+
+    model = smollm2_for_tests()
+    cmd = [sys.executable, "-m", "edgert_core", "run", "--model", str(model), "--backend", "neon",
+           "--prompt", "The ship entered the port of", "--max-tokens", "12", "--temperature", "0",
+           "--strategy", "speculative-prefetch", "--json"]
+    free = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert free.returncode == 0, free.stderr
+    expected = json.loads(free.stdout.strip().splitlines()[-1])["generated_ids"]
+    drop_page_cache(model)
+    with MemoryCgroup(128 * MiB, parent=own_parent()) as cg:
+        proc = subprocess.run([*cmd, "--memory-budget", "auto"], capture_output=True, text=True,
+                              timeout=300, preexec_fn=cg.enter, check=False)
+        stats = cg.stats()
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats.oom_kills in (None, 0)
+    assert report["generated_ids"] == expected
+    assert "cgroup held" in report["budget_source"], report["budget_source"]
+    assert report["budget_bytes"] > 128 * MiB - report["baseline_rss_bytes"] - 16 * MiB
+    assert report["read_mode"] == "drop", report["read_mode_reason"]
+    assert "exceed" in report["read_mode_reason"]
+    predicted = report["predicted_disk_bytes_per_token"]
+    assert predicted > 0
+    assert report["read_bytes_per_token"] == pytest.approx(predicted, rel=0.25)
+    assert report["disk_read_bytes_per_s"] > 0
+    assert report["disk_bound_tokens_per_s"] == pytest.approx(
+        report["disk_read_bytes_per_s"] / predicted)

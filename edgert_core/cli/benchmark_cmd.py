@@ -194,7 +194,8 @@ BENCH_COLUMNS: list[tuple[str, Justify]] = [
     ("read/tok", "right"), ("disk MiB/s", "right"),
 ]
 LIMIT_COLUMNS: list[tuple[str, Justify]] = [
-    ("limit", "right"), ("cgroup peak", "right"), ("failcnt", "right"),
+    ("limit", "right"), ("cgroup peak", "right"), ("failcnt", "right"), ("disk bound", "right"),
+    ("x bound", "right"),
 ]
 
 
@@ -221,7 +222,8 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
             ]
         if limited:  # also for a failed row: an OOM kill's peak is the limit
             cells += [_size(r.memory_limit_bytes), _size(r.cgroup_peak_bytes),
-                      "-" if r.failcnt is None else str(r.failcnt)]
+                      "-" if r.failcnt is None else str(r.failcnt),
+                      _fmt(r.disk_bound_tokens_per_s, ".1f"), _fmt(r.of_disk_bound, ".2f")]
         add_row(table, cells + ([note] if any(notes) else []))
     echo_table(table)
     typer.echo("")
@@ -243,6 +245,10 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
         typer.echo(f"memory limit {format_bytes(summary['memory_limit_bytes'])} per run (a fresh memory "
                    f"cgroup each, page cache counted, no swap; the model's cached pages dropped "
                    f"first); OOM-killed: {killed}")
+        speed = next((r.disk_read_bytes_per_s for r in results if r.disk_read_bytes_per_s), None)
+        if speed:
+            typer.echo(f"disk: the model file reads at {speed / 2**20:.0f} MiB/s (O_DIRECT, measured "
+                       "before the sweep); 'disk bound' is the tok/s that allows for a row's reads")
     if summary["cached_at_start_bytes"] > 2**20:
         cached = format_bytes(summary["cached_at_start_bytes"])
         typer.echo(f"note: up to {cached} of the model file stayed in the page cache after the drop "

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from edgert_core.backends.base import KernelBackend, Weight
 from edgert_core.budget import format_bytes
+from edgert_core.device_cost import CACHED, device_cost
 from edgert_core.engine.pipeline import EngineTimes, StagePipeline
 from edgert_core.engine.stages import (
     LoadedStage,
@@ -30,13 +31,13 @@ from edgert_core.engine.weights import (
     READ_MODE_WATCH_TOKENS,
     WeightReader,
     WeightSource,
-    initial_read_mode,
     open_weights,
     reads_say_drop,
 )
 from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
 from edgert_core.loaders.base import ValidatedModel
+from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES, device_room
 from edgert_core.memory.cgroup import effective_memory_limit
 from edgert_core.memory.io_stats import read_bytes
 from edgert_core.memory.pool import (
@@ -68,6 +69,17 @@ if TYPE_CHECKING:
     from edgert_core.plugins import PluginRegistry
 
 F32 = NDArray[np.float32]
+
+
+def _device_room(rss_bytes: int) -> int | None:
+    """The room this process's memory limit leaves for the pool and the page cache together, less
+    the ``auto`` margin (:func:`~edgert_core.memory.auto_budget.device_room`); ``None`` without a
+    limit, where the page cache is the kernel's business."""
+    limit = effective_memory_limit()
+    if limit is None:
+        return None
+    found = device_room(rss_bytes, limit_bytes=limit)
+    return None if found is None else found.bytes - AUTO_MARGIN_BYTES
 
 
 class EngineStateError(EdgeRTError):
@@ -185,6 +197,7 @@ class ReadyEngine(_Step):
 
         peak_reset = self.tuning.before_baseline()
         self.baseline_rss_bytes = current_rss_bytes()  # just before the first weight is read
+        self.room_bytes = _device_room(self.baseline_rss_bytes)
         self.peak_scope = "window" if peak_reset else "process"
         self.pool = MemoryPool(self.context.budget_bytes, poison=poison)
         try:
@@ -211,18 +224,26 @@ class ReadyEngine(_Step):
             self.tuning.split_cores(self.backend)
 
     def _choose_read_mode(self) -> None:
-        """How streamed weights are read: ``EDGERT_READ_MODE`` when set, else the rule of
-        :func:`~edgert_core.engine.weights.initial_read_mode` for this plan under this process's
-        memory limit, with the first decoded tokens' disk reads watched where it says so."""
+        """How streamed weights are read: ``EDGERT_READ_MODE`` when set, else what the device cost
+        of this plan says (:func:`~edgert_core.device_cost.device_cost`: ``drop`` where the plan and
+        its streamed weights do not fit the room this process's memory limit leaves, measured
+        before the first weight), with the first decoded tokens' disk reads watched where it keeps
+        them ``cached`` under a limit (the kernel may still evict them: then ``drop``)."""
         self._streamed_per_token = self.plan.streamed_bytes_per_token(self.layout)
         self._watch_reads = 0
         self._reads_before: int | None = None
         if os.environ.get("EDGERT_READ_MODE", "").strip():
             mode, self.read_mode_reason = default_read_mode(), "EDGERT_READ_MODE"
+            self.disk_bytes_per_token: int | None = None
+        elif self.reader.source == "synthetic":
+            mode, self.read_mode_reason = CACHED, "synthetic weights: nothing is read from a file"
+            self.disk_bytes_per_token = 0
         else:
-            mode, self.read_mode_reason, watch = initial_read_mode(
-                self._streamed_per_token, effective_memory_limit())
-            self._watch_reads = READ_MODE_WATCH_TOKENS if watch else 0
+            cost = device_cost(self.plan, self.layout, self.room_bytes)
+            mode, self.read_mode_reason = cost.read_mode, cost.reason
+            self.disk_bytes_per_token = cost.disk_bytes_per_token
+            if mode == CACHED and self._streamed_per_token and self.room_bytes is not None:
+                self._watch_reads = READ_MODE_WATCH_TOKENS
         self.reader.set_read_mode(mode)
         self.read_mode = self.reader.read_mode()
 

@@ -439,26 +439,6 @@ def build_cache(path: Path, model: ValidatedModel, backend: KernelBackend,
 READ_MODE_WATCH_TOKENS = 3
 
 
-def initial_read_mode(streamed_bytes_per_token: int, limit_bytes: int | None) -> tuple[str, str, bool]:
-    """The read mode a run starts in, why, and whether to watch its first tokens' disk reads
-    (see :mod:`edgert_core.memory.reader` for the modes).
-
-    Without streaming or a memory limit, ``cached``. Under a limit (a device's, or a container's:
-    it counts the page cache with the RSS) it depends on whether the streamed weights stay in the
-    page cache beside what the process holds, which only the kernel knows well: so ``cached``
-    first, watched (:func:`reads_say_drop`). Measured on SmolLM2 Q4_1 with speculative-prefetch:
-    at a 128 MiB cgroup limit, cached re-read 62-77 MiB a token from disk and ran at 4.7-6.5 tok/s,
-    dropping each chunk after its read 8.4-8.7 (O_DIRECT 4.6-7.7: a 1 MiB bounce buffer read
-    serially does not keep the disk busy); at 160 MiB, where the streamed part stays cached, cached
-    ran at 42.6-60.7 tok/s with no disk reads, dropped 10.9-13.8."""
-    if streamed_bytes_per_token == 0:
-        return "cached", "nothing is streamed", False
-    if limit_bytes is None:
-        return "cached", "no memory limit", False
-    return "cached", (f"under the {format_bytes(limit_bytes)} memory limit: cached while the "
-                      "streamed weights stay in the page cache"), True
-
-
 def reads_say_drop(read_bytes: int, streamed_bytes_per_token: int) -> bool:
     """Whether one decoded token's disk reads (``/proc/self/io`` ``read_bytes``) show its streamed
     weights coming from disk rather than the page cache (more than half of them): then keeping them

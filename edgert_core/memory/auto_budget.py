@@ -6,12 +6,18 @@ slice; :func:`~edgert_core.memory.cgroup.effective_memory_limit`), which counts 
 page cache, and by the memory the kernel can still give (``MemAvailable`` in ``/proc/meminfo``).
 So::
 
-    budget = min(cgroup limit - cgroup usage now, MemAvailable) - AUTO_MARGIN_BYTES
+    budget = min(cgroup limit - cgroup held now, MemAvailable) - AUTO_MARGIN_BYTES
 
-with :data:`AUTO_MARGIN_BYTES` left for what no plan counts (the interpreter's temporaries, the
-page cache of the file reads in flight, page tables). The budget is resolved once, when the model
-is loaded; re-reading it as the run goes is the adaptive runtime's job. How streamed weights are read
-under the limit is decided by the engine (:func:`~edgert_core.engine.weights.initial_read_mode`).
+where *held* is the cgroup's usage less its clean, unmapped page cache
+(:class:`~edgert_core.memory.cgroup.MemoryCharge`): a process that has just imported its libraries
+and read a model's header is charged tens of MiB of such cache (measured: 80 of the 125 MiB a fresh
+process is charged after importing the CLI and building SmolLM2's tokenizer, cgroup v1), which the
+kernel drops before it fails an allocation, so it is room, not use. :data:`AUTO_MARGIN_BYTES` is
+left for what no plan counts (the interpreter's temporaries, the page cache of the file reads in
+flight, page tables). The same room (:func:`device_room`) tells the engine whether a plan's streamed
+weights can stay in the page cache beside what it holds (:mod:`edgert_core.device_cost`). The
+budget is resolved once, when the model is loaded; re-reading it as the run goes is the adaptive
+runtime's job.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 
 from edgert_core.budget import format_bytes
 from edgert_core.errors import BudgetError
-from edgert_core.memory.cgroup import effective_memory_limit, own_memory_usage
+from edgert_core.memory.cgroup import effective_memory_limit, own_memory_charge
 
 AUTO = "auto"
 #: Bytes ``auto`` leaves unbudgeted below what the machine offers.
@@ -58,30 +64,56 @@ def mem_available(meminfo: str | None = None) -> int | None:
     return None
 
 
-def resolve(rss_bytes: int, *, limit_bytes: int | None = None, usage_bytes: int | None = None,
-            available_bytes: int | None = None, read_machine: bool = True) -> AutoBudget:
-    """The ``auto`` budget for a process whose RSS is ``rss_bytes`` now. ``limit_bytes``, the
-    cgroup's ``usage_bytes`` (what its limit is measured against; the RSS where unknown) and
-    ``available_bytes`` default to this machine's (``read_machine``); raises :class:`BudgetError`
-    when the machine leaves no room, with the figures."""
+@dataclass(frozen=True)
+class DeviceRoom:
+    """What the machine offers a process now: ``bytes`` (the smaller of the cgroup limit less what
+    the cgroup holds, and MemAvailable) and why, in one line; ``limit_bytes`` is the cgroup's memory
+    limit (``None`` without one)."""
+
+    bytes: int
+    why: str
+    limit_bytes: int | None
+    available_bytes: int | None
+
+
+def device_room(rss_bytes: int, *, limit_bytes: int | None = None, held_bytes: int | None = None,
+                available_bytes: int | None = None, read_machine: bool = True) -> DeviceRoom | None:
+    """The room of a process whose RSS is ``rss_bytes`` now: ``min(limit - held, MemAvailable)``.
+    ``limit_bytes``, the cgroup's ``held_bytes`` (its usage less clean unmapped page cache; the RSS
+    where unknown) and ``available_bytes`` default to this machine's (``read_machine``). ``None``
+    where the system reports neither a limit nor MemAvailable."""
     if read_machine:
         limit_bytes = effective_memory_limit() if limit_bytes is None else limit_bytes
-        if limit_bytes is not None and usage_bytes is None:
-            usage_bytes = own_memory_usage()
+        if limit_bytes is not None and held_bytes is None:
+            charge = own_memory_charge()
+            held_bytes = charge.held_bytes if charge is not None else None
         available_bytes = mem_available() if available_bytes is None else available_bytes
     rooms: list[tuple[int, str]] = []
     if limit_bytes is not None:
-        used, what = (usage_bytes, "cgroup usage") if usage_bytes is not None else (rss_bytes, "RSS")
+        used, what = (held_bytes, "cgroup held") if held_bytes is not None else (rss_bytes, "RSS")
         rooms.append((limit_bytes - used,
                       f"cgroup limit {format_bytes(limit_bytes)} - {what} {format_bytes(used)}"))
     if available_bytes is not None:
         rooms.append((available_bytes, f"MemAvailable {format_bytes(available_bytes)}"))
     if not rooms:
+        return None
+    room, why = min(rooms)
+    return DeviceRoom(room, why, limit_bytes, available_bytes)
+
+
+def resolve(rss_bytes: int, *, limit_bytes: int | None = None, held_bytes: int | None = None,
+            available_bytes: int | None = None, read_machine: bool = True) -> AutoBudget:
+    """The ``auto`` budget for a process whose RSS is ``rss_bytes`` now: :func:`device_room` less
+    :data:`AUTO_MARGIN_BYTES` (same arguments); raises :class:`BudgetError` when the machine leaves
+    no room, with the figures."""
+    found = device_room(rss_bytes, limit_bytes=limit_bytes, held_bytes=held_bytes,
+                        available_bytes=available_bytes, read_machine=read_machine)
+    if found is None:
         raise BudgetError(
             "--memory-budget auto: this system reports neither a cgroup memory limit nor "
             "MemAvailable; give a budget such as 256M instead."
         )
-    room, why = min(rooms)
+    room, why = found.bytes, found.why
     budget = room - AUTO_MARGIN_BYTES
     if budget <= 0:
         raise BudgetError(
@@ -90,4 +122,4 @@ def resolve(rss_bytes: int, *, limit_bytes: int | None = None, usage_bytes: int 
             "give a budget explicitly."
         )
     source = f"auto: {why} - margin {format_bytes(AUTO_MARGIN_BYTES)} = {format_bytes(budget)}"
-    return AutoBudget(budget, source, limit_bytes, available_bytes)
+    return AutoBudget(budget, source, found.limit_bytes, found.available_bytes)

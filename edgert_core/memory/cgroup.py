@@ -332,12 +332,56 @@ def effective_memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
-def own_memory_usage() -> int | None:
-    """What this process's memory cgroup is charged now (v2 ``memory.current``, v1
-    ``memory.usage_in_bytes``): the RSS and page cache of every process in it, the measure its limit
-    applies to; ``None`` without a memory cgroup."""
+@dataclass(frozen=True)
+class MemoryCharge:
+    """What a memory cgroup is charged now, split into what the kernel can take back at once and
+    what it cannot.
+
+    ``usage_bytes`` is what the limit is measured against (v2 ``memory.current``, v1
+    ``memory.usage_in_bytes``). ``reclaimable_bytes`` is the part that is clean page cache no process
+    maps: file pages on the cgroup's LRU lists (``active_file`` + ``inactive_file``) less the mapped
+    (``file_mapped``/``mapped_file``: code and data some process uses), dirty and under-writeback
+    ones. Under the limit the kernel drops those pages before it fails an allocation, so they are
+    room, not use: a process that has just read its libraries and a model's header is charged tens
+    of MiB of such cache."""
+
+    usage_bytes: int
+    reclaimable_bytes: int
+
+    @property
+    def held_bytes(self) -> int:
+        """What stays charged however hard the kernel reclaims: anonymous memory, shared memory and
+        the file pages that are mapped or dirty."""
+        return max(0, self.usage_bytes - self.reclaimable_bytes)
+
+
+#: ``memory.stat`` keys of the file LRU lists and of the file pages they hold that cannot be dropped
+#: at once, per hierarchy version (v1's ``total_`` keys count the cgroup and its children, as its
+#: ``usage_in_bytes`` does; v2's keys are hierarchical already).
+_STAT_KEYS: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    1: (("total_active_file", "total_inactive_file"),
+        ("total_mapped_file", "total_dirty", "total_writeback")),
+    2: (("active_file", "inactive_file"), ("file_mapped", "file_dirty", "file_writeback")),
+}
+
+
+def reclaimable_bytes(memory_stat: str, version: Literal[1, 2]) -> int:
+    """Clean, unmapped page cache in a ``memory.stat`` text (see :class:`MemoryCharge`); 0 where the
+    keys are missing."""
+    lists, kept = _STAT_KEYS[version]
+    files = sum(_keyed(memory_stat, key) or 0 for key in lists)
+    held = sum(_keyed(memory_stat, key) or 0 for key in kept)
+    return max(0, files - held)
+
+
+def own_memory_charge() -> MemoryCharge | None:
+    """This process's memory cgroup's charge now (:class:`MemoryCharge`); ``None`` without a memory
+    cgroup."""
     try:
         own = own_parent()
     except MemoryLimitError:
         return None
-    return _number(_read(own.path / ("memory.current" if own.version == 2 else "memory.usage_in_bytes")))
+    usage = _number(_read(own.path / ("memory.current" if own.version == 2 else "memory.usage_in_bytes")))
+    if usage is None:
+        return None
+    return MemoryCharge(usage, reclaimable_bytes(_read(own.path / "memory.stat") or "", own.version))

@@ -1,0 +1,121 @@
+"""The device cost model (``edgert_core.device_cost``), the ``auto`` ranking by bytes read from disk
+(``edgert_core.planner``) and the measured read bandwidth kept in the cache
+(``edgert_core.memory.bandwidth``). The run under a real memory limit is in test_memory_limit.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edgert_core import LayerGroup, PlanningContext, load_registry, synthetic_layout
+from edgert_core.device_cost import device_cost, disk_bound_tokens_per_s
+from edgert_core.memory import bandwidth
+from edgert_core.plan import make_plan
+from edgert_core.planner import all_plans, choose_auto
+from edgert_core.pull import cache_dir
+from edgert_core.testing import handmade_layout
+
+MiB = 2**20
+LAYOUT = handmade_layout([100, 200, 300], 250)
+CTX = PlanningContext(None, max_context=8, prefill_chunk=4)
+
+
+def test_streamed_weights_stay_cached_only_where_plan_and_stream_fit_the_room() -> None:
+    plan = make_plan("test", LAYOUT, CTX, [LayerGroup((0,), resident=True), LayerGroup((1, 2))],
+                     head_resident=False)
+    peak, streamed = plan.predicted_peak_bytes, plan.streamed_bytes_per_token(LAYOUT)
+    assert streamed == 200 + 300 + 250
+    fits = device_cost(plan, LAYOUT, peak + streamed)
+    assert fits.read_mode == "cached" and fits.disk_bytes_per_token == 0 and "fit" in fits.reason
+    short = device_cost(plan, LAYOUT, peak + streamed - 1)
+    assert short.read_mode == "drop" and short.disk_bytes_per_token == streamed
+    assert "exceed" in short.reason
+    free = device_cost(plan, LAYOUT, None)
+    assert free.read_mode == "cached" and free.disk_bytes_per_token == 0 and "no memory limit" in free.reason
+
+
+def test_a_resident_plan_reads_nothing_whatever_the_room() -> None:
+    plan = make_plan("resident", LAYOUT, CTX, [LayerGroup((0, 1, 2), resident=True)],
+                     head_resident=True)
+    cost = device_cost(plan, LAYOUT, 1)
+    assert cost == device_cost(plan, LAYOUT, None)
+    assert cost.read_mode == "cached" and cost.disk_bytes_per_token == 0
+
+
+def test_disk_bound() -> None:
+    assert disk_bound_tokens_per_s(50 * MiB, 1000 * MiB) == pytest.approx(20.0)
+    assert disk_bound_tokens_per_s(0, 1000 * MiB) is None
+    assert disk_bound_tokens_per_s(50 * MiB, None) is None
+    assert disk_bound_tokens_per_s(None, 1e9) is None
+
+
+def test_auto_under_a_tight_room_picks_the_plan_that_reads_least_from_disk() -> None:
+    """SmolLM2's shape at a 64 MiB budget with every installed strategy: where the room is the
+    budget (a memory limit leaves no page cache for streamed weights), ``auto`` picks the plan that
+    streams the fewest bytes, whatever the nominal time estimate says; where the room is large
+    enough for everything, the disk plays no part and the old rank decides."""
+    layout = synthetic_layout("smollm2-135m")
+    registry = load_registry()
+    budget = 64 * MiB
+    tight = PlanningContext(budget, max_context=512, room_bytes=budget, disk_bytes_per_s=500e6)
+    plans = [o.plan for o in all_plans(registry, layout, tight) if o.plan is not None]
+    assert len(plans) >= 2
+    fewest = min(p.streamed_bytes_per_token(layout) for p in plans)
+    assert {p.streamed_bytes_per_token(layout) for p in plans} != {fewest}  # the choice matters
+    chosen = choose_auto(registry, layout, tight)
+    assert chosen.streamed_bytes_per_token(layout) == fewest
+    assert device_cost(chosen, layout, budget).disk_bytes_per_token == fewest
+    roomy = PlanningContext(budget, max_context=512, room_bytes=2**40, disk_bytes_per_s=500e6)
+    plain = PlanningContext(budget, max_context=512)
+    assert choose_auto(registry, layout, roomy) == choose_auto(registry, layout, plain)
+
+
+# -- the measured bandwidth ----------------------------------------------------------------------
+def _file(tmp_path: Path, mib: int = 8) -> Path:
+    path = tmp_path / "model.bin"
+    path.write_bytes(os.urandom(mib * MiB))
+    os.sync()  # written back, so dropping its cached pages is possible
+    return path
+
+
+def test_bandwidth_is_measured_once_per_file_and_kept_in_the_cache(tmp_path: Path) -> None:
+    """The figure is a positive bytes/s measured on the file; the second call takes it from
+    ``$EDGERT_CACHE/device/read-bandwidth.json`` (a temporary folder in tests); a file whose
+    modification time changed is measured again."""
+    path = _file(tmp_path)
+    first = bandwidth.read_bandwidth(path)
+    assert first is not None and first.bytes_per_s > 0 and not first.cached
+    assert first.how in ("O_DIRECT", "dropped cache")
+    assert bandwidth.cache_file().is_file()
+    assert bandwidth.cache_file().parent.parent == cache_dir()  # a temporary folder in tests
+    again = bandwidth.read_bandwidth(path)
+    assert again is not None and again.cached and again.bytes_per_s == pytest.approx(first.bytes_per_s)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = bandwidth.read_bandwidth(path)
+    assert changed is not None and not changed.cached
+    kept = json.loads(bandwidth.cache_file().read_text())
+    assert len([k for k in kept if k.startswith(str(path.resolve()))]) == 2
+
+
+def test_a_broken_cache_file_is_measured_again_and_rewritten(tmp_path: Path) -> None:
+    path = _file(tmp_path, 1)
+    bandwidth.cache_file().parent.mkdir(parents=True, exist_ok=True)
+    bandwidth.cache_file().write_text("{not json")
+    found = bandwidth.read_bandwidth(path)
+    assert found is not None and not found.cached
+    assert isinstance(json.loads(bandwidth.cache_file().read_text()), dict)
+
+
+def test_a_file_that_cannot_be_read_has_no_bandwidth(tmp_path: Path) -> None:
+    assert bandwidth.read_bandwidth(tmp_path / "missing.gguf") is None
+
+
+def test_a_file_smaller_than_one_read_is_measured(tmp_path: Path) -> None:
+    path = tmp_path / "small.bin"
+    path.write_bytes(os.urandom(3 * 4096 + 17))
+    found = bandwidth.measure(path)
+    assert found.bytes_per_s > 0
