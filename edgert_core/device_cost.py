@@ -16,7 +16,8 @@ Since ``peak + streamed = fixed + resident + slots * stage + streamed >= fixed +
 streamed plan stays cached only where the whole model would have fitted resident; where it does not,
 the plan with the fewest bytes from disk is the one that keeps the most weights resident. At a
 measured read bandwidth ``B`` (:mod:`edgert_core.memory.bandwidth`) no run can beat
-``B / disk bytes per token`` tokens per second: the disk bound the benchmark compares against.
+``B / disk bytes per token`` tokens per second: the disk bound the benchmark compares against, and
+the floor of the time estimate ``auto`` ranks plans by (:func:`seconds_per_token`).
 
 This module does arithmetic only; the room and the bandwidth are measured elsewhere.
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 from edgert_core.budget import format_bytes
 from edgert_core.layout import ModelLayout
-from edgert_core.plan import ExecutionPlan
+from edgert_core.plan import NOMINAL_LOAD_BYTES_PER_S, ExecutionPlan, estimated_seconds_per_token
 
 CACHED = "cached"
 DROP = "drop"
@@ -71,3 +72,18 @@ def disk_bound_tokens_per_s(disk_bytes_per_token: float | None,
     if not disk_bytes_per_token or not read_bytes_per_s or disk_bytes_per_token <= 0:
         return None
     return read_bytes_per_s / disk_bytes_per_token
+
+
+def seconds_per_token(plan: ExecutionPlan, layout: ModelLayout, cost: DeviceCost,
+                      disk_bytes_per_s: float | None) -> float:
+    """A rough decode time per token on the device: the rule of
+    :func:`edgert_core.plan.estimated_seconds_per_token` (every weight computed once; streamed
+    weights loaded after the compute, or behind it with prefetch), with the bytes ``cost`` reads
+    from disk loaded at the disk's measured speed and the rest of the streamed bytes at memory
+    speed. It never beats the disk bound (disk bytes over the bandwidth)."""
+    streamed = plan.streamed_bytes_per_token(layout)
+    disk = cost.disk_bytes_per_token
+    if not streamed or not disk or not disk_bytes_per_s:
+        return estimated_seconds_per_token(plan, layout)
+    load_seconds = (streamed - disk) / NOMINAL_LOAD_BYTES_PER_S + disk / disk_bytes_per_s
+    return estimated_seconds_per_token(plan, layout, load_bytes_per_s=streamed / load_seconds)

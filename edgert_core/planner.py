@@ -1,11 +1,11 @@
 """Choosing a plan: a named strategy, or ``auto`` among the installed ones.
 
 The ``auto`` rule: every installed strategy plans for the budget; among the valid plans, pick the one
-that reads the fewest bytes from disk per token on this device (:mod:`edgert_core.device_cost`: 0
-unless a memory limit leaves no room for the streamed weights in the page cache), then the one
-with the lowest estimated time per token (:func:`edgert_core.plan.estimated_seconds_per_token`: every
-weight is computed once per token, and streamed weights are loaded once more, after the compute or,
-with prefetch, behind it), then the one that reads the fewest bytes per token, then the lowest
+with the lowest estimated time per token on this device (:func:`edgert_core.device_cost.seconds_per_token`:
+every weight is computed once per token, and streamed weights are loaded once more, after the
+compute or, with prefetch, behind it; the bytes that a memory limit leaves no page cache for come
+from disk at its measured bandwidth, so under a limit the time is mostly the bytes read from disk),
+then the one that reads the fewest bytes from disk, then the fewest streamed bytes, then the lowest
 predicted peak, then the name. So when the whole model fits, ``auto`` keeps it resident; when it
 does not, ``auto`` weighs keeping more layers resident against hiding the loads behind compute.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgert_core.device_cost import device_cost
+from edgert_core.device_cost import device_cost, seconds_per_token
 from edgert_core.errors import EdgeRTError, InfeasibleBudgetError, PluginError
 from edgert_core.layout import ModelLayout
 from edgert_core.plan import (
@@ -25,7 +25,6 @@ from edgert_core.plan import (
     LayerGroup,
     PlanningContext,
     check_feasible,
-    estimated_seconds_per_token,
     make_plan,
     validate_plan,
 )
@@ -66,13 +65,10 @@ def plan_with(
 
 
 def _rank(plan: ExecutionPlan, layout: ModelLayout,
-          ctx: PlanningContext) -> tuple[int, float, int, int, str]:
-    disk = device_cost(plan, layout, ctx.room_bytes).disk_bytes_per_token
-    seconds = estimated_seconds_per_token(plan, layout)
-    if disk and ctx.disk_bytes_per_s:  # its streamed bytes come at the disk's speed, not memory's
-        seconds = estimated_seconds_per_token(plan, layout, load_bytes_per_s=ctx.disk_bytes_per_s)
-    return (disk, seconds, plan.streamed_bytes_per_token(layout), plan.predicted_peak_bytes,
-            plan.strategy)
+          ctx: PlanningContext) -> tuple[float, int, int, int, str]:
+    cost = device_cost(plan, layout, ctx.room_bytes)
+    return (seconds_per_token(plan, layout, cost, ctx.disk_bytes_per_s), cost.disk_bytes_per_token,
+            plan.streamed_bytes_per_token(layout), plan.predicted_peak_bytes, plan.strategy)
 
 
 @dataclass(frozen=True)

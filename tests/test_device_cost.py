@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgert_core import LayerGroup, PlanningContext, load_registry, synthetic_layout
-from edgert_core.device_cost import device_cost, disk_bound_tokens_per_s
+from edgert_core.device_cost import device_cost, disk_bound_tokens_per_s, seconds_per_token
 from edgert_core.memory import bandwidth
 from edgert_core.plan import make_plan
 from edgert_core.planner import all_plans, choose_auto
@@ -52,22 +52,32 @@ def test_disk_bound() -> None:
     assert disk_bound_tokens_per_s(None, 1e9) is None
 
 
-def test_auto_under_a_tight_room_picks_the_plan_that_reads_least_from_disk() -> None:
-    """SmolLM2's shape at a 64 MiB budget with every installed strategy: where the room is the
-    budget (a memory limit leaves no page cache for streamed weights), ``auto`` picks the plan that
-    streams the fewest bytes, whatever the nominal time estimate says; where the room is large
-    enough for everything, the disk plays no part and the old rank decides."""
+def test_auto_under_a_tight_room_ranks_plans_by_their_time_at_the_disk_speed() -> None:
+    """SmolLM2's shape at a 64 MiB budget with every installed strategy, where the room is the
+    budget (a memory limit leaves no page cache for streamed weights): every plan reads all its
+    streamed bytes from disk, no estimate beats its disk bound, ``auto`` picks the fastest estimate;
+    on a slow disk that is the plan reading the fewest bytes. Where the room holds everything, the
+    disk plays no part and the rank is the one without a device."""
     layout = synthetic_layout("smollm2-135m")
     registry = load_registry()
     budget = 64 * MiB
-    tight = PlanningContext(budget, max_context=512, room_bytes=budget, disk_bytes_per_s=500e6)
-    plans = [o.plan for o in all_plans(registry, layout, tight) if o.plan is not None]
-    assert len(plans) >= 2
-    fewest = min(p.streamed_bytes_per_token(layout) for p in plans)
-    assert {p.streamed_bytes_per_token(layout) for p in plans} != {fewest}  # the choice matters
-    chosen = choose_auto(registry, layout, tight)
-    assert chosen.streamed_bytes_per_token(layout) == fewest
-    assert device_cost(chosen, layout, budget).disk_bytes_per_token == fewest
+    for speed in (500e6, 1e6):
+        tight = PlanningContext(budget, max_context=512, room_bytes=budget, disk_bytes_per_s=speed)
+        plans = [o.plan for o in all_plans(registry, layout, tight) if o.plan is not None]
+        assert len(plans) >= 2
+        times = {}
+        for p in plans:
+            cost = device_cost(p, layout, budget)
+            assert cost.read_mode == "drop"
+            assert cost.disk_bytes_per_token == p.streamed_bytes_per_token(layout)
+            times[p] = seconds_per_token(p, layout, cost, speed)
+            assert times[p] >= cost.disk_bytes_per_token / speed
+        chosen = choose_auto(registry, layout, tight)
+        assert times[chosen] == min(times.values())
+        if speed == 1e6:
+            fewest = min(p.streamed_bytes_per_token(layout) for p in plans)
+            assert {p.streamed_bytes_per_token(layout) for p in plans} != {fewest}  # the choice matters
+            assert chosen.streamed_bytes_per_token(layout) == fewest
     roomy = PlanningContext(budget, max_context=512, room_bytes=2**40, disk_bytes_per_s=500e6)
     plain = PlanningContext(budget, max_context=512)
     assert choose_auto(registry, layout, roomy) == choose_auto(registry, layout, plain)
