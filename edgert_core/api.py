@@ -388,6 +388,7 @@ class Model:
             "room_bytes": engine.room_bytes,
             "predicted_disk_bytes_per_token": engine.disk_bytes_per_token,
             "disk_read_bytes_per_s": self.context.disk_bytes_per_s,
+            "disk_read_mode": self.context.disk_read_mode,
             "disk_bound_tokens_per_s": disk_bound_tokens_per_s(engine.disk_bytes_per_token,
                                                                self.context.disk_bytes_per_s),
         }
@@ -591,18 +592,20 @@ def load_model(
     check_kv_cache(kv_cache, validated.config.dims.head_dim)
     room, disk = _device(validated, budget, limit, is_auto(memory_budget))
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk,
-                          kv_cache=kv_cache, room_bytes=room, disk_bytes_per_s=disk)
+                          kv_cache=kv_cache, room_bytes=room,
+                          disk_bytes_per_s=None if disk is None else disk.bytes_per_s,
+                          disk_read_mode=None if disk is None else disk.how)
     planned = Engine(validated, chosen).plan(ctx, strategy, reg)
     return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
                  tune_process=tune_process, budget_source=budget_source)
 
 
 def _device(validated: ValidatedModel, budget: int | None, limit: int | None,
-            auto: bool) -> tuple[int | None, float | None]:
+            auto: bool) -> tuple[int | None, bandwidth.Bandwidth | None]:
     """The device facts ``auto`` ranks plans by under a memory limit: the room for pool and page
-    cache (for ``auto``, the budget itself) and the read bandwidth of the model's disk (measured
-    once per file, :mod:`edgert_core.memory.bandwidth`); ``(None, None)`` without a limit or a
-    budget."""
+    cache (for ``auto``, the budget itself) and the read bandwidth of the model's disk with the
+    read mode that reaches it (measured once per file, :mod:`edgert_core.memory.bandwidth`);
+    ``(None, None)`` without a limit or a budget."""
     if budget is None:
         return None, None
     if not auto:
@@ -616,8 +619,7 @@ def _device(validated: ValidatedModel, budget: int | None, limit: int | None,
     if room is None:
         return None, None
     files = sorted(validated.source.file_sizes()) if validated.format != "synthetic" else []
-    speed = bandwidth.read_bandwidth(files[0]) if files else None
-    return room, (speed.bytes_per_s if speed is not None else None)
+    return room, (bandwidth.read_bandwidth(files[0]) if files else None)
 
 
 def generation_report(model: Model, gen: Generation) -> dict[str, Any]:

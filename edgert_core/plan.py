@@ -62,10 +62,12 @@ class PlanningContext:
     stage_bytes: int = DEFAULT_STAGE_BYTES
     kv_cache: str = kv_quant.DEFAULT_KV_CACHE
     #: The device's room for the run's pool and page cache together (a memory limit's, margin off;
-    #: ``None``: no limit) and its measured disk read bandwidth: ``auto`` ranks plans by the bytes
-    #: they read from disk per token (:mod:`edgert_core.device_cost`) when these are known.
+    #: ``None``: no limit), its measured disk read bandwidth and the read mode that reached it
+    #: (:mod:`edgert_core.memory.bandwidth`): ``auto`` ranks plans by their time on the device
+    #: (:mod:`edgert_core.device_cost`) and the engine streams from disk in that mode.
     room_bytes: int | None = None
     disk_bytes_per_s: float | None = None
+    disk_read_mode: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_context <= 0 or self.prefill_chunk <= 0 or self.stage_bytes <= 0:

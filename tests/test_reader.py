@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from edgert_core.errors import ConfigError, ModelError
@@ -219,6 +219,35 @@ def test_every_read_mode_reads_the_exact_bytes(mode_file: Path, mode: str, offse
         got = reader.read_into(offset, length, out)
     np.testing.assert_array_equal(got, MODE_DATA[offset : offset + length])
     assert (out[length:] == 7).all()  # nothing written past the range
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+@settings(max_examples=40, deadline=None)
+@given(first=st.integers(0, 3 * 4096), gaps=st.lists(st.integers(0, 6000), min_size=1, max_size=8),
+       lengths=st.lists(st.integers(1, 700_000), min_size=8, max_size=8), shuffle=st.randoms())
+def test_read_spans_fills_every_part_with_its_bytes(
+    mode_file: Path, mode: str, first: int, gaps: list[int], lengths: list[int], shuffle: object
+) -> None:
+    """Parts next to each other in the file (gaps up to past ``max_gap``, any order, unaligned,
+    across bounce buffers) get exactly their bytes in every mode, whether they are read together
+    (one vectored read, or one O_DIRECT span) or one by one; nothing around them is written."""
+    parts: list[tuple[int, np.ndarray]] = []
+    pos = first
+    for gap, length in zip(gaps, lengths, strict=False):
+        length = min(length, MODE_DATA.size - pos)
+        if length <= 0:
+            break
+        parts.append((pos, np.full(length + 2, 7, dtype=np.uint8)))
+        pos += length + gap
+    assume(parts)
+    order = list(parts)
+    shuffle.shuffle(order)  # type: ignore[attr-defined]
+    with FileRangeReader(mode_file, read_mode=mode) as reader:
+        reader.read_spans([(o, out[:-2]) for o, out in order])
+    for offset, out in parts:
+        n = out.size - 2
+        np.testing.assert_array_equal(out[:n], MODE_DATA[offset : offset + n])
+        assert (out[n:] == 7).all()
 
 
 @pytest.mark.parametrize(("mode", "stays_cached"), [("cached", True), ("drop", False), ("direct", False)])

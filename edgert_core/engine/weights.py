@@ -160,7 +160,9 @@ class WeightReader:
 
     def fill_stage(self, stage: Stage, raw: U8) -> None:
         """Fill ``raw`` (``uint8``, at least ``stage.nbytes``) with the stage's pieces packed at
-        ``stage.offsets``: one read when they lie that way in the prepared-weights file."""
+        ``stage.offsets``: one read when they lie that way in the prepared-weights file; pieces
+        read from the model file as they are stored, with a read per run of tensors that lie
+        together in the file (:meth:`ValidatedModel.read_pieces`) instead of one per tensor."""
         pieces = stage.pieces
         contiguous = self._contiguous_stages.get(pieces)
         if contiguous is None:
@@ -169,9 +171,16 @@ class WeightReader:
             assert self.prepared is not None
             first = self._cache_offset(pieces[0])
             self.prepared.read_into(first, stage.nbytes, raw[: stage.nbytes], what=pieces[0].name)
-        else:
-            for piece, off in zip(pieces, stage.offsets, strict=True):
-                self.fill(piece, raw[off : off + piece.nbytes])
+            return
+        direct: list[tuple[str, tuple[int, int] | None, U8]] = []
+        for piece, off in zip(pieces, stage.offsets, strict=True):
+            out = raw[off : off + piece.nbytes]
+            if self.prepared is None and self.source == "model-file" and self.form_of(piece).identical:
+                direct.append((piece.name, piece.rows, out))  # the file's bytes as they are
+            else:
+                self.fill(piece, out)
+        if direct:  # tensors that lie together in the file, read together
+            self.model.read_pieces(direct)
 
     def stage_weights(self, stage: Stage, raw: U8) -> dict[str, Weight]:
         """The weights of ``stage`` over ``raw`` (filled by :meth:`fill_stage`), by name."""

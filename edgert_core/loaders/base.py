@@ -24,6 +24,7 @@ per token). A bad value raises :class:`ModelError` naming the tensor, before the
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -313,6 +314,37 @@ class ValidatedModel:
         dt = np.dtype(f"V{item}")
         buf.view(dt).reshape(rows, cols)[...] = stored.view(dt).reshape(cols, rows).T
         return buf
+
+    def read_pieces(self, items: Sequence[tuple[str, tuple[int, int] | None, U8]]) -> None:
+        """Fill each ``out`` (``uint8``, at least the bytes asked for) of ``items`` with the stored
+        bytes of tensor ``name``, or of its rows ``start..stop-1`` where given, as
+        :meth:`read_tensor` and :meth:`read_rows` do, reading tensors that lie next to each other
+        in a file with one request (:meth:`FileRangeReader.read_spans`)."""
+        by_file: dict[Path, list[tuple[int, U8]]] = {}
+        checks: list[tuple[TensorEntry, U8, int]] = []
+        for name, rows, out in items:
+            entry = self._entry(name)
+            if entry.transposed:
+                if rows is None:
+                    self.read_tensor(name, out=out)
+                else:
+                    self.read_rows(name, rows[0], rows[1], out=out)
+                continue
+            start, n = 0, entry.info.nbytes
+            if rows is not None:
+                if not 0 <= rows[0] <= rows[1] <= entry.info.shape[0]:
+                    raise ValueError(f"rows {rows[0]}:{rows[1]} out of range for {name}")
+                rb = row_nbytes(entry.info)
+                start, n = rows[0] * rb, (rows[1] - rows[0]) * rb
+            buf = out[:n]
+            if len(buf) < n:
+                raise ValueError(f"buffer of {len(buf)} bytes is too small for {name} ({n} bytes)")
+            by_file.setdefault(entry.file, []).append((entry.offset + start, buf))
+            checks.append((entry, buf, start))
+        for file, parts in by_file.items():
+            self.source.reader(file).read_spans(parts, what=f"{len(parts)} tensors")
+        for entry, buf, start in checks:
+            self._check_finite(entry, buf, start)
 
     def read_rows(self, name: str, start: int, stop: int, out: U8 | None = None) -> U8:
         """The stored bytes of rows ``start..stop-1`` of a 2-D tensor (``uint8 [(stop-start) *

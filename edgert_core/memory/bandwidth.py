@@ -2,11 +2,13 @@
 
 A plan that streams weights from disk under a memory limit can go no faster than the disk delivers
 its streamed bytes (:func:`edgert_core.device_cost.disk_bound_tokens_per_s`). The figure is measured
-on the model file itself, as the device reads it: :data:`SAMPLE_BYTES` from the file's middle in
-reads of :data:`READ_BYTES` (a streamed stage's size), once with ``O_DIRECT`` (where the file system
-allows it) and once with plain reads after asking the kernel to drop the range's cached pages
-(``posix_fadvise(DONTNEED)``, again afterwards), so the page cache plays no part; the faster counts.
-The one page-aligned buffer of :data:`READ_BYTES` is unmapped at the end.
+on the model file itself, as a streamed model reads it (:func:`measure`): reads of about a stage's
+run of tensors, going backwards within small windows as a stage's tensors do, in each read mode that
+keeps weights out of the page cache (``direct``: ``O_DIRECT``; ``drop``: plain reads whose pages are
+dropped after each). The faster mode is the one the engine streams in from disk: which one wins
+depends on the disk and the kernel (on one 2-core x86 VM, SmolLM2's streamed stages read at 1.35
+GB/s with ``O_DIRECT`` and 0.5 GB/s dropped; an earlier machine had it the other way round). The
+one page-aligned buffer of :data:`READ_BYTES` is unmapped at the end.
 
 The result is kept in ``$EDGERT_CACHE/device/read-bandwidth.json`` (the folder of the pulled models
 and the prepared weights), keyed by the file's path, size and modification time, so a run measures a
@@ -25,20 +27,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgert_core.memory.io_stats import cached_bytes
+from edgert_core.memory.reader import READ_MODES
 from edgert_core.pull import cache_dir
 
 SAMPLE_BYTES = 64 * 2**20
 """Bytes read to measure (less for a smaller file)."""
-READ_BYTES = 4 * 2**20
-"""Bytes per read: the size of a streamed stage (:data:`edgert_core.plan.DEFAULT_STAGE_BYTES`)."""
+READ_BYTES = 2**20
+"""Bytes per read: about a streamed stage's run of tensors (SmolLM2's under a tight budget: 0.5 to
+1.1 MiB)."""
 _ALIGN = 4096
 _O_DIRECT: int | None = getattr(os, "O_DIRECT", None)
 
 
 @dataclass(frozen=True)
 class Bandwidth:
-    """A measured read bandwidth: bytes per second, how (``"O_DIRECT"`` or ``"dropped cache"``)
-    and whether it came from the cache file (``cached``)."""
+    """A measured read bandwidth: bytes per second, the read mode that reached it (``direct`` or
+    ``drop``; :mod:`edgert_core.memory.reader`) and whether it came from the cache file
+    (``cached``)."""
 
     bytes_per_s: float
     how: str
@@ -55,35 +61,41 @@ def _key(path: Path) -> str:
 
 
 def measure(path: Path, *, sample_bytes: int = SAMPLE_BYTES, read_bytes: int = READ_BYTES) -> Bandwidth:
-    """Read up to ``sample_bytes`` of ``path`` from its middle in ``read_bytes`` reads, twice:
-    with ``O_DIRECT`` where the file system allows it, and plainly after dropping the range's cached
-    pages (dropped again after); the faster is the device's bandwidth (which one wins depends on
-    the disk and the kernel's read-ahead: a bound must not be below what a run can get). Raises
-    ``OSError`` where the file cannot be read."""
+    """Read up to ``sample_bytes`` of ``path`` (from its middle) as a streamed model is read, in
+    both read modes that keep weights out of the page cache, and time each: ``direct``
+    (``O_DIRECT``, where the file system allows it) and ``drop`` (plain reads, each one's pages
+    dropped after it). The faster is the device's bandwidth and its ``how`` the read mode to stream
+    in. The reads are ``read_bytes`` long and go backwards within windows of
+    :data:`WINDOW_READS` (a stage's tensors lie in the file in another order than they are used),
+    which is what the kernel's read-ahead cannot guess. Where the sample stays in the page cache
+    after the drop (another process maps the file), plain reads would time memory: only
+    ``direct`` is timed then. Raises ``OSError`` where the file cannot be read."""
     size = path.stat().st_size
     read_bytes = max(_ALIGN, read_bytes // _ALIGN * _ALIGN)
     span = min(sample_bytes, size) // read_bytes * read_bytes
     if span == 0:  # a file smaller than one read: time one read of all of it
         span = read_bytes = max(_ALIGN, size // _ALIGN * _ALIGN)
     start = max(0, (size - span) // 2) // _ALIGN * _ALIGN
+    offsets = _engine_order(start, span, read_bytes)
     found: list[Bandwidth] = []
     buf = mmap.mmap(-1, read_bytes)  # page-aligned, as O_DIRECT wants
     try:
         direct = _open_direct(path)
         if direct is not None:
             try:
-                found.append(Bandwidth(_timed(direct, buf, start, span, read_bytes), "O_DIRECT", False))
+                found.append(Bandwidth(_timed(direct, buf, offsets, drop=False), "direct", False))
             finally:
                 os.close(direct)
         fd = os.open(path, os.O_RDONLY)
         try:
-            drop = getattr(os, "posix_fadvise", None)
-            if drop is not None:
-                drop(fd, start, span, os.POSIX_FADV_DONTNEED)
-            speed = _timed(fd, buf, start, span, read_bytes)
-            if drop is not None:
-                drop(fd, start, span, os.POSIX_FADV_DONTNEED)
-            found.append(Bandwidth(speed, "dropped cache", False))
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, start, span, os.POSIX_FADV_DONTNEED)
+                left = cached_bytes(path)  # the whole file's: an upper bound of the sample's
+                if left is None or left < span // 10 or not found:
+                    found.append(Bandwidth(_timed(fd, buf, offsets, drop=True), "drop", False))
+                os.posix_fadvise(fd, start, span, os.POSIX_FADV_DONTNEED)
+            elif not found:
+                found.append(Bandwidth(_timed(fd, buf, offsets, drop=False), "cached", False))
         finally:
             os.close(fd)
     finally:
@@ -91,15 +103,27 @@ def measure(path: Path, *, sample_bytes: int = SAMPLE_BYTES, read_bytes: int = R
     return max(found, key=lambda b: b.bytes_per_s)
 
 
-def _timed(fd: int, buf: mmap.mmap, start: int, span: int, read_bytes: int) -> float:
-    """Bytes per second of reading ``[start, start + span)`` of ``fd`` into ``buf`` in order."""
+#: Reads per window that :func:`measure` reads backwards.
+WINDOW_READS = 4
+
+
+def _engine_order(start: int, span: int, read_bytes: int) -> list[int]:
+    """Offsets of ``[start, start + span)`` in ``read_bytes`` steps, each window of
+    :data:`WINDOW_READS` reads taken last to first."""
+    steps = list(range(start, start + span, read_bytes))
+    return [o for w in range(0, len(steps), WINDOW_READS) for o in reversed(steps[w : w + WINDOW_READS])]
+
+
+def _timed(fd: int, buf: mmap.mmap, offsets: list[int], *, drop: bool) -> float:
+    """Bytes per second of reading ``len(buf)`` bytes at each of ``offsets`` of ``fd`` into
+    ``buf``, dropping each read's pages after it where ``drop``."""
     got = 0
+    n = len(buf)
     t0 = time.perf_counter()
-    for offset in range(start, start + span, read_bytes):
-        n = os.preadv(fd, [buf], offset)
-        got += n
-        if n < read_bytes:
-            break
+    for offset in offsets:
+        got += os.preadv(fd, [buf], offset)
+        if drop:
+            os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
     return got / max(time.perf_counter() - t0, 1e-9)
 
 
@@ -142,7 +166,7 @@ def read_bandwidth(path: Path) -> Bandwidth | None:
     entry = known.get(key)
     if entry is not None:
         value, how = entry.get("bytes_per_s"), entry.get("how")
-        if isinstance(value, (int, float)) and value > 0 and isinstance(how, str):
+        if isinstance(value, (int, float)) and value > 0 and how in READ_MODES:
             return Bandwidth(float(value), how, cached=True)
     try:
         found = measure(path)

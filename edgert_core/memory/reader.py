@@ -214,6 +214,101 @@ class FileRangeReader:
             self._leave()
         return target
 
+    def read_spans(self, parts: list[tuple[int, NDArray[Any]]], *, what: str = "",
+                   max_gap: int = 4096) -> None:
+        """Fill each ``(offset, out)`` of ``parts`` with ``len(out)`` file bytes from ``offset``, as
+        few reads as possible: parts that follow each other in the file (sorted by offset, at most
+        ``max_gap`` bytes apart: a GGUF file pads tensors to 32 bytes) are one vectored read
+        (``preadv`` into the parts' own buffers, the gaps into a small scratch). A stage of a
+        model's tensors, read one tensor at a time, costs one disk request per tensor (SmolLM2's
+        norms are 2304 bytes: 0.2 ms each from disk); read together, one for the stage. Each
+        ``out`` is a C-contiguous, writable ``uint8`` array. ``direct`` mode and platforms without
+        ``preadv`` read part by part."""
+        parts = sorted(parts, key=lambda p: p[0])
+        runs: list[list[tuple[int, NDArray[Any]]]] = []
+        for part in parts:
+            if runs and 0 <= part[0] - (runs[-1][-1][0] + len(runs[-1][-1][1])) <= max_gap:
+                runs[-1].append(part)
+            else:
+                runs.append([part])
+        for run in runs:
+            if len(run) == 1 or not _HAVE_PREADV:
+                for offset, out in run:
+                    self.read_into(offset, len(out), out, what=what)
+            elif self._direct_fd is not None and self.read_mode == "direct":
+                self._read_run_direct(run, what)
+            else:
+                self._read_run(run, what)
+
+    def _read_run_direct(self, run: list[tuple[int, NDArray[Any]]], what: str) -> None:
+        """Parts that follow each other in the file, read with ``O_DIRECT`` a bounce buffer at a
+        time (aligned reads covering the whole run), each part's bytes copied out of it."""
+        assert self._direct_fd is not None
+        start = run[0][0]
+        end = run[-1][0] + len(run[-1][1])
+        if end > self.size:
+            raise self._truncated(start, end - start, what, self.size)
+        for _, out in run:
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise ValueError("every out must be a C-contiguous, writable array")
+        targets = [(offset, out.reshape(-1).view(np.uint8).data) for offset, out in run]
+        self._enter()
+        try:
+            bounce = memoryview(self._bounce_buffer())
+            pos = start // DIRECT_ALIGN * DIRECT_ALIGN
+            while pos < end:
+                span = min(DIRECT_BOUNCE_BYTES, -(-(end - pos) // DIRECT_ALIGN) * DIRECT_ALIGN)
+                try:
+                    got = os.preadv(self._direct_fd, [bounce[:span]], pos)
+                except OSError as err:
+                    raise ModelError(
+                        f"Cannot read bytes {start}..{end}{_of(what)} of model file {self.path}: "
+                        f"{err.strerror}."
+                    ) from err
+                if got <= 0:
+                    raise self._truncated(start, end - start, what, pos)
+                for offset, view in targets:  # the overlap of each part with [pos, pos + got)
+                    lo, hi = max(offset, pos), min(offset + len(view), pos + got)
+                    if lo < hi:
+                        view[lo - offset : hi - offset] = bounce[lo - pos : hi - pos]
+                pos += got
+        finally:
+            self._leave()
+
+    def _read_run(self, run: list[tuple[int, NDArray[Any]]], what: str) -> None:
+        """One vectored read of parts that follow each other in the file (see :meth:`read_spans`);
+        a short read finishes part by part."""
+        start = run[0][0]
+        end = run[-1][0] + len(run[-1][1])
+        if end > self.size:
+            raise self._truncated(start, end - start, what, self.size)
+        views: list[memoryview] = []
+        pos = start
+        for offset, out in run:
+            if offset > pos:
+                views.append(memoryview(bytearray(offset - pos)))
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise ValueError("every out must be a C-contiguous, writable array")
+            views.append(out.reshape(-1).view(np.uint8).data)
+            pos = offset + len(out)
+        self._enter()
+        try:
+            try:
+                got = os.preadv(self._fd, views, start)
+            except OSError as err:
+                raise ModelError(
+                    f"Cannot read bytes {start}..{end}{_of(what)} of model file {self.path}: "
+                    f"{err.strerror}."
+                ) from err
+            if self.drop_cache:
+                self._drop_pages(start, got)
+        finally:
+            self._leave()
+        if got < end - start:  # rare (a signal, a huge span): the parts not wholly read, one by one
+            for offset, out in run:
+                if offset + len(out) > start + got:
+                    self.read_into(offset, len(out), out, what=what)
+
     def _drop_pages(self, offset: int, nbytes: int) -> None:
         """Drop the cached pages of a range just read, rounded out to whole pages. The kernel drops
         only pages wholly inside the range it is given; a page a read covered in part (where a
