@@ -386,6 +386,7 @@ class Model:
             "read_mode": engine.read_mode,
             "read_mode_reason": engine.read_mode_reason,
             "room_bytes": engine.room_bytes,
+            "baseline_held_bytes": engine.baseline_held_bytes,
             "predicted_disk_bytes_per_token": engine.disk_bytes_per_token,
             "disk_read_bytes_per_s": self.context.disk_bytes_per_s,
             "disk_read_mode": self.context.disk_read_mode,

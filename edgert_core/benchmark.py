@@ -90,6 +90,7 @@ class BenchResult:
     groups: int | None = None
     peak_rss_bytes: int | None = None
     baseline_rss_bytes: int | None = None
+    baseline_held_bytes: int | None = None  # what the cgroup held at the baseline (run --json)
     peak_over_baseline_bytes: int | None = None
     within_budget: bool | None = None
     ms_per_token: float | None = None
@@ -247,6 +248,7 @@ def _parse_report(config: BenchConfig, returncode: int, stdout: str, stderr: str
         budget_bytes = result.budget_bytes = data.get("budget_bytes")
     result.peak_rss_bytes = data.get("peak_rss_bytes")
     result.baseline_rss_bytes = data.get("baseline_rss_bytes")
+    result.baseline_held_bytes = data.get("baseline_held_bytes")
     if result.peak_rss_bytes is not None and result.baseline_rss_bytes is not None:
         result.peak_over_baseline_bytes = result.peak_rss_bytes - result.baseline_rss_bytes
         if budget_bytes is not None:
@@ -543,6 +545,7 @@ CSV_FIELDS = [
     "read_mode",
     "disk_mib_per_s",
     "disk_read_bytes_per_s",
+    "baseline_held_bytes",
     "disk_bound_tokens_per_s",
     "of_disk_bound",
     "memory_limit_bytes",

@@ -2,7 +2,7 @@
 
 For each memory limit (default: none, 160M, 128M) this runs the sweep of ``edge-rt benchmark
 --memory-limit LIMIT``: the no-budget baseline, each strategy at each ``--memory-budget`` value it
-tries (default 32M and 64M), and llama.cpp on the same GGUF file when llama-cpp-python is installed,
+tries (default auto, 32M and 64M), and llama.cpp on the same GGUF file when llama-cpp-python is installed,
 each configuration in a fresh process in its own fresh memory cgroup of that limit (no swap), after
 the model file's cached pages were dropped (no cgroup and no drop for the ``none`` limit). It prints
 one table of every row, then one line per limit with llama.cpp and edge-rt's best budget, in the
@@ -11,26 +11,29 @@ shape of the issue's table.
 Run (as root; cgroup v1 or v2 with a writable memory controller):
 
     .venv/bin/python scripts/bench_memory_limit.py [--model smollm2] [--limits none,160M,128M]
-        [--budgets 32M,64M] [--strategies speculative-prefetch] [--max-tokens 64] [--threads N]
+        [--budgets auto,32M,64M] [--strategies speculative-prefetch] [--max-tokens 64] [--threads N]
         [--backend NAME] [--no-llama-cpp] [--repeat 1] [--json]
 
 Columns: ``tok/s`` decode tokens per second; ``peak RSS`` the process's ``VmHWM`` (it counts shared
 library pages that the limit charges to the parent's cgroup, so it can exceed ``cgroup peak``);
 ``base RSS`` the RSS before any weight (edge-rt: after the tokenizer and plan; llama.cpp: after
-importing llama-cpp-python); ``cgroup peak`` what the cgroup counted at most (RSS it was charged for
-plus page cache); ``read/tok`` bytes read from disk per decoded token (``/proc/self/io``
-``read_bytes``); ``disk MiB/s`` the bandwidth that implies at that speed; ``disk bound`` the tok/s
-that the model file's read bandwidth (measured with ``O_DIRECT`` before each limit's sweep,
-``edgert_core.memory.bandwidth``) allows for the row's bytes read per token, and ``x bound`` the
-row's speed as a fraction of it (rows reading under 1 MiB a token have none); ``failcnt`` how often usage
+importing llama-cpp-python); ``base held`` what the row's cgroup held at that point beyond its
+droppable page cache (edge-rt rows: anonymous memory and mapped files, the baseline the limit really
+counts; shared library pages the parent's cgroup read first are not in it); ``cgroup peak`` what the
+cgroup counted at most (RSS it was charged for plus page cache); ``read/tok`` bytes read from disk
+per decoded token (``/proc/self/io`` ``read_bytes``); ``disk MiB/s`` the bandwidth that implies at
+that speed; ``disk bound`` the tok/s that the model file's read bandwidth (measured before each
+limit's sweep, the faster cache-free read mode's, ``edgert_core.memory.bandwidth``) allows for the
+row's bytes read per token, and ``x bound`` the row's speed as a fraction of it (rows reading under
+1 MiB a token have none); ``failcnt`` how often usage
 hit the limit (the kernel's count; some kernels leave it at 0). A note says when pages of the model
 file stayed in the page cache after the drop (another process maps the file): those reads neither
 reach the disk nor count against the row's cgroup, so that row flatters the engine.
 
-The issue's F32 rows (SmolLM2 at 515 MB, numpy backend, 384M and 256M limits) are left out: no F32
-file ships with ``edge-rt pull``. Give one with ``--model path/to/f32.gguf --limits 384M,256M
---budgets 128M,256M --backend numpy`` to measure them. ``--memory-budget auto`` under a limit is part
-2 of the issue: give it as a budget (``--budgets auto,32M,64M``).
+The issue's F32 rows (SmolLM2 at 515 MB, numpy backend, 384M and 256M limits) need an F32 file,
+which ``edge-rt pull`` does not ship: make one from the pulled Q4_1 file with
+``scripts/make_f32_gguf.py OUT.gguf`` and give ``--model OUT.gguf --limits 384M,256M --budgets
+auto,128M --backend numpy``.
 
 Each limit's sweep takes about a minute on a free 2-core machine at 64 tokens (thrashing rows take
 longer); the machine should be otherwise idle, since every row is a speed.
@@ -65,7 +68,7 @@ PROMPT = "The ship entered the port of"
 MiB = 2**20
 COLUMNS: list[tuple[str, Justify]] = [
     ("limit", "right"), ("engine", "left"), ("budget", "right"), ("tok/s", "right"),
-    ("prompt tok/s", "right"), ("peak RSS", "right"), ("base RSS", "right"),
+    ("prompt tok/s", "right"), ("peak RSS", "right"), ("base RSS", "right"), ("base held", "right"),
     ("cgroup peak", "right"), ("read/tok", "right"), ("disk MiB/s", "right"), ("disk bound", "right"),
     ("x bound", "right"), ("failcnt", "right"),
     ("note", "left"),
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--limits", default="none,160M,128M", help="Comma list; none: no cgroup.")
-    parser.add_argument("--budgets", default="32M,64M", help="edge-rt --memory-budget values.")
+    parser.add_argument("--budgets", default="auto,32M,64M", help="edge-rt --memory-budget values.")
     parser.add_argument("--strategies", default="speculative-prefetch")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-context", type=int, default=512)
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             add_row(table, [
                 limit, _engine(r), r.budget or "none", _num(r.decode_tokens_per_s),
                 _num(r.prefill_tokens_per_s), _size(r.peak_rss_bytes), _size(r.baseline_rss_bytes),
+                _size(r.baseline_held_bytes),
                 _size(r.cgroup_peak_bytes), _size(r.read_bytes_per_token), _num(r.disk_mib_per_s),
                 _num(r.disk_bound_tokens_per_s), _num(r.of_disk_bound, ".2f"),
                 "-" if r.failcnt is None else str(r.failcnt), _note(r),

@@ -38,7 +38,7 @@ from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
 from edgert_core.loaders.base import ValidatedModel
 from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES, device_room
-from edgert_core.memory.cgroup import effective_memory_limit
+from edgert_core.memory.cgroup import effective_memory_limit, own_memory_charge
 from edgert_core.memory.io_stats import read_bytes
 from edgert_core.memory.pool import (
     PAGE_BYTES,
@@ -80,6 +80,17 @@ def _device_room(rss_bytes: int) -> int | None:
         return None
     found = device_room(rss_bytes, limit_bytes=limit)
     return None if found is None else found.bytes - AUTO_MARGIN_BYTES
+
+
+def _held_bytes() -> int | None:
+    """What this process's memory cgroup holds beyond its droppable page cache
+    (:class:`~edgert_core.memory.cgroup.MemoryCharge`), under a memory limit only: the baseline a
+    device's limit counts (anonymous memory and mapped files; library pages another cgroup read
+    first are not in it). ``None`` without a limit, where the cgroup may hold other processes."""
+    if effective_memory_limit() is None:
+        return None
+    charge = own_memory_charge()
+    return None if charge is None else charge.held_bytes
 
 
 class EngineStateError(EdgeRTError):
@@ -198,6 +209,7 @@ class ReadyEngine(_Step):
         peak_reset = self.tuning.before_baseline()
         self.baseline_rss_bytes = current_rss_bytes()  # just before the first weight is read
         self.room_bytes = _device_room(self.baseline_rss_bytes)
+        self.baseline_held_bytes = _held_bytes()
         self.peak_scope = "window" if peak_reset else "process"
         self.pool = MemoryPool(self.context.budget_bytes, poison=poison)
         try:
