@@ -142,6 +142,32 @@ def test_prompt_products_equal_one_token_at_a_time(
         check(dtype, x, blocks, prompt, act_q8)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act_q8", [True, False], ids=["q8", "f32"])
+@pytest.mark.parametrize(("n", "k"), [(67, 96), (37, 576), (9, 1536)])
+@pytest.mark.parametrize("t", [1, 2, 5])
+def test_rows_together_equal_rows_alone(
+    dtype: str, act_q8: bool, n: int, k: int, t: int, restore_path: None
+) -> None:
+    """Each row's products are bit for bit the same whether the row is computed alone (one-row
+    kernels) or in a group with others (the multi-row decode kernels for T < 4, the prompt tiles for
+    T >= 4), on every path. n leaves partial groups; K = 96 ends in an odd block; K = 576 and 1536
+    give rows on either side of the AVX2 path's size limit for multi-row decode."""
+    rng = np.random.default_rng(hash((dtype, n, k, t, "rows")) % 2**32)
+    blocks = random_blocks(dtype, n, k, rng)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    for path in runnable_paths():
+        kernels.set_path(path)
+        together = kernels.linear(x, blocks, dtype, threads=1, act_q8=act_q8)
+        alone = np.concatenate([kernels.linear(x, blocks[i : i + 1], dtype, threads=1, act_q8=act_q8)
+                                for i in range(n)], axis=1)
+        differ = together != alone
+        assert not differ.any(), (
+            f"{dtype} act_q8={act_q8} path={path}: {int(differ.sum())} of {differ.size} outputs differ"
+        )
+        check(dtype, x, blocks, together, act_q8)
+
+
 def test_simd_q8_matches_portable_closely(restore_path: None) -> None:
     """Integer block dots are exact on every path; only the fp32 scaling order differs. Each SIMD
     path is compared with the portable one (never a path with itself)."""
