@@ -114,17 +114,27 @@ def _engine_order(start: int, span: int, read_bytes: int) -> list[int]:
     return [o for w in range(0, len(steps), WINDOW_READS) for o in reversed(steps[w : w + WINDOW_READS])]
 
 
+#: Passes over the sample per read mode; the fastest counts. A streamed model reads the same bytes
+#: every token, and a disk's own cache (or a VM host's page cache) serves a range read again
+#: faster than a cold one: the bound must hold for that steady state, not for a first pass (one
+#: pass measured 0.69 GB/s where the runs then read their stages at 1.0-1.35 GB/s).
+PASSES = 2
+
+
 def _timed(fd: int, buf: mmap.mmap, offsets: list[int], *, drop: bool) -> float:
     """Bytes per second of reading ``len(buf)`` bytes at each of ``offsets`` of ``fd`` into
-    ``buf``, dropping each read's pages after it where ``drop``."""
-    got = 0
+    ``buf``, dropping each read's pages after it where ``drop``: the fastest of :data:`PASSES`."""
+    best = 0.0
     n = len(buf)
-    t0 = time.perf_counter()
-    for offset in offsets:
-        got += os.preadv(fd, [buf], offset)
-        if drop:
-            os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
-    return got / max(time.perf_counter() - t0, 1e-9)
+    for _ in range(PASSES):
+        got = 0
+        t0 = time.perf_counter()
+        for offset in offsets:
+            got += os.preadv(fd, [buf], offset)
+            if drop:
+                os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
+        best = max(best, got / max(time.perf_counter() - t0, 1e-9))
+    return best
 
 
 def _open_direct(path: Path) -> int | None:
