@@ -158,7 +158,11 @@ def best_lines(measured: list[tuple[str, list[BenchResult]]]) -> list[str]:
         if best is not None:
             parts.append(f"edge-rt best {best.strategy} {_num(best.decode_tokens_per_s)} tok/s at "
                          f"{best.budget}, {_size(best.peak_rss_bytes)} peak (baseline "
-                         f"{_size(best.baseline_rss_bytes)})")
+                         f"{_size(best.baseline_rss_bytes)});")
+        outputs = [r.generated_ids for r in ok if r.engine != LLAMA_CPP]
+        if outputs:
+            same = all(ids == outputs[0] for ids in outputs)
+            parts.append(f"edge-rt rows generated the same tokens: {same}")
         lines.append(" ".join(parts))
     return lines
 
