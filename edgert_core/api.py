@@ -34,7 +34,7 @@ from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
 from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
 from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
 from edgert_core.layout import SYNTHETIC_SHAPES
-from edgert_core.loaders import ModelSource, ValidatedModel, open_model
+from edgert_core.loaders import ModelSource, open_model
 from edgert_core.memory import auto_budget, bandwidth
 from edgert_core.memory.auto_budget import is_auto
 from edgert_core.memory.cgroup import effective_memory_limit
@@ -591,7 +591,7 @@ def load_model(
     else:
         budget = None
     check_kv_cache(kv_cache, validated.config.dims.head_dim)
-    room, disk = _device(validated, budget, limit, is_auto(memory_budget))
+    room, disk = device_facts(validated.source, budget, limit, is_auto(memory_budget))
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk,
                           kv_cache=kv_cache, room_bytes=room,
                           disk_bytes_per_s=None if disk is None else disk.bytes_per_s,
@@ -601,8 +601,8 @@ def load_model(
                  tune_process=tune_process, budget_source=budget_source)
 
 
-def _device(validated: ValidatedModel, budget: int | None, limit: int | None,
-            auto: bool) -> tuple[int | None, bandwidth.Bandwidth | None]:
+def device_facts(source: ModelSource, budget: int | None, limit: int | None,
+                 auto: bool) -> tuple[int | None, bandwidth.Bandwidth | None]:
     """The device facts ``auto`` ranks plans by under a memory limit: the room for pool and page
     cache (for ``auto``, the budget itself) and the read bandwidth of the model's disk with the
     read mode that reaches it (measured once per file, :mod:`edgert_core.memory.bandwidth`);
@@ -619,7 +619,7 @@ def _device(validated: ValidatedModel, budget: int | None, limit: int | None,
         room = budget if limit is not None else None
     if room is None:
         return None, None
-    files = sorted(validated.source.file_sizes()) if validated.format != "synthetic" else []
+    files = sorted(source.file_sizes()) if source.format != "synthetic" else []
     return room, (bandwidth.read_bandwidth(files[0]) if files else None)
 
 

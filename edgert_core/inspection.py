@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from edgert_core.device_cost import device_cost
 from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
 from edgert_core.plan import (
@@ -95,6 +96,9 @@ def compare_plans(
                 "prefetch": None if plan is None else plan.prefetch,
                 "predicted_peak_bytes": None if plan is None else plan.predicted_peak_bytes,
                 "all_resident": None if plan is None else all_resident(plan),
+                # what it reads from disk per token on this device (0 without a memory limit)
+                "disk_bytes_per_token": None if plan is None
+                else device_cost(plan, layout, ctx.room_bytes).disk_bytes_per_token,
             }
         )
     try:
@@ -110,6 +114,8 @@ def compare_plans(
         "kv_scratch_bytes": kv_scratch_bytes(layout, ctx),
         "fixed_bytes": fixed_bytes(layout, ctx),
         "minimum_budget_bytes": minimum_budget(layout, ctx),
+        "room_bytes": ctx.room_bytes,
+        "disk_read_bytes_per_s": ctx.disk_bytes_per_s,
         "plans": rows,
         "auto": auto,
         "auto_error": auto_error,

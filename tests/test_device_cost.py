@@ -129,3 +129,36 @@ def test_a_file_smaller_than_one_read_is_measured(tmp_path: Path) -> None:
     path.write_bytes(os.urandom(3 * 4096 + 17))
     found = bandwidth.measure(path)
     assert found.bytes_per_s > 0
+
+
+def test_inspect_under_a_memory_limit_shows_what_each_plan_reads_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under a limit (faked: the budget is all the room) ``inspect`` plans with the device facts ``run`` uses:
+    the room, the model file's measured bandwidth, and per plan the bytes it would read from disk
+    each token (all it streams, since its pool fills the budget and no room is left for the page
+    cache); without a limit there is no such column."""
+    import model_helpers as mh
+
+    import edgert_core.api as api
+    from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES, DeviceRoom
+
+    model = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "Q8_0")
+    args = ["inspect", "--model", str(model), "--backend", "numpy", "--max-context", "16",
+            "--memory-budget", "300K", "--json"]
+    code, out, err = mh.run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    free = json.loads(out)["planning"]
+    assert free["room_bytes"] is None and {p["disk_bytes_per_token"] for p in free["plans"]} <= {0, None}
+    monkeypatch.setattr(api, "effective_memory_limit", lambda: 128 * MiB)
+    monkeypatch.setattr(api.auto_budget, "device_room",
+                        lambda rss: DeviceRoom(300 * 1024 + AUTO_MARGIN_BYTES, "faked", 128 * MiB, None))
+    code, out, err = mh.run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    limited = json.loads(out)["planning"]
+    assert limited["room_bytes"] == 300 * 1024
+    assert limited["disk_read_bytes_per_s"] > 0  # measured on the model file
+    plans = [p for p in limited["plans"] if p["error"] is None]
+    assert plans and all(p["disk_bytes_per_token"] == p["streamed_bytes_per_token"] > 0 for p in plans)
+    code, text, err = mh.run_cli(args[:-1], monkeypatch, capsys)
+    assert code == 0 and "disk/tok" in text and "under a memory limit" in text

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from edgert_core.api import choose_backend, open_source
+from edgert_core.api import choose_backend, device_facts, open_source
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.cli.app import (
     ConfigOption,
@@ -68,6 +69,11 @@ def inspect_command(
     )
     registry = load_registry()
     source = open_source(str(values["model"]))
+    room, disk = device_facts(source, plan_ctx.budget_bytes, None if auto is None else auto.limit_bytes,
+                              auto is not None)
+    plan_ctx = replace(plan_ctx, room_bytes=room,
+                       disk_bytes_per_s=None if disk is None else disk.bytes_per_s,
+                       disk_read_mode=None if disk is None else disk.how)
     chosen = choose_backend(registry, source.dtypes, values["backend"])
     layout = source.layout().with_memory_bytes(chosen.weight_nbytes)
     check_kv_cache(plan_ctx.kv_cache, layout.dims.head_dim)
@@ -114,18 +120,25 @@ def _print_report(report: dict[str, Any]) -> None:
         f"{format_bytes(p['fixed_bytes'])}, minimum budget "
         f"{format_bytes(p['minimum_budget_bytes'])}"
     )
+    device = p["room_bytes"] is not None
+    if device:
+        speed = p["disk_read_bytes_per_s"]
+        typer.echo(f"under a memory limit: {format_bytes(p['room_bytes'])} for pool and page cache; "
+                   "'disk/tok' is what a plan reads from disk each token"
+                   + ("" if speed is None else f" (the model's disk: {speed / 2**20:.0f} MiB/s)"))
     errors = any(row["error"] for row in p["plans"])
-    table = make_table(PLAN_COLUMNS + ([("note", "left")] if errors else []))
+    columns = PLAN_COLUMNS + ([("disk/tok", "right")] if device else [])
+    table = make_table(columns + ([("note", "left")] if errors else []))
     for row in p["plans"]:
         if row["error"]:
-            add_row(table, [row["strategy"]] + ["-"] * (len(PLAN_COLUMNS) - 1) + [row["error"]])
+            add_row(table, [row["strategy"]] + ["-"] * (len(columns) - 1) + [row["error"]])
             continue
         add_row(table, [
             row["strategy"], str(row["n_groups"]), format_bytes(row["resident_bytes"]),
             format_bytes(row["streamed_bytes_per_token"]), str(row["stages_per_token"]),
             str(row["stage_slots"]), "yes" if row["prefetch"] else "no",
             format_bytes(row["predicted_peak_bytes"]),
-        ] + ([""] if errors else []))
+        ] + ([format_bytes(row["disk_bytes_per_token"])] if device else []) + ([""] if errors else []))
     echo_table(table)
     typer.echo("")
     resident = [row["strategy"] for row in p["plans"] if row["all_resident"]]
