@@ -427,7 +427,12 @@ int edgert_linear_add(const edgert_kernel_table *kt, const float *x, int64_t T, 
     if (act_q8) {
         xq = (block_q8a *)malloc((size_t)(T * (K / EDGERT_QK)) * sizeof(block_q8a));
         if (!xq) return -2;
-        for (int64_t t = 0; t < T; t++) edgert_quantize_q8a(x + t * K, xq + t * (K / EDGERT_QK), K);
+        void (*quantize)(const float *, block_q8a *, int64_t) = edgert_quantize_q8a;
+#if defined(EDGERT_HAVE_AVX2)
+        /* the AVX2 quantizer gives the same blocks; AVX-512 tables imply AVX2, FMA and F16C */
+        if (kt == &edgert_kernels_avx2 || kt == &edgert_kernels_avx512) quantize = edgert_quantize_q8a_avx2;
+#endif
+        for (int64_t t = 0; t < T; t++) quantize(x + t * K, xq + t * (K / EDGERT_QK), K);
         job.xq = xq;
     }
     if (threads < 1) threads = 1;

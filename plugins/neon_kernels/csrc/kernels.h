@@ -135,6 +135,9 @@ extern const edgert_kernel_table edgert_kernels_neon_dotprod;
 extern const edgert_kernel_table edgert_kernels_avx2;
 #define EDGERT_HAVE_AVX512 1
 extern const edgert_kernel_table edgert_kernels_avx512;
+/* edgert_quantize_q8a with AVX2 (bit for bit the same blocks); only on a CPU the x86-avx2 table
+ * is supported on. */
+void edgert_quantize_q8a_avx2(const float *x, block_q8a *out, int64_t k);
 #endif
 
 /* Every table compiled into this build, portable first; *n receives the count. */

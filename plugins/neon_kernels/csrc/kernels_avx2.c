@@ -18,6 +18,7 @@
 #ifdef EDGERT_HAVE_AVX2
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -494,6 +495,148 @@ AVX2_FN static void vscale(int64_t n, float s, const float *x, const float *w, f
     for (; i < n; i++) y[i] = x[i] * s * w[i];
 }
 
+/* ---- q8 activations, exp, attention row, SwiGLU ------------------------------------------- */
+
+/* edgert_quantize_q8a, 8 lanes at a time, bit for bit the scalar one: the same amax (a max is
+ * exact in any order), the same scalar d and 1/d, the same product x * id, and roundf's rule
+ * (half away from zero) as trunc(v) plus sign(v) where |v - trunc(v)| >= 0.5 (v - trunc(v) is
+ * exact in fp32), then the same clamp to +-127. */
+AVX2_FN void edgert_quantize_q8a_avx2(const float *x, block_q8a *out, int64_t k) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    int64_t nb = k / EDGERT_QK;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * EDGERT_QK;
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int g = 0; g < 4; g++) {
+            v[g] = _mm256_loadu_ps(xb + 8 * g);
+            /* max(|x|, m) keeps m when x is NaN, as the scalar `v > amax` does */
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[g]), m);
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float d = amax / 127.0f;
+        float id = d > 0.0f ? 1.0f / d : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i q32[4];
+        for (int g = 0; g < 4; g++) {
+            __m256 p = _mm256_mul_ps(v[g], vid);
+            __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t));
+            __m256 step = _mm256_or_ps(_mm256_and_ps(p, sign), one); /* +-1 with p's sign */
+            __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, half, _CMP_GE_OQ), step));
+            r = _mm256_max_ps(_mm256_min_ps(r, hi), lo);
+            q32[g] = _mm256_cvttps_epi32(r);
+        }
+        /* int32 -> int8 in element order: packs work within 128-bit lanes, a permute restores it */
+        __m256i p16a = _mm256_packs_epi32(q32[0], q32[1]); /* 0-3 8-11 | 4-7 12-15 */
+        __m256i p16b = _mm256_packs_epi32(q32[2], q32[3]);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)out[b].qs, p8);
+        __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(q32[0], q32[1]), _mm256_add_epi32(q32[2], q32[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        int32_t sum = _mm_cvtsi128_si32(s4);
+        out[b].d = d;
+        out[b].s = d * (float)sum;
+    }
+}
+
+/* exp(x) in fp32, 8 lanes: x clamped to [-87, 88] (results stay normal and finite), x = k ln2 + r
+ * with |r| <= ln2/2 (ln2 split in two for an exact reduction), a degree-7 polynomial for e^r
+ * (Cephes' expf coefficients, about 1 ulp, as the AVX-512 path), times 2^k through the exponent
+ * bits. */
+AVX2_FN static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* One query row (D a multiple of 16, at most 256): the query and the output stay in registers
+ * (D / 8 vectors each); scores q . K[s] * scale, their max, exp(score - max) 8 at a time, then
+ * o = sum_s p_s V[s] / sum. */
+AVX2_FN static void attn_row(int64_t D, const float *q, const float *K, const float *V, int64_t n,
+                             float scale, float *scores, float *o) {
+    const int nv = (int)(D / 8);
+    __m256 qv[32], ov[32];
+    for (int j = 0; j < nv; j++) {
+        qv[j] = _mm256_loadu_ps(q + 8 * j);
+        ov[j] = _mm256_setzero_ps();
+    }
+    float mx = -INFINITY;
+    for (int64_t s = 0; s < n; s++) {
+        const float *kr = K + s * D;
+        __m256 a0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kr));
+        __m256 a1 = _mm256_mul_ps(qv[1], _mm256_loadu_ps(kr + 8));
+        for (int j = 2; j < nv; j += 2) {
+            a0 = _mm256_fmadd_ps(qv[j], _mm256_loadu_ps(kr + 8 * j), a0);
+            a1 = _mm256_fmadd_ps(qv[j + 1], _mm256_loadu_ps(kr + 8 * j + 8), a1);
+        }
+        float sc = hsum_ps(_mm256_add_ps(a0, a1)) * scale;
+        scores[s] = sc;
+        if (sc > mx) mx = sc;
+    }
+    __m256 vmx = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
+    int64_t s = 0;
+    for (; s + 8 <= n; s += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + s), vmx));
+        _mm256_storeu_ps(scores + s, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum_ps(vsum);
+    if (s < n) {
+        float tail[8] = {0};
+        memcpy(tail, scores + s, (size_t)(n - s) * sizeof(float));
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(tail), vmx));
+        _mm256_storeu_ps(tail, e);
+        for (int64_t i = s; i < n; i++) {
+            scores[i] = tail[i - s];
+            sum += tail[i - s];
+        }
+    }
+    float inv = 1.0f / sum;
+    for (s = 0; s < n; s++) {
+        __m256 p = _mm256_set1_ps(scores[s] * inv);
+        const float *vr = V + s * D;
+        for (int j = 0; j < nv; j++) ov[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * j), ov[j]);
+    }
+    for (int j = 0; j < nv; j++) _mm256_storeu_ps(o + 8 * j, ov[j]);
+}
+
+AVX2_FN static void swiglu(int64_t n, const float *gate, const float *up, float *out) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 e = _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, e), _mm256_loadu_ps(up + i)));
+    }
+    if (i < n) {
+        float g8[8] = {0}, u8[8] = {0};
+        memcpy(g8, gate + i, (size_t)(n - i) * sizeof(float));
+        memcpy(u8, up + i, (size_t)(n - i) * sizeof(float));
+        __m256 g = _mm256_loadu_ps(g8);
+        __m256 e = _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+        _mm256_storeu_ps(g8, _mm256_mul_ps(_mm256_div_ps(g, e), _mm256_loadu_ps(u8)));
+        memcpy(out + i, g8, (size_t)(n - i) * sizeof(float));
+    }
+}
+
 const edgert_kernel_table edgert_kernels_avx2 = {
     "x86-avx2",
     {dot_q4_0_q8, dot_q4_1_q8, dot_q8_0_q8},
@@ -505,8 +648,8 @@ const edgert_kernel_table edgert_kernels_avx2 = {
     gemm_f32,
     {rows_q4_0_q8, rows_q4_1_q8, rows_q8_0_q8},
     {rows_q4_0_f32, rows_q4_1_f32, rows_q8_0_f32},
-    NULL, /* attention and SwiGLU: the portable loops of ops.c */
-    NULL,
+    attn_row,
+    swiglu,
     {gemm_q4_0_q8, gemm_q4_1_q8, gemm_q8_0_q8},
 };
 

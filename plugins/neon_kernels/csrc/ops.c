@@ -6,7 +6,7 @@
  * they run NEON or AVX2 where the table has them; RoPE is plain C (a handful of multiplies per
  * element). Every op computes in fp32 like the numpy reference (edgert_core/backends/numpy_ref.py),
  * in a different summation order. SwiGLU (silu(gate) * up) runs the path's vectorized exp where
- * the table has one (AVX-512), else a scalar expf loop. */
+ * the table has one (AVX-512, AVX2), else a scalar expf loop. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
