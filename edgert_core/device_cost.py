@@ -9,8 +9,9 @@ depends on the page cache, which a memory limit charges beside what the process 
   stay cached after the first token: no disk read per token (read mode ``cached``).
 * Otherwise keeping them cached only evicts the pages the next read needs (the reads go round the
   file in the same order every token, the worst case for an LRU cache): every streamed byte comes
-  from disk, and each read's pages are dropped at once so they do not push out anything else (read
-  mode ``drop``).
+  from disk, and it is read past the page cache so it pushes out nothing else (read mode ``drop``:
+  each read's pages dropped after it; the engine reads ``direct``, with ``O_DIRECT``, instead where
+  the bandwidth measurement found that faster on the model's disk).
 
 Since ``peak + streamed = fixed + resident + slots * stage + streamed >= fixed + every weight``, a
 streamed plan stays cached only where the whole model would have fitted resident; where it does not,
@@ -62,7 +63,7 @@ def device_cost(plan: ExecutionPlan, layout: ModelLayout, room_bytes: int | None
     return DeviceCost(DROP, streamed, (
         f"the plan's peak {format_bytes(plan.predicted_peak_bytes)} and its "
         f"{format_bytes(streamed)} streamed a token exceed the {format_bytes(room_bytes)} room: "
-        "every streamed byte comes from disk, so each read's pages are dropped"))
+        "every streamed byte comes from disk, so it is read past the page cache"))
 
 
 def disk_bound_tokens_per_s(disk_bytes_per_token: float | None,

@@ -255,8 +255,8 @@ class ReadyEngine(_Step):
             mode, self.read_mode_reason = cost.read_mode, cost.reason
             if mode == DROP and self.context.disk_read_mode == "direct":
                 mode = "direct"
-                self.read_mode_reason += ("; read with O_DIRECT, which this disk serves faster "
-                                          "(measured, edgert_core.memory.bandwidth)")
+                self.read_mode_reason += (" (O_DIRECT, which this disk serves faster than dropped "
+                                          "reads: measured, edgert_core.memory.bandwidth)")
             self.disk_bytes_per_token = cost.disk_bytes_per_token
             if mode == CACHED and self._streamed_per_token and self.room_bytes is not None:
                 self._watch_reads = READ_MODE_WATCH_TOKENS
