@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgert_core.memory.io_stats import cached_bytes
-from edgert_core.memory.reader import READ_MODES
+from edgert_core.memory.reader import DIRECT_ALIGN, READ_MODES, open_direct
 from edgert_core.pull import cache_dir
 
 SAMPLE_BYTES = 64 * 2**20
@@ -36,8 +36,6 @@ SAMPLE_BYTES = 64 * 2**20
 READ_BYTES = 2**20
 """Bytes per read: about a streamed stage's run of tensors (SmolLM2's under a tight budget: 0.5 to
 1.1 MiB)."""
-_ALIGN = 4096
-_O_DIRECT: int | None = getattr(os, "O_DIRECT", None)
 
 
 @dataclass(frozen=True)
@@ -71,16 +69,16 @@ def measure(path: Path, *, sample_bytes: int = SAMPLE_BYTES, read_bytes: int = R
     after the drop (another process maps the file), plain reads would time memory: only
     ``direct`` is timed then. Raises ``OSError`` where the file cannot be read."""
     size = path.stat().st_size
-    read_bytes = max(_ALIGN, read_bytes // _ALIGN * _ALIGN)
+    read_bytes = max(DIRECT_ALIGN, read_bytes // DIRECT_ALIGN * DIRECT_ALIGN)
     span = min(sample_bytes, size) // read_bytes * read_bytes
     if span == 0:  # a file smaller than one read: time one read of all of it
-        span = read_bytes = max(_ALIGN, size // _ALIGN * _ALIGN)
-    start = max(0, (size - span) // 2) // _ALIGN * _ALIGN
+        span = read_bytes = max(DIRECT_ALIGN, size // DIRECT_ALIGN * DIRECT_ALIGN)
+    start = max(0, (size - span) // 2) // DIRECT_ALIGN * DIRECT_ALIGN
     offsets = _engine_order(start, span, read_bytes)
     found: list[Bandwidth] = []
     buf = mmap.mmap(-1, read_bytes)  # page-aligned, as O_DIRECT wants
     try:
-        direct = _open_direct(path)
+        direct, _ = open_direct(path)
         if direct is not None:
             try:
                 found.append(Bandwidth(_timed(direct, buf, offsets, drop=False), "direct", False))
@@ -135,25 +133,6 @@ def _timed(fd: int, buf: mmap.mmap, offsets: list[int], *, drop: bool) -> float:
                 os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
         best = max(best, got / max(time.perf_counter() - t0, 1e-9))
     return best
-
-
-def _open_direct(path: Path) -> int | None:
-    """The file opened for ``O_DIRECT`` reads, ``None`` where the platform or file system refuses."""
-    if _O_DIRECT is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_DIRECT)
-    except OSError:
-        return None
-    probe = mmap.mmap(-1, _ALIGN)
-    try:
-        os.preadv(fd, [probe], 0)
-    except OSError:
-        os.close(fd)
-        return None
-    finally:
-        probe.close()
-    return fd
 
 
 def _load() -> dict[str, dict[str, object]]:

@@ -130,24 +130,12 @@ class FileRangeReader:
         return mode
 
     def _open_direct(self) -> str:
-        """Open the file a second time with ``O_DIRECT`` and try one aligned read; the read mode
+        """Open the file a second time for ``O_DIRECT`` reads (:func:`open_direct`); the read mode
         that results (``drop`` where it fails, said once)."""
-        reason = "this platform has no O_DIRECT"
-        if _O_DIRECT is not None:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | _O_DIRECT)
-            except OSError as err:
-                reason = f"opening it with O_DIRECT failed ({err.strerror})"
-            else:
-                try:
-                    if self.size:
-                        os.preadv(fd, [memoryview(self._bounce_buffer())[:DIRECT_ALIGN]], 0)
-                except OSError as err:
-                    os.close(fd)
-                    reason = f"an O_DIRECT read failed ({err.strerror})"
-                else:
-                    self._direct_fd = fd
-                    return "direct"
+        fd, reason = open_direct(self.path)
+        if fd is not None:
+            self._direct_fd = fd
+            return "direct"
         _say_once(f"edge-rt: {self.path}: {reason}; reading it with posix_fadvise(DONTNEED) after "
                   "each read instead (read mode 'drop').")
         return "drop"
@@ -389,6 +377,27 @@ class FileRangeReader:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.size} bytes"
         return f"<FileRangeReader {str(self.path)!r} {state}>"
+
+
+def open_direct(path: str | os.PathLike[str]) -> tuple[int | None, str]:
+    """``path`` opened for ``O_DIRECT`` reads, after one aligned read of its start succeeded, or
+    ``None`` and why not (this platform has no ``O_DIRECT``, or the file system refused the open or
+    the read)."""
+    if _O_DIRECT is None:
+        return None, "this platform has no O_DIRECT"
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_DIRECT)
+    except OSError as err:
+        return None, f"opening it with O_DIRECT failed ({err.strerror})"
+    probe = mmap.mmap(-1, DIRECT_ALIGN)  # page-aligned, as O_DIRECT wants
+    try:
+        os.preadv(fd, [probe], 0)
+    except OSError as err:
+        os.close(fd)
+        return None, f"an O_DIRECT read failed ({err.strerror})"
+    finally:
+        probe.close()
+    return fd, ""
 
 
 _SAID: set[str] = set()
