@@ -37,7 +37,6 @@ from edgert_core.layout import SYNTHETIC_SHAPES
 from edgert_core.loaders import ModelSource, open_model
 from edgert_core.memory import auto_budget, bandwidth
 from edgert_core.memory.auto_budget import is_auto
-from edgert_core.memory.cgroup import effective_memory_limit
 from edgert_core.memory.malloc import give_back_freed_memory
 from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.models.kv_quant import DEFAULT_KV_CACHE, check_kv_cache, check_mode
@@ -610,11 +609,8 @@ def device_facts(source: ModelSource, budget: int | None, limit: int | None,
     if budget is None:
         return None, None
     if not auto:
-        limit = effective_memory_limit()
-        if limit is None:
-            return None, None
-        found = auto_budget.device_room(current_rss_bytes())
-        room = None if found is None else found.bytes - auto_budget.AUTO_MARGIN_BYTES
+        found = auto_budget.room_under_limit(current_rss_bytes())
+        room = None if found is None else found.usable_bytes
     else:
         room = budget if limit is not None else None
     if room is None:

@@ -150,8 +150,7 @@ def test_inspect_under_a_memory_limit_shows_what_each_plan_reads_from_disk(
     assert code == 0, err
     free = json.loads(out)["planning"]
     assert free["room_bytes"] is None and {p["disk_bytes_per_token"] for p in free["plans"]} <= {0, None}
-    monkeypatch.setattr(api, "effective_memory_limit", lambda: 128 * MiB)
-    monkeypatch.setattr(api.auto_budget, "device_room",
+    monkeypatch.setattr(api.auto_budget, "room_under_limit",
                         lambda rss: DeviceRoom(300 * 1024 + AUTO_MARGIN_BYTES, "faked", 128 * MiB, None))
     code, out, err = mh.run_cli(args, monkeypatch, capsys)
     assert code == 0, err

@@ -23,6 +23,7 @@ from edgert_core.backends.numpy_ref import NumpyBackend
 from edgert_core.engine import Engine, EngineStateError, ReadyEngine
 from edgert_core.errors import InfeasibleBudgetError, ModelError
 from edgert_core.generate import generate_ids
+from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES, DeviceRoom
 from edgert_core.memory.malloc import give_back_freed_memory
 from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.plan import PlanningContext, minimum_budget
@@ -441,7 +442,8 @@ def test_under_a_limit_a_run_drops_its_reads_when_tokens_read_from_disk(
     monkeypatch.delenv("EDGERT_READ_MODE", raising=False)
     budget = prefetch_budget(q8_gguf)
     reference, _ = greedy(q8_gguf, budget, "speculative-prefetch")
-    monkeypatch.setattr(states, "_device_room", lambda rss: 256 * 2**20)
+    monkeypatch.setattr(states, "room_under_limit",
+                        lambda rss: DeviceRoom(256 * 2**20 + AUTO_MARGIN_BYTES, "faked", 2**30, None))
     counter = {"bytes": 0}
     model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
                        max_context=64, notify=None)
@@ -478,7 +480,8 @@ def test_under_a_limit_too_small_for_the_streamed_weights_a_run_drops_from_the_s
     budget = prefetch_budget(q8_gguf)
     reference, _ = greedy(q8_gguf, budget, "speculative-prefetch")
     room = budget  # the plan fills it, so its streamed weights cannot stay cached beside it
-    monkeypatch.setattr(states, "_device_room", lambda rss: room)
+    monkeypatch.setattr(states, "room_under_limit",
+                        lambda rss: DeviceRoom(room + AUTO_MARGIN_BYTES, "faked", 2**30, None))
     model = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
                        max_context=64, notify=None)
     try:

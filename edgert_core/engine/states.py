@@ -37,8 +37,7 @@ from edgert_core.engine.weights import (
 from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
 from edgert_core.loaders.base import ValidatedModel
-from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES, device_room
-from edgert_core.memory.cgroup import effective_memory_limit, own_memory_charge
+from edgert_core.memory.auto_budget import room_under_limit
 from edgert_core.memory.io_stats import read_bytes
 from edgert_core.memory.pool import (
     PAGE_BYTES,
@@ -69,28 +68,6 @@ if TYPE_CHECKING:
     from edgert_core.plugins import PluginRegistry
 
 F32 = NDArray[np.float32]
-
-
-def _device_room(rss_bytes: int) -> int | None:
-    """The room this process's memory limit leaves for the pool and the page cache together, less
-    the ``auto`` margin (:func:`~edgert_core.memory.auto_budget.device_room`); ``None`` without a
-    limit, where the page cache is the kernel's business."""
-    limit = effective_memory_limit()
-    if limit is None:
-        return None
-    found = device_room(rss_bytes, limit_bytes=limit)
-    return None if found is None else found.bytes - AUTO_MARGIN_BYTES
-
-
-def _held_bytes() -> int | None:
-    """What this process's memory cgroup holds beyond its droppable page cache
-    (:class:`~edgert_core.memory.cgroup.MemoryCharge`), under a memory limit only: the baseline a
-    device's limit counts (anonymous memory and mapped files; library pages another cgroup read
-    first are not in it). ``None`` without a limit, where the cgroup may hold other processes."""
-    if effective_memory_limit() is None:
-        return None
-    charge = own_memory_charge()
-    return None if charge is None else charge.held_bytes
 
 
 class EngineStateError(EdgeRTError):
@@ -208,8 +185,11 @@ class ReadyEngine(_Step):
 
         peak_reset = self.tuning.before_baseline()
         self.baseline_rss_bytes = current_rss_bytes()  # just before the first weight is read
-        self.room_bytes = _device_room(self.baseline_rss_bytes)
-        self.baseline_held_bytes = _held_bytes()
+        # under a memory limit: the room for pool and page cache (margin off) and what the cgroup
+        # holds now (anonymous memory, mapped files: the baseline a device's limit counts)
+        device = room_under_limit(self.baseline_rss_bytes)
+        self.room_bytes = None if device is None else device.usable_bytes
+        self.baseline_held_bytes = None if device is None else device.held_bytes
         self.peak_scope = "window" if peak_reset else "process"
         self.pool = MemoryPool(self.context.budget_bytes, poison=poison)
         try:

@@ -74,6 +74,20 @@ class DeviceRoom:
     why: str
     limit_bytes: int | None
     available_bytes: int | None
+    held_bytes: int | None = None  # what the cgroup held (None: not read)
+
+    @property
+    def usable_bytes(self) -> int:
+        """The room less :data:`AUTO_MARGIN_BYTES`: what a run may plan for."""
+        return self.bytes - AUTO_MARGIN_BYTES
+
+
+def room_under_limit(rss_bytes: int) -> DeviceRoom | None:
+    """:func:`device_room` where this process runs under a memory limit (one reading of the
+    cgroup: the limit, then what it holds); ``None`` without a limit, where the page cache is the
+    kernel's business."""
+    limit = effective_memory_limit()
+    return None if limit is None else device_room(rss_bytes, limit_bytes=limit)
 
 
 def device_room(rss_bytes: int, *, limit_bytes: int | None = None, held_bytes: int | None = None,
@@ -98,7 +112,7 @@ def device_room(rss_bytes: int, *, limit_bytes: int | None = None, held_bytes: i
     if not rooms:
         return None
     room, why = min(rooms)
-    return DeviceRoom(room, why, limit_bytes, available_bytes)
+    return DeviceRoom(room, why, limit_bytes, available_bytes, held_bytes)
 
 
 def resolve(rss_bytes: int, *, limit_bytes: int | None = None, held_bytes: int | None = None,
@@ -113,8 +127,7 @@ def resolve(rss_bytes: int, *, limit_bytes: int | None = None, held_bytes: int |
             "--memory-budget auto: this system reports neither a cgroup memory limit nor "
             "MemAvailable; give a budget such as 256M instead."
         )
-    room, why = found.bytes, found.why
-    budget = room - AUTO_MARGIN_BYTES
+    room, why, budget = found.bytes, found.why, found.usable_bytes
     if budget <= 0:
         raise BudgetError(
             f"--memory-budget auto: the machine leaves no room ({why} = {format_bytes(room)}, less "
