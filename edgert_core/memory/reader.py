@@ -189,10 +189,7 @@ class FileRangeReader:
                     try:
                         got = self._pread_into(view[pos : pos + n], offset + pos)
                     except OSError as err:
-                        raise ModelError(
-                            f"Cannot read bytes {offset}..{offset + nbytes}{_of(what)} of model "
-                            f"file {self.path}: {err.strerror}."
-                        ) from err
+                        raise self._cannot_read(offset, offset + nbytes, what, err) from err
                     if got == 0:  # the file shrank after it was opened
                         raise self._truncated(offset, nbytes, what, offset + pos)
                     if self.drop_cache:
@@ -232,13 +229,7 @@ class FileRangeReader:
         """Parts that follow each other in the file, read with ``O_DIRECT`` a bounce buffer at a
         time (aligned reads covering the whole run), each part's bytes copied out of it."""
         assert self._direct_fd is not None
-        start = run[0][0]
-        end = run[-1][0] + len(run[-1][1])
-        if end > self.size:
-            raise self._truncated(start, end - start, what, self.size)
-        for _, out in run:
-            if not out.flags.c_contiguous or not out.flags.writeable:
-                raise ValueError("every out must be a C-contiguous, writable array")
+        start, end = self._run_bounds(run, what)
         targets = [(offset, out.reshape(-1).view(np.uint8).data) for offset, out in run]
         self._enter()
         try:
@@ -249,10 +240,7 @@ class FileRangeReader:
                 try:
                     got = os.preadv(self._direct_fd, [bounce[:span]], pos)
                 except OSError as err:
-                    raise ModelError(
-                        f"Cannot read bytes {start}..{end}{_of(what)} of model file {self.path}: "
-                        f"{err.strerror}."
-                    ) from err
+                    raise self._cannot_read(start, end, what, err) from err
                 if got <= 0:
                     raise self._truncated(start, end - start, what, pos)
                 for offset, view in targets:  # the overlap of each part with [pos, pos + got)
@@ -266,17 +254,12 @@ class FileRangeReader:
     def _read_run(self, run: list[tuple[int, NDArray[Any]]], what: str) -> None:
         """One vectored read of parts that follow each other in the file (see :meth:`read_spans`);
         a short read finishes part by part."""
-        start = run[0][0]
-        end = run[-1][0] + len(run[-1][1])
-        if end > self.size:
-            raise self._truncated(start, end - start, what, self.size)
+        start, end = self._run_bounds(run, what)
         views: list[memoryview] = []
         pos = start
         for offset, out in run:
             if offset > pos:
                 views.append(memoryview(bytearray(offset - pos)))
-            if not out.flags.c_contiguous or not out.flags.writeable:
-                raise ValueError("every out must be a C-contiguous, writable array")
             views.append(out.reshape(-1).view(np.uint8).data)
             pos = offset + len(out)
         self._enter()
@@ -284,10 +267,7 @@ class FileRangeReader:
             try:
                 got = os.preadv(self._fd, views, start)
             except OSError as err:
-                raise ModelError(
-                    f"Cannot read bytes {start}..{end}{_of(what)} of model file {self.path}: "
-                    f"{err.strerror}."
-                ) from err
+                raise self._cannot_read(start, end, what, err) from err
             if self.drop_cache:
                 self._drop_pages(start, got)
         finally:
@@ -332,6 +312,22 @@ class FileRangeReader:
         with self._seek_lock:  # pragma: no cover - platforms without preadv (Windows)
             os.lseek(self._fd, offset, os.SEEK_SET)
             return os.readv(self._fd, [view])
+
+    def _run_bounds(self, run: list[tuple[int, NDArray[Any]]], what: str) -> tuple[int, int]:
+        """``[start, end)`` of a run of parts that follow each other in the file, after checking
+        that the file holds it and that every part's ``out`` can be written in place."""
+        start, end = run[0][0], run[-1][0] + len(run[-1][1])
+        if end > self.size:
+            raise self._truncated(start, end - start, what, self.size)
+        for _, out in run:
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise ValueError("every out must be a C-contiguous, writable array")
+        return start, end
+
+    def _cannot_read(self, start: int, end: int, what: str, err: OSError) -> ModelError:
+        return ModelError(
+            f"Cannot read bytes {start}..{end}{_of(what)} of model file {self.path}: {err.strerror}."
+        )
 
     def _truncated(self, offset: int, nbytes: int, what: str, end: int) -> ModelError:
         return ModelError(
