@@ -298,9 +298,7 @@ class ValidatedModel:
         at least ``nbytes`` for the stored bytes of a transposed tensor (otherwise a new array)."""
         entry = self._entry(name)
         n = entry.info.nbytes
-        buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
-        if len(buf) < n:
-            raise ValueError(f"buffer of {len(buf)} bytes is too small for {name} ({n} bytes)")
+        buf = _buffer(name, n, out)
         if not entry.transposed:
             self.source.read_into(entry, buf)
             self._check_finite(entry, buf, 0)
@@ -330,15 +328,8 @@ class ValidatedModel:
                 else:
                     self.read_rows(name, rows[0], rows[1], out=out)
                 continue
-            start, n = 0, entry.info.nbytes
-            if rows is not None:
-                if not 0 <= rows[0] <= rows[1] <= entry.info.shape[0]:
-                    raise ValueError(f"rows {rows[0]}:{rows[1]} out of range for {name}")
-                rb = row_nbytes(entry.info)
-                start, n = rows[0] * rb, (rows[1] - rows[0]) * rb
-            buf = out[:n]
-            if len(buf) < n:
-                raise ValueError(f"buffer of {len(buf)} bytes is too small for {name} ({n} bytes)")
+            start, n = (0, entry.info.nbytes) if rows is None else _row_span(name, entry, *rows)
+            buf = _buffer(name, n, out)
             by_file.setdefault(entry.file, []).append((entry.offset + start, buf))
             checks.append((entry, buf, start))
         for file, parts in by_file.items():
@@ -353,22 +344,16 @@ class ValidatedModel:
 
     def _read_rows(self, name: str, start: int, stop: int, out: U8 | None, *, remember: bool) -> U8:
         entry = self._entry(name)
-        rows = entry.info.shape[0]
-        if not 0 <= start <= stop <= rows:
-            raise ValueError(f"rows {start}:{stop} out of range for {name} with {rows} rows")
+        byte_start, n = _row_span(name, entry, start, stop)
         if entry.transposed:
-            full = self.read_tensor(name)
-            rb = entry.info.nbytes // rows
-            part = full[start * rb : stop * rb]
+            part = self.read_tensor(name)[byte_start : byte_start + n]
             if out is None:
                 return part.copy()
             out[: len(part)] = part
             return out[: len(part)]
-        rb = row_nbytes(entry.info)
-        n = (stop - start) * rb
         buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
-        self.source.read_into(entry, buf, start * rb)
-        self._check_finite(entry, buf, start * rb, remember=remember)
+        self.source.read_into(entry, buf, byte_start)
+        self._check_finite(entry, buf, byte_start, remember=remember)
         return buf
 
     def read_row_set(self, name: str, ids: NDArray[np.int64], out: U8 | None = None) -> U8:
@@ -405,6 +390,24 @@ class ValidatedModel:
 
     def close(self) -> None:
         self.source.close()
+
+
+def _row_span(name: str, entry: TensorEntry, start: int, stop: int) -> tuple[int, int]:
+    """Byte offset and length of rows ``start..stop-1`` of tensor ``name`` in its logical
+    ``[out, in]`` order; a range outside the tensor is a ``ValueError``."""
+    rows = entry.info.shape[0]
+    if not 0 <= start <= stop <= rows:
+        raise ValueError(f"rows {start}:{stop} out of range for {name} with {rows} rows")
+    rb = row_nbytes(entry.info)
+    return start * rb, (stop - start) * rb
+
+
+def _buffer(name: str, n: int, out: U8 | None) -> U8:
+    """``out`` trimmed to ``n`` bytes (a new array without it); one too small is a ``ValueError``."""
+    buf = np.empty(n, dtype=np.uint8) if out is None else out[:n]
+    if len(buf) < n:
+        raise ValueError(f"buffer of {len(buf)} bytes is too small for {name} ({n} bytes)")
+    return buf
 
 
 #: Values per step of the NaN/Inf check (keeps its temporaries small under a memory budget).
