@@ -54,16 +54,13 @@ def device_cost(plan: ExecutionPlan, layout: ModelLayout, room_bytes: int | None
         return DeviceCost(CACHED, 0, "nothing is streamed")
     if room_bytes is None:
         return DeviceCost(CACHED, 0, "no memory limit")
-    need = plan.predicted_peak_bytes + streamed
-    if need <= room_bytes:
-        return DeviceCost(CACHED, 0, (
-            f"the plan's peak {format_bytes(plan.predicted_peak_bytes)} and its "
-            f"{format_bytes(streamed)} streamed a token fit the {format_bytes(room_bytes)} room: "
-            "they stay in the page cache"))
-    return DeviceCost(DROP, streamed, (
-        f"the plan's peak {format_bytes(plan.predicted_peak_bytes)} and its "
-        f"{format_bytes(streamed)} streamed a token exceed the {format_bytes(room_bytes)} room: "
-        "every streamed byte comes from disk, so it is read past the page cache"))
+    both = (f"the plan's peak {format_bytes(plan.predicted_peak_bytes)} and its "
+            f"{format_bytes(streamed)} streamed a token")
+    if plan.predicted_peak_bytes + streamed <= room_bytes:
+        return DeviceCost(CACHED, 0, f"{both} fit the {format_bytes(room_bytes)} room: they stay in "
+                                     "the page cache")
+    return DeviceCost(DROP, streamed, f"{both} exceed the {format_bytes(room_bytes)} room: every "
+                                      "streamed byte comes from disk, so it is read past the page cache")
 
 
 def disk_bound_tokens_per_s(disk_bytes_per_token: float | None,
