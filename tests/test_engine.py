@@ -255,10 +255,6 @@ def test_steps_out_of_order_are_type_errors(tmp_path: Path) -> None:
     assert len(lines) == 4, lines  # the last call, in order, type-checks
 
 
-def prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("edgert-prefetch")]
-
-
 def test_a_prefetch_error_surfaces_and_the_thread_ends(q8_gguf: Path, cache_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     budget = prefetch_budget(q8_gguf)
@@ -268,9 +264,12 @@ def test_a_prefetch_error_surfaces_and_the_thread_ends(q8_gguf: Path, cache_dir:
     assert engine.prefetch
     calls = {"n": 0}
     original = engine.reader.fill_stage
+    loaders: set[threading.Thread] = set()
 
     def failing(stage, raw):  # type: ignore[no-untyped-def]
         calls["n"] += 1
+        if threading.current_thread().name.startswith("edgert-prefetch"):
+            loaders.add(threading.current_thread())
         if calls["n"] == 4:
             assert threading.current_thread().name.startswith("edgert-prefetch")
             raise ModelError("disk on fire")
@@ -281,7 +280,9 @@ def test_a_prefetch_error_surfaces_and_the_thread_ends(q8_gguf: Path, cache_dir:
         list(generate_ids(engine, [5, 6, 7], max_tokens=8))
     model.close()
     assert engine.pool.held_bytes == 0
-    assert not prefetch_threads()
+    # this engine's prefetch thread is joined (one an earlier test left to the garbage collector
+    # is not this engine's)
+    assert loaders and not [t for t in loaders if t.is_alive()]
 
 
 def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path,
@@ -294,6 +295,7 @@ def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path,
     from edgert_core.api import Model
 
     load_s, compute_s = 0.01, 0.01
+    loaders: set[threading.Thread] = set()
 
     def slowed(model: Model) -> dict[str, int]:
         engine, backend = model.engine, model.backend
@@ -302,6 +304,8 @@ def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path,
 
         def slow_fill(stage, raw):  # type: ignore[no-untyped-def]
             calls["loads"] += 1
+            if threading.current_thread().name.startswith("edgert-prefetch"):
+                loaders.add(threading.current_thread())
             time.sleep(load_s)
             return fill(stage, raw)
 
@@ -328,7 +332,7 @@ def test_prefetch_hides_loads_and_reports_them(q8_gguf: Path, cache_dir: Path,
     assert s.hidden_load_fraction is not None and s.hidden_load_fraction > 0.5
     assert s.pool_peak_bytes is not None and s.pool_peak_bytes <= budget
     model.close()
-    assert not prefetch_threads()
+    assert loaders and not [t for t in loaders if t.is_alive()]  # this engine's thread is joined
     seq = load_model(q8_gguf, backend="numpy", memory_budget=budget, strategy="sequential",
                      max_context=64, notify=None)
     calls = slowed(seq)
