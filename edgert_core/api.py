@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from edgert_core.adaptive import AdaptiveRun, MemoryPressureError
 from edgert_core.backends.base import KernelBackend
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.chat import Conversation, turns_to_drop
@@ -33,6 +34,7 @@ from edgert_core.device_cost import disk_bound_tokens_per_s
 from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
 from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
 from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
+from edgert_core.governor import DEFAULT_GOVERNOR, NO_GOVERNOR, Event, Governor
 from edgert_core.layout import SYNTHETIC_SHAPES
 from edgert_core.loaders import ModelSource, open_model
 from edgert_core.memory import auto_budget, bandwidth
@@ -40,7 +42,12 @@ from edgert_core.memory.auto_budget import is_auto
 from edgert_core.memory.malloc import give_back_freed_memory
 from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.models.kv_quant import DEFAULT_KV_CACHE, check_kv_cache, check_mode
-from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, PlanningContext
+from edgert_core.plan import (
+    DEFAULT_MAX_CONTEXT,
+    DEFAULT_PREFILL_CHUNK,
+    PlanningContext,
+    minimum_budget,
+)
 from edgert_core.planner import AUTO
 from edgert_core.plugins import PluginRegistry, load_registry
 from edgert_core.pull import KNOWN_MODELS, resolve_known
@@ -128,8 +135,10 @@ class Generation:
         self._pieces: list[str] = []
         tok = model.tokenizer
         self._stream = tok.stream() if tok is not None else None
+        #: the governed run (``None`` with ``governor="none"``): its ``events``
+        self.adaptive = model.adaptive_run(self.stats)
         self._ids = generate_ids(
-            model.engine,
+            self.adaptive if self.adaptive is not None else model.engine,
             prompt_ids,
             max_tokens=max_tokens,
             sampling=sampling,
@@ -141,11 +150,16 @@ class Generation:
         self.on_finish: Callable[[Generation], None] | None = None
 
     def __iter__(self) -> Iterator[Token]:
-        for token_id in self._ids:
-            self.ids.append(token_id)
-            piece = self._stream.push(token_id) if self._stream is not None else ""
-            self._pieces.append(piece)
-            yield Token(token_id, piece)
+        try:
+            for token_id in self._ids:
+                self.ids.append(token_id)
+                piece = self._stream.push(token_id) if self._stream is not None else ""
+                self._pieces.append(piece)
+                yield Token(token_id, piece)
+        except MemoryPressureError:  # the tokens so far stand; the error says why it stopped
+            self.stats.stop_reason = "memory_pressure"
+            self._finish()
+            raise
         if self._stream is not None and not self._finished:
             tail = self._stream.flush()
             if tail:
@@ -187,6 +201,11 @@ class Generation:
         """The generated text (``None`` when the model has no tokenizer)."""
         return None if self._stream is None else "".join(self._pieces)
 
+    @property
+    def events(self) -> list[Event]:
+        """The changes the governor made while this generation ran (budget, threads, pacing)."""
+        return [] if self.adaptive is None else list(self.adaptive.events)
+
 
 class Model:
     """A loaded model ready to generate: validated weights, a backend, a plan and, from the first
@@ -202,6 +221,10 @@ class Model:
         notify: Callable[[str], None] | None = None,
         tune_process: bool = False,
         budget_source: str | None = None,
+        strategy: str = AUTO,
+        registry: PluginRegistry | None = None,
+        governor: Governor | None = None,
+        auto_budget: bool = False,
     ) -> None:
         self.source = planned.model
         self.backend = planned.backend
@@ -221,6 +244,19 @@ class Model:
         self.budget_source = budget_source or (
             "none: every weight resident" if self.context.budget_bytes is None
             else f"given: {format_bytes(self.context.budget_bytes)}")
+        self.strategy = strategy
+        self._registry = registry
+        #: the policy that adapts a generation to the machine (``None``: adaptation off)
+        self.governor = governor
+        #: whether the budget was ``auto`` (taken from the machine: the governor re-reads it)
+        self.auto_budget = auto_budget
+        #: what the budget grows back to: the budget loaded with, or for a model loaded without
+        #: one, the peak of its plan (everything resident)
+        self.start_budget_bytes = (self.context.budget_bytes if self.context.budget_bytes is not None
+                                   else self.plan.predicted_peak_bytes)
+        #: a ceiling set through :meth:`set_memory_limit` (``None``: none)
+        self.memory_limit_bytes: int | None = None
+        self.minimum_budget_bytes = minimum_budget(self.layout, self.context)
 
     @property
     def engine(self) -> ReadyEngine:
@@ -237,6 +273,54 @@ class Model:
     @property
     def prepared(self) -> bool:
         return self._engine is not None
+
+    def set_memory_limit(self, nbytes: int | None) -> None:
+        """A ceiling on the budget from the application (``None`` lifts it). A running generation
+        re-plans for it before its next token (an event of kind ``limit``); one that cannot fit
+        the context under it stops with the tokens so far. Needs a governor (not ``"none"``)."""
+        if nbytes is not None and nbytes <= 0:
+            raise GenerationError(f"A memory limit must be a positive number of bytes, got {nbytes}.")
+        self.memory_limit_bytes = nbytes
+
+    def adaptive_run(self, stats: GenerationStats) -> AdaptiveRun | None:
+        """The governed engine for one generation (``None`` without a governor)."""
+        if self.governor is None:
+            return None
+        from edgert_core.monitors.sampler import ReadingSampler, machine_monitors
+
+        sampler = ReadingSampler(machine_monitors(), self.governor.read_interval_s)
+        return AdaptiveRun(self, self.governor, sampler, stats, notify=self._notify)
+
+    def replan(self, budget_bytes: int) -> None:
+        """Re-plan for ``budget_bytes`` with the same strategy (``auto`` where it has no plan for
+        that budget) and switch to it, keeping the KV cache and the tokens in it: the old engine's
+        memory goes back to the OS before the new one takes its own (the filled positions of the KV
+        cache are copied out and back). Raises :class:`~edgert_core.errors.InfeasibleBudgetError`
+        below the minimum, with the model as it was."""
+        from edgert_core.errors import InfeasibleBudgetError
+
+        ctx = replace(self.context, budget_bytes=budget_bytes)
+        try:
+            planned = Engine(self.source, self.backend).plan(ctx, self.strategy, self._registry)
+        except InfeasibleBudgetError:
+            if self.strategy == AUTO:
+                raise
+            planned = Engine(self.source, self.backend).plan(ctx, AUTO, self._registry)
+        kept: tuple[NDArray[np.generic], list[int]] | None = None
+        if self._engine is not None:
+            old = self._engine
+            kept = old.cache.filled(), list(old.cached_ids)
+            old.close()
+            self.last_engine, self._engine = old, None
+        self.context, self.plan, self.layout = ctx, planned.plan, planned.layout
+        self.prefill_chunk = ctx.prefill_chunk
+        self._planned = planned
+        engine = self.engine
+        if kept is not None:
+            engine.cache.refill(kept[0])
+            engine.cached_ids[:] = kept[1]
+        self.budget_source = f"{self.budget_source.split(';')[0]}; re-planned for " \
+                             f"{format_bytes(budget_bytes)}"
 
     def close(self) -> None:
         """Release the engine's pool memory, join its prefetch thread, close the model files."""
@@ -539,6 +623,8 @@ def load_model(
     tune_process: bool = False,
     activations: str | None = None,
     kv_cache: str = DEFAULT_KV_CACHE,
+    governor: str = DEFAULT_GOVERNOR,
+    soft_temp_c: float | None = None,
 ) -> Model:
     """Open, validate and plan a model; weights are read on first use.
 
@@ -563,6 +649,9 @@ def load_model(
     and kernel threads while prefetching, and the prefetch thread's priority, undone on
     :meth:`Model.close`); see :mod:`edgert_core.engine.tuning`. Off by default, so an application
     that embeds the core keeps its process as it was; the ``edge-rt`` CLI turns it on.
+    ``governor``: the policy that adapts a generation to the machine while it runs (a registered
+    governor's name; the built-in ``adaptive`` by default, see :mod:`edgert_core.builtin_governor`;
+    ``"none"`` turns adaptation off); ``soft_temp_c``: its soft temperature limit (°C; default 80).
     """
     if max_context < 2:
         raise GenerationError(f"max_context must be at least 2 tokens, got {max_context}.")
@@ -595,9 +684,26 @@ def load_model(
                           kv_cache=kv_cache, room_bytes=room,
                           disk_bytes_per_s=None if disk is None else disk.bytes_per_s,
                           disk_read_mode=None if disk is None else disk.how)
+    chosen_governor = choose_governor(reg, governor, soft_temp_c)
     planned = Engine(validated, chosen).plan(ctx, strategy, reg)
     return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
-                 tune_process=tune_process, budget_source=budget_source)
+                 tune_process=tune_process, budget_source=budget_source, strategy=strategy,
+                 registry=reg, governor=chosen_governor, auto_budget=is_auto(memory_budget))
+
+
+def choose_governor(registry: PluginRegistry, name: str | None,
+                    soft_temp_c: float | None) -> Governor | None:
+    """The named governor (``None`` for ``"none"``); an unknown name lists the installed ones."""
+    chosen = (name or DEFAULT_GOVERNOR).strip().lower()
+    if soft_temp_c is not None and not 0 < soft_temp_c < 150:
+        raise GenerationError(f"The soft temperature limit must be between 0 and 150 °C, got "
+                              f"{soft_temp_c:g}.")
+    if chosen == NO_GOVERNOR:
+        return None
+    try:
+        return registry.governor(chosen, soft_temp_c)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{exc} Or use none, which turns adaptation off.") from None
 
 
 def device_facts(source: ModelSource, budget: int | None, limit: int | None,
@@ -660,5 +766,7 @@ def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
         "decode_read_bytes": s.decode_read_bytes,
         "read_bytes_per_token": s.read_bytes_per_token,
         "threads": getattr(model.backend, "threads", None),
+        "governor": None if model.governor is None else model.governor.name,
+        "events": [e.as_dict() for e in gen.events],
         **model.engine_report(),
     }

@@ -35,6 +35,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "activations": ((str,), "precision of activations in the products: f32 (exact) or q8"),
     "kv_cache": ((str,), "precision of the KV cache: f32 (exact), f16 or q8_0"),
     "prefill_chunk": ((int,), "prompt tokens per prefill chunk"),
+    "governor": ((str,), "what adapts a run to the machine: adaptive (default), a plugin's, or none"),
+    "soft_temp_limit": ((float, int), "temperature (°C) above which the governor cools the run"),
     "sweep_memory": ((list,), 'benchmark budgets, e.g. ["64M", "1G"]'),
     "strategies": ((list,), "benchmark strategies"),
     "repeat": ((int,), "benchmark rounds (each row is its median run)"),

@@ -19,6 +19,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from edgert_core.backends.base import KernelBackend
+    from edgert_core.governor import Governor
     from edgert_core.monitors import SystemMonitor
     from edgert_core.plan import PartitionStrategy
 
@@ -27,11 +28,12 @@ ENTRY_POINT_GROUP = "edgert"
 
 #: The plugin API's version: the major version changes when a name is removed or changes meaning,
 #: the minor version when one is added.
-API_VERSION = "1.3"
+API_VERSION = "1.4"
 #: The attribute in which a plugin declares the API version it was written against.
 API_ATTRIBUTE = "EDGERT_API"
 #: The hooks a plugin may implement.
-HOOK_NAMES = ("edgert_register_strategies", "edgert_register_backends", "edgert_register_monitors")
+HOOK_NAMES = ("edgert_register_strategies", "edgert_register_backends", "edgert_register_monitors",
+              "edgert_register_governors")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -62,4 +64,14 @@ def edgert_register_monitors(register: Callable[[type[SystemMonitor]], None]) ->
 
     Call ``register(cls)`` for each :class:`~edgert_core.plugin_api.SystemMonitor` subclass. A
     monitor reports a sensor it cannot read as absent (value ``None``), never by raising.
+    """
+
+
+@hookspec
+def edgert_register_governors(register: Callable[[type[Governor]], None]) -> None:
+    """Register governors (since API 1.4): policies that adapt a running generation to the machine.
+
+    Call ``register(cls)`` for each :class:`~edgert_core.plugin_api.Governor` subclass; ``cls.name``
+    is what ``--governor`` takes. The engine makes one instance per model, as
+    ``cls(soft_temp_c=...)``.
     """

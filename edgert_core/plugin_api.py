@@ -3,11 +3,11 @@
 A plugin imports only from this module (``from edgert_core.plugin_api import ...``) and declares the
 API version it was written against in the module its entry point names::
 
-    EDGERT_API = "1.3"
+    EDGERT_API = "1.4"
 
 The registry loads a plugin when the declared major version equals :data:`API_VERSION`'s and the
 declared minor version is at most the core's (a plugin written for ``1.0`` runs on a core with API
-``1.3``, not the other way round); any other declaration is an error that skips that plugin. A
+``1.4``, not the other way round); any other declaration is an error that skips that plugin. A
 plugin that declares nothing is loaded as if it declared ``1.0``, with an ``unversioned`` warning.
 The major version changes when a name here is removed or changes meaning, the minor version when a
 name is added. See ``docs/plugins.md``.
@@ -24,9 +24,12 @@ name is added. See ``docs/plugins.md``.
   ``Weight``, ``TensorForm`` (how a backend holds a prepared tensor, added in 1.1),
   ``KernelBackend.activation_modes`` and ``.activations`` (the precision of activations in
   ``linear``, added in 1.2), ``KernelBackend.attention_block`` and ``.mlp_block`` (optional
-  one-call block parts, added in 1.3),
+  one-call block parts, added in 1.3), ``LlamaLayer`` with ``KernelBackend.prepare_llama_block``
+  and ``.llama_blocks`` (optional: consecutive blocks in one call, added in 1.4),
   ``BackendStatus``, ``TensorInfo``, ``usable_cpus``;
 - monitors: ``SystemMonitor``, ``Reading``;
+- governors (added in 1.4): ``Governor``, what ``step()`` receives (``GovernorState``, the readings)
+  and returns (``Action``), ``Event``, ``reading_value``, ``DEFAULT_SOFT_TEMP_C``;
 - errors a plugin raises: ``EdgeRTError``, ``InfeasibleBudgetError``, ``ModelError``,
   ``ConfigError``, ``PluginError``; and ``format_bytes`` for their messages.
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 from edgert_core.backends.base import (
     BackendStatus,
     KernelBackend,
+    LlamaLayer,
     TensorForm,
     Weight,
     usable_cpus,
@@ -51,6 +55,14 @@ from edgert_core.errors import (
     InfeasibleBudgetError,
     ModelError,
     PluginError,
+)
+from edgert_core.governor import (
+    DEFAULT_SOFT_TEMP_C,
+    Action,
+    Event,
+    Governor,
+    GovernorState,
+    reading_value,
 )
 from edgert_core.hookspecs import (
     API_ATTRIBUTE,
@@ -84,18 +96,24 @@ __all__ = [
     "API_ATTRIBUTE",
     "API_VERSION",
     "BLOCK_PARTS",
+    "DEFAULT_SOFT_TEMP_C",
     "DEFAULT_STAGE_BYTES",
     "ENTRY_POINT_GROUP",
     "HOOK_NAMES",
     "PREFETCH_DEPTH",
+    "Action",
     "BackendStatus",
     "ConfigError",
     "EdgeRTError",
+    "Event",
     "ExecutionPlan",
+    "Governor",
+    "GovernorState",
     "InfeasibleBudgetError",
     "KernelBackend",
     "LayerGroup",
     "LayerInfo",
+    "LlamaLayer",
     "ModelDims",
     "ModelError",
     "ModelLayout",
@@ -116,6 +134,7 @@ __all__ = [
     "make_plan",
     "minimum_budget",
     "predict_peak",
+    "reading_value",
     "resident_prefix",
     "streamed_stages",
     "streaming_rank",

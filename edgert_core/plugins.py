@@ -40,6 +40,7 @@ import pluggy
 from edgert_core import hookspecs
 from edgert_core.backends.base import BackendStatus, KernelBackend
 from edgert_core.errors import PluginError, UnknownNameError
+from edgert_core.governor import Governor
 from edgert_core.monitors.base import SystemMonitor
 from edgert_core.plan import PartitionStrategy
 
@@ -55,6 +56,7 @@ TRACE_ENV = "EDGERT_TRACE_HOOKS"
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("numpy", "edgert_core.backends.numpy_ref"),
     ("monitors", "edgert_core.monitors.builtin"),
+    ("governors", "edgert_core.builtin_governor"),
 )
 
 #: The distributions of this project that provide strategies, named when none is installed.
@@ -64,6 +66,7 @@ KINDS: dict[str, tuple[str, type[Any]]] = {
     "strategy": ("edgert_register_strategies", PartitionStrategy),
     "backend": ("edgert_register_backends", KernelBackend),
     "monitor": ("edgert_register_monitors", SystemMonitor),
+    "governor": ("edgert_register_governors", Governor),
 }
 
 T = TypeVar("T")
@@ -80,6 +83,7 @@ class PluginInfo:
     strategies: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
     monitors: list[str] = field(default_factory=list)
+    governors: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     blocked: bool = False
     #: The plugin API version the plugin declares ("" when it declares none or was not imported).
@@ -104,9 +108,8 @@ class PluginInfo:
         return "warning" if self.warnings else "ok"
 
     def provided(self, kind: str) -> list[str]:
-        return {"strategy": self.strategies, "backend": self.backends, "monitor": self.monitors}[
-            kind
-        ]
+        return {"strategy": self.strategies, "backend": self.backends, "monitor": self.monitors,
+                "governor": self.governors}[kind]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +120,7 @@ class PluginInfo:
             "strategies": self.strategies,
             "backends": self.backends,
             "monitors": self.monitors,
+            "governors": self.governors,
             "blocked": self.blocked,
             "errors": self.errors,
             "state": self.state,
@@ -225,6 +229,16 @@ class PluginRegistry:
     def monitors(self) -> list[SystemMonitor]:
         """An instance of every monitor, in registration order."""
         return [self.monitor(n) for n in self.monitor_names()]
+
+    def governor_names(self) -> list[str]:
+        """Governor names, sorted."""
+        return self.names("governor")
+
+    def governor(self, name: str, soft_temp_c: float | None = None) -> Governor:
+        """A new instance of the named governor (``soft_temp_c``: its soft temperature limit, the
+        governor's default when ``None``)."""
+        cls: type[Governor] = self._lookup("governor", name)
+        return cls() if soft_temp_c is None else cls(soft_temp_c=soft_temp_c)
 
     def provider(self, kind: str, name: str) -> PluginInfo:
         """The plugin that registered ``name``."""

@@ -125,14 +125,17 @@ def test_pi_device_model(pi_root: Path) -> None:
 
 def test_pi_thermal_zones_in_numeric_order(pi_root: Path) -> None:
     readings = ThermalMonitor(root=pi_root).read()
-    assert [r.key for r in readings] == ["thermal.zone0", "thermal.zone2", "thermal.zone10"]
-    zone0, zone2, zone10 = readings
+    assert [r.key for r in readings] == ["thermal.zone0", "thermal.zone2", "thermal.zone10",
+                                         "thermal.max"]
+    zone0, zone2, zone10, hottest = readings
     assert zone0.value == pytest.approx(48.3)
     assert zone0.unit == "°C"
     assert "cpu-thermal" in zone0.label
     assert zone2.value is None  # type file but no temp: absent, not an error
     assert zone2.note == "temperature unreadable"
     assert zone10.value == pytest.approx(51.0)
+    assert hottest.value == pytest.approx(51.0)  # the hottest readable zone
+    assert "gpu-thermal" in hottest.note
 
 
 def test_pi_cpu_frequency_and_load_from_files(pi_root: Path) -> None:
@@ -226,7 +229,8 @@ def test_bare_machine_sensors_are_absent(tmp_path: Path, cls: type[builtin.Roote
 def test_bare_machine_no_thermal_zones(tmp_path: Path) -> None:
     (tmp_path / "sys/class/thermal").mkdir(parents=True)  # the class exists, with no zones
     readings = ThermalMonitor(root=tmp_path).read()
-    assert readings == [Reading("thermal.zones", "temperature", None, "°C", "no thermal zones")]
+    assert readings == [Reading("thermal.zones", "temperature", None, "°C", "no thermal zones"),
+                        Reading("thermal.max", "hottest zone", None, "°C", "no thermal zones")]
 
 
 def test_bare_machine_cpu_has_no_frequency_files(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import plugin_helpers as ph
 import pytest
 
@@ -89,7 +90,7 @@ def test_the_plugin_api_names_resolve_and_are_documented() -> None:
         assert hasattr(api, name), name
         assert f"`{name}" in docs, f"{name} is not in docs/plugins.md"
     specs = {n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{hookspecs.PROJECT}_spec")}
-    assert set(api.HOOK_NAMES) == specs and len(specs) == 3
+    assert set(api.HOOK_NAMES) == specs and len(specs) == 4
     assert re.fullmatch(r"\d+\.\d+", api.API_VERSION)
     assert edgert_core.API_VERSION == api.API_VERSION
 
@@ -113,10 +114,10 @@ def test_the_library_api_leaves_the_planning_arithmetic_to_the_plugin_api() -> N
     ("declared", "core", "ok"),
     [
         ("1.0", "1.0", True),
-        ("1.0", "1.3", True),
-        ("1.3", "1.3", True),
-        ("1.4", "1.3", False),
-        ("2.0", "1.3", False),
+        ("1.0", "1.4", True),
+        ("1.4", "1.4", True),
+        ("1.5", "1.4", False),
+        ("2.0", "1.4", False),
         ("0.9", "1.0", False),
         ("1.10", "1.9", False),
         ("1.9", "1.10", True),
@@ -337,18 +338,22 @@ def test_installed_shipped_plugins_load_cleanly() -> None:
             assert plugin.api is not None and api_compatible(plugin.api, api.API_VERSION), plugin
 
 
-def test_the_api_version_is_1_3_since_block_parts_in_one_call_were_added() -> None:
+def test_the_api_version_is_1_4_since_whole_groups_of_blocks_in_one_call_were_added() -> None:
     """``TensorForm`` (a backend declares its prepared form) was added in 1.1, the backends'
     ``activation_modes``/``activations`` in 1.2, the optional ``attention_block``/``mlp_block`` in
-    1.3; the neon plugin uses them all and declares 1.3, the strategy plugins still declare 1.0 and
-    load."""
-    assert api.API_VERSION == "1.3"
+    1.3, ``LlamaLayer`` with the optional ``prepare_llama_block``/``llama_blocks`` in 1.4; the neon
+    plugin uses them all and declares 1.4, the strategy plugins still declare 1.0 and load."""
+    assert api.API_VERSION == "1.4"
     assert api.KernelBackend.attention_block is not None and api.KernelBackend.mlp_block is not None
+    assert "LlamaLayer" in api.__all__
+    assert api.NumpyBackend().llama_blocks(  # the reference has no one-call path: the default
+        np.zeros((1, 4), np.float32), 1e-5, [], np.zeros((1, 1), np.float32),
+        np.zeros((1, 1), np.float32), 0, interleaved=False) is None
     assert "TensorForm" in api.__all__
     assert api.KernelBackend.activation_modes == ("f32",) and api.KernelBackend.activations == "f32"
     registry = load_registry()
     if "neon" in {p.name for p in registry.plugins}:
-        assert info(registry, "neon").api == "1.3"
+        assert info(registry, "neon").api == "1.4"
         assert registry.backend("neon").activation_modes == ("f32", "q8")
 
 

@@ -11,7 +11,7 @@ import importlib.metadata
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,9 @@ from edgert_core.plan import estimated_seconds_per_token
 from edgert_core.planner import all_plans
 from edgert_core.plugin_api import (
     PREFETCH_DEPTH,
+    Action,
+    Governor,
+    GovernorState,
     KernelBackend,
     PartitionStrategy,
     Reading,
@@ -125,6 +128,19 @@ class MonitorPlugin:
         register(Thermometer)
 
 
+class Calm(Governor):
+    name = "fake-calm"
+
+    def step(self, readings: Mapping[str, Reading], state: GovernorState) -> Action | None:
+        return None
+
+
+class GovernorPlugin:
+    @hookimpl
+    def edgert_register_governors(self, register: Callable[[type[Governor]], None]) -> None:
+        register(Calm)
+
+
 class FastBackend(NumpyBackend):
     name = "fake-fast"
     priority = 5
@@ -171,11 +187,12 @@ def test_builtin_plugins_register_through_the_same_hooks(installed: Callable[...
     installed()
     registry = load_registry()
     builtins = [p for p in registry.plugins if p.distribution == "edgert-core"]
-    assert [p.name for p in builtins] == ["numpy", "monitors"]
+    assert [p.name for p in builtins] == ["numpy", "monitors", "governors"]
     assert all(p.version == edgert_core.__version__ and p.errors == [] for p in builtins)
     assert "numpy" in registry.names("backend")
     assert registry.provider("backend", "numpy").name == "numpy"
     assert registry.names("monitor")
+    assert registry.provider("governor", "adaptive").name == "governors"
     assert load_registry(builtins=False).plugins == []
 
 
@@ -204,6 +221,19 @@ def test_monitors_register_through_their_hook(installed: Callable[..., None]) ->
     assert info(registry, "thermo").monitors == ["fake-thermometer"]
     [monitor] = registry.monitors()
     assert monitor.read()[0].value == 40.0
+
+
+def test_governors_register_through_their_hook(installed: Callable[..., None]) -> None:
+    installed(ph.entry_point("calm", GovernorPlugin(), "edgert-calm"))
+    registry = load_registry()
+    assert info(registry, "calm").governors == ["fake-calm"]
+    assert info(registry, "calm").as_dict()["governors"] == ["fake-calm"]
+    assert registry.governor_names() == ["adaptive", "fake-calm"]  # the built-in one too
+    governor = registry.governor("fake-calm", soft_temp_c=70.0)
+    assert isinstance(governor, Calm) and governor.soft_temp_c == 70.0
+    with pytest.raises(UnknownNameError, match="Unknown governor 'hot'; installed governors: "
+                                               "adaptive, fake-calm"):
+        registry.governor("hot")
 
 
 def test_backends_register_through_their_hook() -> None:
@@ -587,7 +617,8 @@ def hook_names() -> list[str]:
 
 def test_every_hook_is_documented_and_tested() -> None:
     names = hook_names()
-    assert names == ["edgert_register_backends", "edgert_register_monitors", "edgert_register_strategies"]
+    assert names == ["edgert_register_backends", "edgert_register_governors",
+                     "edgert_register_monitors", "edgert_register_strategies"]
     docs = (ROOT / "docs" / "plugins.md").read_text()
     here = Path(__file__).read_text()
     for name in names:

@@ -197,8 +197,39 @@ def test_docs_show_exactly_the_tested_plugins() -> None:
     assert sorted(examples) == [
         "thirdparty_backend/edgert_example_backend.py",
         "thirdparty_backend/pyproject.toml",
+        "thirdparty_governor/edgert_example_governor.py",
         "thirdparty_strategy/edgert_example_strategy.py",
         "thirdparty_strategy/pyproject.toml",
     ]
     for name, text in examples.items():
         assert text == (ROOT / "tests" / name).read_text(), f"docs/plugins.md differs from tests/{name}"
+
+
+def test_the_example_governor_paces_a_run_on_a_warm_pi(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The governor of docs/plugins.md, registered through its hook, reads the fake Pi's
+    temperature (75 °C: within 10 °C of the 80 °C limit) and paces the run from its first pass."""
+    import importlib.util
+
+    from edgert_core.api import load_model
+    from edgert_core.plugins import load_registry
+
+    tree = tmp_path / "pi4"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "pi4", tree)
+    (tree / "sys" / "class" / "thermal" / "thermal_zone0" / "temp").write_text("75000\n")
+    monkeypatch.setenv("EDGERT_PROCFS_ROOT", str(tree / "proc"))
+    monkeypatch.setenv("EDGERT_SYSFS_ROOT", str(tree / "sys"))
+    spec = importlib.util.spec_from_file_location(
+        "edgert_example_governor", ROOT / "tests" / "thirdparty_governor" / "edgert_example_governor.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    registry = load_registry(extra=[("early-cooling", module)])
+    assert "early-cooling" in registry.governor_names()
+    with load_model(TINY, backend="numpy", registry=registry, governor="early-cooling",
+                    notify=None) as model:
+        gen = model.generate([5, 6, 7], max_tokens=4)
+        gen.result()
+    assert [(e.kind, e.token_index, e.reason) for e in gen.events] == [
+        ("pace", 0, "75.0 °C is within 10 °C of the limit")]
+    assert gen.stats.decode_seconds >= 3 * 0.1  # three decoded tokens, each after a 0.1 s pause

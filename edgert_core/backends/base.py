@@ -13,6 +13,10 @@ it speeds up. The numpy backend
 (``edgert_core.backends.numpy_ref``) is the reference every backend is checked against
 (``edgert_core.testing.check_backend``); a backend may subclass it instead of this class.
 
+Optional one-call paths (``attention_block``, ``mlp_block``, ``prepare_llama_block`` with
+``llama_blocks``) return ``None`` by default; a backend that implements them must give exactly the
+results of the ops they replace.
+
 Arrays: activations are float32 and C-contiguous unless said otherwise; ``T`` is the number of
 tokens of a call, ``H``/``Hkv`` the query/KV heads, ``D`` the head dimension. Every op returns a new
 array unless its docstring says it may update an argument.
@@ -63,6 +67,21 @@ class Weight:
 
     info: TensorInfo
     data: NDArray[np.generic]
+
+
+@dataclass(frozen=True)
+class LlamaLayer:
+    """One Llama block's weights in the form its one-call paths take (since 1.4): the attention
+    part's RMSNorm ``attn_norm`` ``[n]``, stacked q/k/v ``qkv`` ``[(H + 2 Hkv) D, n]`` and
+    ``output`` ``[n, H D]``; the MLP's RMSNorm ``ffn_norm`` ``[n]``, stacked ``gate_up``
+    ``[2I, n]`` (gate rows, then up rows) and ``down`` ``[n, I]``."""
+
+    attn_norm: Weight
+    qkv: Weight
+    output: Weight
+    ffn_norm: Weight
+    gate_up: Weight
+    down: Weight
 
 
 @dataclass(frozen=True)
@@ -250,6 +269,26 @@ class KernelBackend(ABC):
         into ``x``, which is returned), with ``gate_up`` the stacked ``[2I, n]`` (gate rows, then
         up rows) and ``down`` ``[n, I]``; or ``None`` (the default) to have the model call
         ``rmsnorm``, ``linear``, ``swiglu`` and ``linear_add``. A result must be exactly theirs."""
+        return None
+
+    def prepare_llama_block(self, layer: LlamaLayer) -> object | None:
+        """Optional (since 1.4): what :meth:`llama_blocks` needs of one block's weights, checked and
+        put in the backend's form once; the model keeps it beside those weights and hands it back
+        at every call. ``None`` (the default): this backend has no one-call path for the block."""
+        return None
+
+    def llama_blocks(
+        self, x: F32, eps: float, layers: Sequence[tuple[object, F32, F32]], cos: F32, sin: F32,
+        start: int, *, interleaved: bool,
+    ) -> F32 | None:
+        """Optional (since 1.4): consecutive Llama blocks in one call, for backends that can run a
+        whole group of layers without returning to Python. ``layers``: per block, in order, what
+        :meth:`prepare_llama_block` returned for it and the layer's whole fp32 KV cache ``keys``,
+        ``values`` ``[Hkv, max_context, D]``; the rest as in :meth:`attention_block`. Returns the
+        hidden state after the last block, float32 ``[T, n]`` (a new array; ``x`` is unchanged),
+        having written the new positions into every layer's cache; or ``None`` (the default) to
+        have the model run the blocks part by part. A result must be exactly that of
+        :meth:`attention_block` then :meth:`mlp_block` for each block in turn."""
         return None
 
     def gelu_tanh(self, x: F32) -> F32:

@@ -54,6 +54,22 @@ KVCacheOption = typer.Option(
 )
 
 
+GovernorOption = typer.Option(
+    "adaptive",
+    "--governor",
+    help="What adapts the run to the machine while it generates: adaptive (the default: the "
+    "budget follows free memory and memory pressure, heat lowers threads then paces tokens), "
+    "another installed governor, or none (adaptation off).",
+)
+
+SoftTempOption = typer.Option(
+    None,
+    "--soft-temp-limit",
+    help="Temperature (°C) above which the governor lowers threads, then paces tokens "
+    "(default 80).",
+)
+
+
 def apply_preset(ctx: typer.Context, config: Path | None, values: dict[str, Any]) -> dict[str, Any]:
     """Return ``values`` with every option the user did not give on the command line taken from the
     preset ``config`` (keys as in :data:`edgert_core.config.SCHEMA`)."""

@@ -35,7 +35,7 @@ def plugins_command(
         typer.echo(
             f"{row['name']}  [{row['state']}]  {row['distribution']}{version}  ({row['module']}){api}"
         )
-        for kind in ("strategies", "backends", "monitors"):
+        for kind in ("strategies", "backends", "monitors", "governors"):
             if row[kind]:
                 typer.echo(f"    {kind}: {', '.join(row[kind])}")
         for name, s in row["backend_paths"].items():

@@ -8,12 +8,15 @@ from typing import Any
 
 import typer
 
+from edgert_core.adaptive import MemoryPressureError
 from edgert_core.api import Model, generation_report, load_model
 from edgert_core.budget import format_bytes
 from edgert_core.cli.app import (
     ActivationsOption,
     ConfigOption,
+    GovernorOption,
     KVCacheOption,
+    SoftTempOption,
     app,
     apply_preset,
     check_sampling,
@@ -74,6 +77,8 @@ def _load(values: dict[str, Any], weight_cache: bool | None = None) -> Model:
         threads=values.get("threads"),
         activations=values.get("activations"),
         kv_cache=values.get("kv_cache", "f32"),
+        governor=values.get("governor") or "adaptive",
+        soft_temp_c=values.get("soft_temp_limit"),
         weight_cache=weight_cache,
         tune_process=True,  # the CLI owns its process (see edgert_core.engine.tuning)
     )
@@ -143,6 +148,8 @@ def run_command(
     ),
     activations: str | None = ActivationsOption,
     kv_cache: str = KVCacheOption,
+    governor: str = GovernorOption,
+    soft_temp_limit: float | None = SoftTempOption,
     weight_cache: bool | None = typer.Option(
         None, "--weight-cache/--no-weight-cache",
         help="Stream prepared weights from the user cache (written once) instead of converting "
@@ -156,7 +163,7 @@ def run_command(
         "top_k": top_k, "top_p": top_p, "seed": seed, "max_context": max_context,
         "prefill_chunk": prefill_chunk, "backend": backend, "strategy": strategy,
         "memory_budget": memory_budget, "threads": threads, "activations": activations,
-        "kv_cache": kv_cache,
+        "kv_cache": kv_cache, "governor": governor, "soft_temp_limit": soft_temp_limit,
     })
     for key, minimum in (("max_tokens", 1), ("max_context", 2), ("prefill_chunk", 1), ("threads", 1)):
         require_at_least(ctx, config, values, key, minimum)
@@ -179,18 +186,27 @@ def run_command(
         gen = m.chat().send(str(text), **options) if chat else m.generate(str(text), **options)
     if not as_json:
         notice(_describe(m))
-    for token in gen:
-        if token.text:
-            sys.stdout.write(token.text)
-            sys.stdout.flush()
+    stopped: MemoryPressureError | None = None
+    try:
+        for token in gen:
+            if token.text:
+                sys.stdout.write(token.text)
+                sys.stdout.flush()
+    except MemoryPressureError as exc:  # the tokens so far stand; the error follows them
+        stopped = exc
     if gen.text is None:
         sys.stdout.write(" ".join(str(i) for i in gen.ids))
     sys.stdout.write("\n")
     m.close()  # every pool byte back; the report shows the pool empty
     s = gen.stats
     if as_json:
-        print_json(generation_report(m, gen))
-    else:
+        report = generation_report(m, gen)
+        if stopped is not None:
+            report["error"] = str(stopped)
+        print_json(report)
+    if stopped is not None:
+        raise stopped
+    if not as_json:
         pre = s.prefill_tokens_per_s
         dec = s.decode_tokens_per_s
         notice(
@@ -216,6 +232,8 @@ def chat_command(
     memory_budget: str | None = typer.Option(None, "--memory-budget", "-b", help="Memory budget."),
     activations: str | None = ActivationsOption,
     kv_cache: str = KVCacheOption,
+    governor: str = GovernorOption,
+    soft_temp_limit: float | None = SoftTempOption,
     config: Path | None = ConfigOption,
 ) -> None:
     """Chat with a model on the terminal (one message per line; an empty line or EOF ends).
@@ -224,7 +242,8 @@ def chat_command(
         "model": model, "max_tokens": max_tokens, "temperature": temperature, "top_k": top_k,
         "top_p": top_p, "seed": seed, "max_context": max_context, "backend": backend,
         "strategy": strategy, "memory_budget": memory_budget, "activations": activations,
-        "kv_cache": kv_cache, "prefill_chunk": DEFAULT_PREFILL_CHUNK,
+        "kv_cache": kv_cache, "prefill_chunk": DEFAULT_PREFILL_CHUNK, "governor": governor,
+        "soft_temp_limit": soft_temp_limit,
     })
     for key, minimum in (("max_tokens", 1), ("max_context", 2)):
         require_at_least(ctx, config, values, key, minimum)

@@ -18,6 +18,10 @@ flight, page tables). The same room (:func:`device_room`) tells the engine wheth
 weights can stay in the page cache beside what it holds (:mod:`edgert_core.device_cost`). The
 budget is resolved once, when the model is loaded; re-reading it as the run goes is the adaptive
 runtime's job.
+
+The limit, what the cgroup holds and MemAvailable are read under the environment roots
+(``$EDGERT_PROCFS_ROOT``, ``$EDGERT_SYSFS_ROOT``: :mod:`edgert_core.monitors.roots`), so a fake tree
+(``tests/fixtures/pi4``) gives the budget the simulated device would.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from pathlib import Path
 from edgert_core.budget import format_bytes
 from edgert_core.errors import BudgetError
 from edgert_core.memory.cgroup import effective_memory_limit, own_memory_charge
+from edgert_core.monitors.roots import procfs_root
 
 AUTO = "auto"
 #: Bytes ``auto`` leaves unbudgeted below what the machine offers.
 AUTO_MARGIN_BYTES = 16 * 1024 * 1024
-MEMINFO = Path("/proc/meminfo")
 
 
 @dataclass(frozen=True)
@@ -50,18 +54,32 @@ def is_auto(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() == AUTO
 
 
-def mem_available(meminfo: str | None = None) -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` (or of the text given) in bytes; ``None`` without it."""
-    if meminfo is None:
-        try:
-            meminfo = MEMINFO.read_text()
-        except OSError:
-            return None
+def meminfo_path() -> Path:
+    """``<procfs>/meminfo``: ``/proc/meminfo``, or the fake one under ``$EDGERT_PROCFS_ROOT``."""
+    return procfs_root() / "meminfo"
+
+
+def parse_meminfo(meminfo: str) -> dict[str, int]:
+    """The fields of a ``/proc/meminfo`` text by name (``MemAvailable``), in bytes for the ``kB``
+    ones (the kernel's kB are KiB) and as given for the counts (``HugePages_Total``)."""
+    out: dict[str, int] = {}
     for line in meminfo.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] == "MemAvailable:" and parts[1].isdigit():
-            return int(parts[1]) * 1024
-    return None
+        if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+            scale = 1024 if len(parts) >= 3 and parts[2] == "kB" else 1
+            out[parts[0][:-1]] = int(parts[1]) * scale
+    return out
+
+
+def mem_available(meminfo: str | None = None) -> int | None:
+    """``MemAvailable`` of :func:`meminfo_path` (or of the text given) in bytes; ``None`` without
+    it. The file is read again at every call."""
+    if meminfo is None:
+        try:
+            meminfo = meminfo_path().read_text()
+        except OSError:
+            return None
+    return parse_meminfo(meminfo).get("MemAvailable")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,12 @@ Making a cgroup needs root (or a delegated v2 subtree) and a writable memory con
 is missing, :class:`~edgert_core.errors.MemoryLimitError` says what and what to do. This module does
 no printing.
 
+Reading a cgroup (:func:`effective_memory_limit`, :func:`own_memory_charge`, what ``--memory-budget
+auto`` uses) follows the environment roots (``$EDGERT_PROCFS_ROOT``, ``$EDGERT_SYSFS_ROOT``:
+:mod:`edgert_core.monitors.roots`), so a fake tree can stand for a device's cgroup
+(:func:`machine_parent`). Making one (:class:`MemoryCgroup`, :func:`own_parent`) always uses the real
+``/proc`` and ``/sys``: only the kernel can limit a process.
+
 What the limit does not count: pages of files that another cgroup read first (the Python
 interpreter and libraries the parent had already loaded) stay charged to that cgroup. Drop the model
 file's cached pages first (:func:`edgert_core.memory.io_stats.drop_page_cache`), so that the run
@@ -42,6 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgert_core.errors import MemoryLimitError
+from edgert_core.monitors.roots import REAL_SYSFS, is_real, is_real_sysfs, procfs_root, sysfs_root
 
 PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_MOUNTINFO = Path("/proc/self/mountinfo")
@@ -124,8 +131,12 @@ def find_parent(proc_cgroup: str, mountinfo: str) -> CgroupParent:
     """This process's memory cgroup, from the texts of ``/proc/self/cgroup`` and
     ``/proc/self/mountinfo``: cgroup v2 where its memory controller is available there, else the
     cgroup v1 memory hierarchy. Raises :class:`MemoryLimitError` when neither is."""
+    return _find(proc_cgroup, _mounts(mountinfo))
+
+
+def _find(proc_cgroup: str, mounts: list[_Mount]) -> CgroupParent:
+    """:func:`find_parent` over mounts already parsed."""
     v2_path, v1_path = own_cgroup_paths(proc_cgroup)
-    mounts = _mounts(mountinfo)
     if v2_path is not None:
         for m in (m for m in mounts if m.fstype == "cgroup2"):
             here = _under(m, v2_path)
@@ -147,7 +158,8 @@ def find_parent(proc_cgroup: str, mountinfo: str) -> CgroupParent:
 
 
 def own_parent() -> CgroupParent:
-    """This process's memory cgroup (see :func:`find_parent`)."""
+    """This process's memory cgroup (see :func:`find_parent`) in the real ``/proc`` and ``/sys``,
+    whatever the environment roots say: the cgroup a :class:`MemoryCgroup` is made under."""
     proc_cgroup, mountinfo = _read(PROC_CGROUP), _read(PROC_MOUNTINFO)
     if proc_cgroup is None or mountinfo is None:
         raise MemoryLimitError(
@@ -155,6 +167,45 @@ def own_parent() -> CgroupParent:
             "drop --memory-limit."
         )
     return find_parent(proc_cgroup, mountinfo)
+
+
+def _default_mounts(sysfs: Path) -> list[_Mount]:
+    """The usual places of the hierarchies when no mountinfo says: cgroup v2 at
+    ``<sysfs>/fs/cgroup``, the cgroup v1 memory controller at ``<sysfs>/fs/cgroup/memory``."""
+    cgroup = sysfs / "fs" / "cgroup"
+    return [_Mount("/", cgroup, "cgroup2", frozenset()),
+            _Mount("/", cgroup / "memory", "cgroup", frozenset({"memory"}))]
+
+
+def _rebased(mounts: list[_Mount], sysfs: Path) -> list[_Mount]:
+    """``mounts`` with the mount points below ``/sys`` moved below ``sysfs``; under a fake ``sysfs``
+    a mount point elsewhere is dropped, since reading it would mix the real machine in."""
+    if is_real_sysfs(sysfs):
+        return mounts
+    out = []
+    for m in mounts:
+        if m.point == REAL_SYSFS or REAL_SYSFS in m.point.parents:
+            out.append(_Mount(m.root, sysfs / m.point.relative_to(REAL_SYSFS), m.fstype, m.options))
+    return out
+
+
+def machine_parent(procfs: Path | None = None, sysfs: Path | None = None) -> CgroupParent:
+    """This process's memory cgroup as the tree at ``procfs`` and ``sysfs`` describes it (default:
+    the environment roots, read now): the own path from ``<procfs>/self/cgroup``, the mounts from
+    ``<procfs>/self/mountinfo`` (mount points under ``/sys`` taken under ``sysfs``) or, where a fake
+    tree has no mountinfo, cgroup v2 at ``<sysfs>/fs/cgroup`` and v1 at
+    ``<sysfs>/fs/cgroup/memory``. On the real machine this is :func:`own_parent`. Raises
+    :class:`MemoryLimitError` where there is no memory cgroup."""
+    procfs = procfs_root() if procfs is None else procfs
+    sysfs = sysfs_root() if sysfs is None else sysfs
+    if is_real(procfs, sysfs):
+        return own_parent()
+    proc_cgroup = _read(procfs / "self" / "cgroup")
+    if proc_cgroup is None:
+        raise MemoryLimitError(f"No memory cgroup: there is no {procfs / 'self' / 'cgroup'}.")
+    mountinfo = _read(procfs / "self" / "mountinfo")
+    mounts = _default_mounts(sysfs) if mountinfo is None else _rebased(_mounts(mountinfo), sysfs)
+    return _find(proc_cgroup, mounts)
 
 
 def _keyed(text: str | None, key: str) -> int | None:
@@ -309,9 +360,10 @@ def leftover(parent: CgroupParent, prefix: str = "edgert-") -> list[Path]:
 def effective_memory_limit() -> int | None:
     """The memory limit this process runs under, in bytes: the smallest ``memory.max`` from its
     cgroup up to the hierarchy's root (v2), or ``hierarchical_memory_limit`` of ``memory.stat``
-    (v1, the same smallest limit); ``None`` without a memory cgroup or a limit."""
+    (v1, the same smallest limit); ``None`` without a memory cgroup or a limit. Read under the
+    environment roots (:func:`machine_parent`)."""
     try:
-        own = own_parent()
+        own = machine_parent()
     except MemoryLimitError:
         return None
     if own.version == 1:
@@ -376,9 +428,9 @@ def reclaimable_bytes(memory_stat: str, version: Literal[1, 2]) -> int:
 
 def own_memory_charge() -> MemoryCharge | None:
     """This process's memory cgroup's charge now (:class:`MemoryCharge`); ``None`` without a memory
-    cgroup."""
+    cgroup. Read under the environment roots (:func:`machine_parent`)."""
     try:
-        own = own_parent()
+        own = machine_parent()
     except MemoryLimitError:
         return None
     usage = _number(_read(own.path / ("memory.current" if own.version == 2 else "memory.usage_in_bytes")))

@@ -105,6 +105,22 @@ class KVCache:
     def scratch_nbytes(self) -> int:
         return 0 if self.scratch is None else self.scratch.nbytes
 
+    def filled(self) -> NDArray[np.generic]:
+        """A copy of the stored keys and values of the positions written so far (every layer, the
+        stored precision): ``[2, n_layers, n_kv_heads, length, row]``, for :meth:`refill` into
+        another cache of the same model, context and precision (a re-planned engine's)."""
+        return self.store[:, :, :, : self.length].copy()
+
+    def refill(self, filled: NDArray[np.generic]) -> None:
+        """Write back what :meth:`filled` copied: its positions become ``0..length-1``."""
+        n = filled.shape[3]
+        if filled.shape[:3] + filled.shape[4:] != self.store.shape[:3] + self.store.shape[4:] \
+                or filled.dtype != self.store.dtype or n > self.store.shape[3]:
+            raise ValueError(f"cannot refill a {self.precision} cache {list(self.store.shape)} from "
+                             f"{filled.dtype} {list(filled.shape)}")
+        self.store[:, :, :, :n] = filled
+        self.length = n
+
     def fp32_layer(self, layer: int) -> tuple[F32, F32] | None:
         """The whole fp32 K and V arrays of ``layer``, float32 ``[n_kv_heads, max_context,
         head_dim]`` each, for a backend's one-call attention part to write new positions into and

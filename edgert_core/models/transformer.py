@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.backends.base import KernelBackend, Weight
+from edgert_core.backends.base import KernelBackend, LlamaLayer, Weight
 from edgert_core.layout import BLOCK_PARTS
 from edgert_core.models.arch import ARCHITECTURES, arch_of
 from edgert_core.models.config import ModelConfig, final_norm_names, layer_prefix
@@ -45,11 +45,14 @@ FUSIONS: dict[str, dict[str, tuple[str, ...]]] = {
 class LayerWeights:
     """The prepared weights of block ``index``, keyed by name without the layer prefix
     (``self_attn.q_proj.weight``, ``attn.c_attn.bias`` ...). ``fused`` optionally holds stacked
-    weights named as in :data:`FUSIONS` (views of the same memory, used when present)."""
+    weights named as in :data:`FUSIONS` (views of the same memory, used when present). ``derived``
+    keeps what a block works out once from these weights (a backend's prepared form of the block
+    for its one-call path), so it lives and goes with them."""
 
     index: int
     tensors: Mapping[str, Weight]
     fused: Mapping[str, Weight] = field(default_factory=dict)
+    derived: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     def __getitem__(self, key: str) -> Weight:
         return self.tensors[key]
@@ -174,6 +177,43 @@ class LlamaBlock:
             interleaved=self.config.rope_interleaved,
         )
 
+    def _prepared(self, w: LayerWeights) -> object | None:
+        """The backend's prepared form of block ``w`` for :meth:`KernelBackend.llama_blocks`, made
+        on first use and kept in ``w.derived`` (with the backend it is for); ``None`` where the
+        block has biases or head norms, q/k/v or gate/up are not stacked, or the backend has no
+        such path."""
+        kept = w.derived.get("llama_block")
+        if isinstance(kept, tuple) and kept[0] is self.be:
+            earlier: object | None = kept[1]
+            return earlier
+        prepared: object | None = None
+        qkv = self._stacked(w, "qkv", "attn_qkv")
+        gate_up = self._stacked(w, "gate_up", "ffn_gate_up")
+        if (qkv is not None and gate_up is not None and "attn_q_norm" not in self.n
+                and not ("attn_q" in self.n and self.arch.kind("attn_q").bias)):
+            prepared = self.be.prepare_llama_block(LlamaLayer(
+                self._w(w, "attn_norm"), qkv, self._w(w, "attn_output"),
+                self._w(w, "ffn_norm"), gate_up, self._w(w, "ffn_down")))
+        w.derived["llama_block"] = (self.be, prepared)
+        return prepared
+
+    def run_blocks(self, layers: Sequence[LayerWeights], x: F32, cache: KVCache,
+                   start: int) -> F32 | None:
+        """Consecutive blocks in the backend's one call (:meth:`KernelBackend.llama_blocks`): the
+        same result as calling the block on each in turn, or ``None`` where some block or the
+        cache (not fp32) does not allow it, or the backend has no such path."""
+        args: list[tuple[object, F32, F32]] = []
+        for w in layers:
+            prepared = self._prepared(w)
+            arrays = cache.fp32_layer(w.index) if prepared is not None else None
+            if arrays is None:
+                return None
+            args.append((prepared, arrays[0], arrays[1]))
+        t = x.shape[0]
+        return self.be.llama_blocks(x, self.config.norm_eps, args, self.cos[start : start + t],
+                                    self.sin[start : start + t], start,
+                                    interleaved=self.config.rope_interleaved)
+
     def mlp_in(self, w: LayerWeights, x: F32) -> F32:
         """RMSNorm -> SwiGLU's gate and up products: ``x`` float32 ``[T, hidden]`` -> the inner
         activation float32 ``[T, intermediate]``."""
@@ -276,7 +316,12 @@ class Transformer:
         self, layers: Sequence[LayerWeights], hidden: F32, cache: KVCache, start: int
     ) -> F32:
         """Run consecutive blocks: ``hidden`` float32 ``[T, hidden]`` for positions
-        ``start..start+T-1`` -> float32 ``[T, hidden]``; writes those positions of the KV cache."""
+        ``start..start+T-1`` -> float32 ``[T, hidden]``; writes those positions of the KV cache.
+        Llama blocks go to the backend in one call where it can take them (the same result)."""
+        if layers and isinstance(self.block, LlamaBlock):
+            together = self.block.run_blocks(layers, hidden, cache, start)
+            if together is not None:
+                return together
         for w in layers:
             hidden = self.block(w, hidden, cache, start)
         return hidden

@@ -214,6 +214,32 @@ int edgert_mlp_block(const edgert_kernel_table *kt, const float *x, int64_t T, i
                      const float *norm_w, float eps, const uint8_t *wgu, int wtype_gu, int64_t I,
                      const uint8_t *wdown, int wtype_down, float *y, int threads, int act_q8);
 
+/* One Llama block's operands for edgert_llama_blocks: the attention part's RMSNorm weight, stacked
+ * q/k/v rows and output rows, the MLP's RMSNorm weight, stacked gate/up rows and down rows (each
+ * with its weight type), and the layer's fp32 KV caches [Hkv, C, D]. */
+typedef struct {
+    const float *attn_norm;
+    const uint8_t *wqkv;
+    int wtype_qkv;
+    const uint8_t *wo;
+    int wtype_o;
+    const float *ffn_norm;
+    const uint8_t *wgu;
+    int wtype_gu;
+    const uint8_t *wdown;
+    int wtype_down;
+    float *kc, *vc;
+} edgert_llama_layer;
+
+/* Consecutive Llama blocks in one call, as LlamaBlock runs each: for every layer,
+ * edgert_attention_block then edgert_mlp_block, so the same bits. x [T, n] is updated in place;
+ * every layer has H query heads, Hkv KV heads of D, an MLP of I and caches of C positions.
+ * Returns 0, -1 for bad sizes, -2 out of memory (x then holds a partial result). */
+int edgert_llama_blocks(const edgert_kernel_table *kt, float *x, int64_t T, int64_t n, float eps,
+                        const edgert_llama_layer *layers, int64_t L, int64_t H, int64_t Hkv,
+                        int64_t D, int64_t I, const float *cos_t, const float *sin_t,
+                        int interleaved, int64_t C, int64_t start, int threads, int act_q8);
+
 /* Rotary embedding of x [T, H, D] with cos, sin [T, D/2] into y [T, H, D] (y may alias x).
  * interleaved: pairs (x[2i], x[2i+1]) (GGUF layout); else pairs (x[i], x[i + D/2]). */
 void edgert_rope(const float *x, int64_t T, int64_t H, int64_t D, const float *cos_t,

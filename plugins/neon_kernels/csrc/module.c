@@ -437,6 +437,127 @@ f_x:
     return result;
 }
 
+PyDoc_STRVAR(llama_blocks_doc,
+             "llama_blocks(x, cos, sin, layers, T, n, eps, H, Hkv, D, I, interleaved, C, start, threads,\n"
+             "             act_q8)\n\n"
+             "Consecutive Llama blocks in one call (see edgert_llama_blocks in kernels.h): x [T, n]\n"
+             "updated in place. layers: a sequence of tuples (attn_norm, wqkv, wtype_qkv, wo, wtype_o,\n"
+             "ffn_norm, wgu, wtype_gu, wdown, wtype_down, kc, vc), one per block, in order.");
+
+enum { LB_BUFS = 8 }; /* buffers per layer: two norms, four weights, two caches */
+
+static void release_layers(Py_buffer *b, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++) PyBuffer_Release(&b[i]);
+}
+
+/* Take one layer's tuple: its eight buffers (sizes checked) into b[0..7], its pointers into ly.
+ * On failure nothing of this layer is held. */
+static int get_layer(PyObject *item, Py_buffer *b, edgert_llama_layer *ly, Py_ssize_t n,
+                     Py_ssize_t H, Py_ssize_t Hkv, Py_ssize_t D, Py_ssize_t I, Py_ssize_t C) {
+    PyObject *an, *wq, *wo, *fn, *wg, *wd, *kc, *vc;
+    if (!PyTuple_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "llama_blocks: each layer must be a tuple");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(item, "OOiOiOOiOiOO", &an, &wq, &ly->wtype_qkv, &wo, &ly->wtype_o, &fn,
+                          &wg, &ly->wtype_gu, &wd, &ly->wtype_down, &kc, &vc))
+        return -1;
+    int got = 0;
+    if (get_f32(an, &b[got], n, 0, "llama_blocks attention norm") < 0) goto fail;
+    got++;
+    if (get_blocks(wq, &b[got], ly->wtype_qkv, (H + 2 * Hkv) * D, n, "llama_blocks qkv weight") < 0)
+        goto fail;
+    got++;
+    if (get_blocks(wo, &b[got], ly->wtype_o, n, H * D, "llama_blocks output weight") < 0) goto fail;
+    got++;
+    if (get_f32(fn, &b[got], n, 0, "llama_blocks MLP norm") < 0) goto fail;
+    got++;
+    if (get_blocks(wg, &b[got], ly->wtype_gu, 2 * I, n, "llama_blocks gate/up weight") < 0) goto fail;
+    got++;
+    if (get_blocks(wd, &b[got], ly->wtype_down, n, I, "llama_blocks down weight") < 0) goto fail;
+    got++;
+    if (get_f32(kc, &b[got], Hkv * C * D, 1, "llama_blocks key cache") < 0) goto fail;
+    got++;
+    if (get_f32(vc, &b[got], Hkv * C * D, 1, "llama_blocks value cache") < 0) goto fail;
+    got++;
+    ly->attn_norm = (const float *)b[0].buf;
+    ly->wqkv = (const uint8_t *)b[1].buf;
+    ly->wo = (const uint8_t *)b[2].buf;
+    ly->ffn_norm = (const float *)b[3].buf;
+    ly->wgu = (const uint8_t *)b[4].buf;
+    ly->wdown = (const uint8_t *)b[5].buf;
+    ly->kc = (float *)b[6].buf;
+    ly->vc = (float *)b[7].buf;
+    return 0;
+fail:
+    release_layers(b, got);
+    return -1;
+}
+
+static PyObject *py_llama_blocks(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *xo, *co, *so, *layers_o;
+    Py_ssize_t T, n, H, Hkv, D, I, C, start;
+    double eps;
+    int interleaved, threads, act_q8;
+    if (!PyArg_ParseTuple(args, "OOOOnndnnnnpnnip", &xo, &co, &so, &layers_o, &T, &n, &eps, &H,
+                          &Hkv, &D, &I, &interleaved, &C, &start, &threads, &act_q8))
+        return NULL;
+    if (T <= 0 || n <= 0 || H <= 0 || Hkv <= 0 || D <= 0 || D % 2 || H % Hkv || I <= 0 ||
+        start < 0 || start + T > C) {
+        PyErr_Format(PyExc_ValueError,
+                     "llama_blocks: bad sizes T=%zd n=%zd H=%zd Hkv=%zd D=%zd I=%zd C=%zd start=%zd",
+                     T, n, H, Hkv, D, I, C, start);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(layers_o, "llama_blocks: layers must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t L = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer x, c, sn;
+    PyObject *result = NULL;
+    Py_buffer *bufs = NULL;
+    edgert_llama_layer *lys = NULL;
+    Py_ssize_t held = 0; /* layers whose buffers are held */
+    if (get_f32(xo, &x, T * n, 1, "llama_blocks x") < 0) goto f_seq;
+    if (get_f32(co, &c, T * D / 2, 0, "llama_blocks cos") < 0) goto f_x;
+    if (get_f32(so, &sn, T * D / 2, 0, "llama_blocks sin") < 0) goto f_c;
+    bufs = (Py_buffer *)PyMem_Calloc((size_t)(L > 0 ? L : 1) * LB_BUFS, sizeof(Py_buffer));
+    lys = (edgert_llama_layer *)PyMem_Calloc((size_t)(L > 0 ? L : 1), sizeof(edgert_llama_layer));
+    if (!bufs || !lys) {
+        PyErr_NoMemory();
+        goto f_s;
+    }
+    for (; held < L; held++)
+        if (get_layer(PySequence_Fast_GET_ITEM(seq, held), &bufs[held * LB_BUFS], &lys[held], n, H,
+                      Hkv, D, I, C) < 0)
+            goto f_layers;
+    {
+        const edgert_kernel_table *kt = active_table();
+        int rc;
+        C_TIMED_BEGIN
+        Py_BEGIN_ALLOW_THREADS
+        rc = edgert_llama_blocks(kt, (float *)x.buf, T, n, (float)eps, lys, L, H, Hkv, D, I,
+                                 (const float *)c.buf, (const float *)sn.buf, interleaved, C, start,
+                                 threads, act_q8);
+        Py_END_ALLOW_THREADS
+        C_TIMED_END
+        result = block_result(rc, "llama_blocks");
+    }
+f_layers:
+    release_layers(bufs, held * LB_BUFS);
+f_s:
+    PyMem_Free(bufs);
+    PyMem_Free(lys);
+    PyBuffer_Release(&sn);
+f_c:
+    PyBuffer_Release(&c);
+f_x:
+    PyBuffer_Release(&x);
+f_seq:
+    Py_DECREF(seq);
+    return result;
+}
+
 PyDoc_STRVAR(swiglu_doc,
              "swiglu(gate_up, out, T, n)\n\n"
              "out[T, n] = silu(gate) * up for gate_up [T, 2n] (gate columns, then up), float32.");
@@ -553,6 +674,7 @@ static PyMethodDef methods[] = {
     {"attention", py_attention, METH_VARARGS, attention_doc},
     {"attention_block", py_attention_block, METH_VARARGS, attention_block_doc},
     {"mlp_block", py_mlp_block, METH_VARARGS, mlp_block_doc},
+    {"llama_blocks", py_llama_blocks, METH_VARARGS, llama_blocks_doc},
     {"path", py_path, METH_NOARGS, "The active kernel path: portable, neon, neon-dotprod, x86-avx2."},
     {"paths", py_paths, METH_NOARGS, "Every path compiled in, mapped to whether this CPU runs it."},
     {"set_path", py_set_path, METH_VARARGS, "Choose the kernel path by name (tests, benchmarks)."},

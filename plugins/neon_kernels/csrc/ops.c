@@ -205,3 +205,24 @@ done:
     free(inner);
     return rc;
 }
+
+int edgert_llama_blocks(const edgert_kernel_table *kt, float *x, int64_t T, int64_t n, float eps,
+                        const edgert_llama_layer *layers, int64_t L, int64_t H, int64_t Hkv,
+                        int64_t D, int64_t I, const float *cos_t, const float *sin_t,
+                        int interleaved, int64_t C, int64_t start, int threads, int act_q8) {
+    if (T <= 0 || n <= 0 || L < 0 || I <= 0) return -1;
+    float *mid = (float *)malloc((size_t)(T * n) * sizeof(float)); /* after a layer's attention */
+    if (!mid) return -2;
+    int rc = 0;
+    for (int64_t l = 0; l < L && rc == 0; l++) {
+        const edgert_llama_layer *ly = &layers[l];
+        rc = edgert_attention_block(kt, x, T, n, ly->attn_norm, eps, ly->wqkv, ly->wtype_qkv, H,
+                                    Hkv, D, cos_t, sin_t, interleaved, ly->kc, ly->vc, C, start,
+                                    ly->wo, ly->wtype_o, mid, threads, act_q8);
+        if (rc == 0)
+            rc = edgert_mlp_block(kt, mid, T, n, ly->ffn_norm, eps, ly->wgu, ly->wtype_gu, I,
+                                  ly->wdown, ly->wtype_down, x, threads, act_q8);
+    }
+    free(mid);
+    return rc;
+}

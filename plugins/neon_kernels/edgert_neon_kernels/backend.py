@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from edgert_core.plugin_api import (
     BackendStatus,
+    LlamaLayer,
     NumpyBackend,
     TensorForm,
     TensorInfo,
@@ -207,6 +208,63 @@ class NeonBackend(NumpyBackend):
         ext.mlp_block(x, norm.data, gate_up.data, down.data, x, t, n, eps, cg, inner, cd,
                       self.threads, self.activations == "q8")
         return x
+
+    # -- whole groups of blocks in one C call (plugin API 1.4) ---------------------------------------
+    def prepare_llama_block(self, layer: LlamaLayer) -> object | None:
+        """The block's operands as :meth:`llama_blocks` hands them to C: its shapes ``(n, rows of
+        qkv, I, H D)`` and the tuple of norms, blocks and weight-type codes; ``None`` unless every
+        matrix is quantized blocks the kernels take and every norm fp32."""
+        mats = (layer.qkv, layer.output, layer.gate_up, layer.down)
+        codes = [_CODES.get(w.info.dtype, -1) for w in mats]
+        if (self._k is None or min(codes) < 0
+                or any(w.data.dtype != np.uint8 or w.data.ndim != 2 or not w.data.flags.c_contiguous
+                       for w in mats)
+                or not self._f32_ok(layer.attn_norm.data, layer.ffn_norm.data)):
+            return None
+        n = layer.qkv.info.shape[1]
+        inner = layer.down.info.shape[1]
+        if (layer.output.info.shape[0] != n or layer.gate_up.info.shape != (2 * inner, n)
+                or layer.down.info.shape[0] != n or layer.attn_norm.data.size != n
+                or layer.ffn_norm.data.size != n):
+            return None
+        shapes = (n, layer.qkv.info.shape[0], inner, layer.output.info.shape[1])
+        return shapes, (layer.attn_norm.data, layer.qkv.data, codes[0], layer.output.data, codes[1],
+                        layer.ffn_norm.data, layer.gate_up.data, codes[2], layer.down.data, codes[3])
+
+    def llama_blocks(
+        self, x: F32, eps: float, layers: Sequence[tuple[object, F32, F32]], cos: F32, sin: F32,
+        start: int, *, interleaved: bool,
+    ) -> F32 | None:
+        """Every block in one C call with the GIL released once (the same kernels in the same order
+        as :meth:`attention_block` then :meth:`mlp_block` per block, so the same bits); ``None``
+        unless the blocks were prepared here, share their shapes and every operand is in the
+        kernels' form."""
+        ext = self._k
+        if ext is None or not layers or x.ndim != 2 or not self._f32_ok(x, cos, sin):
+            return None
+        first = layers[0][0]
+        if not isinstance(first, tuple):
+            return None
+        shapes = first[0]
+        t, n = x.shape
+        keys = layers[0][1]
+        if keys.ndim != 3 or shapes[0] != n:
+            return None
+        hkv, ctx, d = keys.shape
+        h = shapes[3] // d if d else 0
+        if (h <= 0 or h * d != shapes[3] or shapes[1] != (h + 2 * hkv) * d
+                or cos.shape != (t, d // 2) or sin.shape != cos.shape):
+            return None
+        calls = []
+        for prepared, k, v in layers:
+            if (not isinstance(prepared, tuple) or prepared[0] != shapes or k.shape != keys.shape
+                    or v.shape != keys.shape or not self._f32_ok(k, v)):
+                return None
+            calls.append((*prepared[1], k, v))
+        y = np.array(x, dtype=np.float32, order="C")  # the caller's x stays as it was
+        ext.llama_blocks(y, cos, sin, calls, t, n, eps, h, hkv, d, shapes[2], interleaved, ctx,
+                         start, self.threads, self.activations == "q8")
+        return y
 
     # -- fused ops: C when the extension loaded, else the numpy reference ------------------------
     def rmsnorm(self, x: F32, w: Weight, eps: float) -> F32:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from edgert_core.plugin_api import KernelBackend, hookimpl
 from edgert_neon_kernels.backend import NeonBackend
 
-EDGERT_API = "1.3"  # the edgert_core.plugin_api version this plugin is written against
+EDGERT_API = "1.4"  # the edgert_core.plugin_api version this plugin is written against
 
 
 @hookimpl

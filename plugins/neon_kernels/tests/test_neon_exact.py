@@ -134,12 +134,13 @@ def test_prompt_logits_equal_decoded_logits(activations: str) -> None:
 
 
 @pytest.mark.parametrize("activations", ["f32", "q8"])
-def test_block_parts_in_one_call_equal_the_ops_one_by_one(
+def test_blocks_in_one_call_equal_the_ops_one_by_one(
     activations: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``attention_block`` and ``mlp_block`` (one C call per block part, plugin API 1.3) give bit
-    for bit the logits and greedy tokens of the separate ops, for a prompt and for decoding; and
-    they are what runs (C calls per token drop from about 10 a layer to 2)."""
+    """``llama_blocks`` (every resident block in one C call, plugin API 1.4), ``attention_block``
+    and ``mlp_block`` (one C call per block part, 1.3) and the separate ops give bit for bit the
+    same logits and greedy tokens, for a prompt and for decoding; and each is what runs (C calls
+    per forward pass: a few for the whole model, about 2 a layer, about 10 a layer)."""
     text = TEXT.read_text()[:1500]
 
     def run(model: Model) -> tuple[np.ndarray, list[int], int]:
@@ -151,12 +152,17 @@ def test_block_parts_in_one_call_equal_the_ops_one_by_one(
         return logits, tokens, calls
 
     with open_model("neon", activations) as model:
-        fused = run(model)
+        whole = run(model)
     with open_model("neon", activations) as model:
+        monkeypatch.setattr(model.backend, "llama_blocks", lambda *a, **k: None)
+        parts = run(model)
+    with open_model("neon", activations) as model:
+        monkeypatch.setattr(model.backend, "llama_blocks", lambda *a, **k: None)
         monkeypatch.setattr(model.backend, "attention_block", lambda *a, **k: None)
         monkeypatch.setattr(model.backend, "mlp_block", lambda *a, **k: None)
         separate = run(model)
     layers = model.config.dims.n_layers
-    assert fused[2] <= 2 * layers + 4 < separate[2], (fused[2], separate[2])
-    assert np.array_equal(fused[0], separate[0])
-    assert fused[1] == separate[1]
+    assert whole[2] <= 4 < parts[2] <= 2 * layers + 4 < separate[2], (whole[2], parts[2],
+                                                                       separate[2])
+    assert np.array_equal(whole[0], parts[0]) and np.array_equal(whole[0], separate[0])
+    assert whole[1] == parts[1] == separate[1]

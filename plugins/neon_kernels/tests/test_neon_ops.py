@@ -19,7 +19,7 @@ import pytest
 from edgert_neon_kernels import NeonBackend, kernels
 from neon_testutil import random_blocks
 
-from edgert_core.plugin_api import NumpyBackend, TensorInfo, Weight
+from edgert_core.plugin_api import LlamaLayer, NumpyBackend, TensorInfo, Weight
 
 
 def runnable_paths() -> list[str]:
@@ -213,3 +213,98 @@ def test_linear_hot_path_matches_checked_path_and_refuses_wrong_width() -> None:
     np.testing.assert_array_equal(be.linear(np.asfortranarray(x), w), want)  # copied, same values
     with pytest.raises(ValueError, match="weight blocks must be"):
         be.linear(f32(np.ones((1, 64))), w)
+
+
+# -- whole groups of blocks in one call (plugin API 1.4) -------------------------------------------
+
+N, H, HKV, D, INNER, CTX = 64, 4, 2, 16, 96, 8
+
+
+def llama_layer(be: NeonBackend, seed: int, dtypes: tuple[str, str, str, str]) -> LlamaLayer:
+    """A block of random quantized weights: q/k/v stacked, output, gate/up stacked, down (their
+    block types in that order) and fp32 norms."""
+    rng = np.random.default_rng(seed)
+    buf = np.zeros(1 << 18, dtype=np.uint8)
+    shapes = [((H + 2 * HKV) * D, N), (N, H * D), (2 * INNER, N), (N, INNER)]
+    mats, offset = [], 0
+    for i, (dtype, (rows, k)) in enumerate(zip(dtypes, shapes, strict=True)):
+        raw = random_blocks(dtype, rows, k, rng)
+        ti = TensorInfo(f"m{i}", (rows, k), dtype, raw.size)
+        mats.append(be.prepare_weight(ti, raw.reshape(-1), buf[offset : offset + raw.size]))
+        offset += raw.size
+
+    def norm(name: str) -> Weight:
+        return Weight(TensorInfo(name, (N,), "F32", N * 4), f32(rng.uniform(0.5, 1.5, N)))
+
+    return LlamaLayer(norm("attn_norm"), mats[0], mats[1], norm("ffn_norm"), mats[2], mats[3])
+
+
+@pytest.mark.parametrize("act_q8", [False, True])
+@pytest.mark.parametrize(("t", "start"), [(1, 0), (1, 5), (3, 2)])
+def test_llama_blocks_equal_the_block_parts_one_by_one(path: str, act_q8: bool, t: int,
+                                                       start: int) -> None:
+    """Three blocks of mixed weight types in one call give the bits of ``attention_block`` then
+    ``mlp_block`` per block, and leave the same keys and values in every layer's cache."""
+    be = NeonBackend(threads=2, act_q8=act_q8)
+    types = [("Q4_1", "Q4_1", "Q4_1", "Q8_0"), ("Q4_0", "Q8_0", "Q4_0", "Q4_1"),
+             ("Q8_0", "Q4_1", "Q8_0", "Q4_0")]
+    layers = [llama_layer(be, 20 + i, ty) for i, ty in enumerate(types)]
+    rng = np.random.default_rng(30)
+    x = f32(rng.standard_normal((t, N)))
+    angles = rng.uniform(-3, 3, (t, D // 2))
+    cos, sin = f32(np.cos(angles)), f32(np.sin(angles))
+    history = f32(rng.standard_normal((len(layers), 2, HKV, CTX, D)))  # positions before start
+    caches_one, caches_parts = history.copy(), history.copy()
+
+    prepared = [be.prepare_llama_block(ly) for ly in layers]
+    assert all(p is not None for p in prepared)
+    args = [(p, caches_one[i, 0], caches_one[i, 1]) for i, p in enumerate(prepared)]
+    x_before = x.copy()
+    one = be.llama_blocks(x, 1e-5, args, cos, sin, start, interleaved=True)
+    assert one is not None
+    np.testing.assert_array_equal(x, x_before)  # the caller's x is not touched
+
+    y = x
+    for i, ly in enumerate(layers):
+        mid = be.attention_block(y, ly.attn_norm, 1e-5, ly.qkv, ly.output, cos, sin,
+                                 caches_parts[i, 0], caches_parts[i, 1], start, interleaved=True)
+        assert mid is not None
+        y = be.mlp_block(mid, ly.ffn_norm, 1e-5, ly.gate_up, ly.down)
+        assert y is not None
+    np.testing.assert_array_equal(one, y)
+    np.testing.assert_array_equal(caches_one, caches_parts)
+    assert not np.array_equal(caches_one[:, :, :, start], history[:, :, :, start])  # written
+
+
+def test_llama_blocks_refuse_what_they_cannot_take() -> None:
+    be = NeonBackend(threads=2)
+    layer = llama_layer(be, 40, ("Q4_1", "Q4_1", "Q4_1", "Q4_1"))
+    prepared = be.prepare_llama_block(layer)
+    x = f32(np.ones((1, N)))
+    cos, sin = f32(np.ones((1, D // 2))), f32(np.zeros((1, D // 2)))
+    cache = np.zeros((2, HKV, CTX, D), np.float32)
+    # an fp32 matrix is not blocks the kernels take: no one-call path for that block
+    fp32 = NumpyBackend()
+    qkv = fp32.prepare_weight(TensorInfo("qkv", ((H + 2 * HKV) * D, N), "F32", 4 * N * (H + 2 * HKV) * D),
+                              f32(np.ones(N * (H + 2 * HKV) * D)).view(np.uint8),
+                              np.zeros(4 * N * (H + 2 * HKV) * D, np.uint8))
+    assert be.prepare_llama_block(LlamaLayer(layer.attn_norm, qkv, layer.output, layer.ffn_norm,
+                                             layer.gate_up, layer.down)) is None
+    # a block of other shapes than the first's (here a wider MLP) cannot share the call
+    assert isinstance(prepared, tuple) and prepared[0] == (N, (H + 2 * HKV) * D, INNER, H * D)
+    wider = ((N, (H + 2 * HKV) * D, 2 * INNER, H * D), prepared[1])
+    assert be.llama_blocks(x, 1e-5, [(prepared, cache[0], cache[1]), (wider, cache[0], cache[1])],
+                           cos, sin, 0, interleaved=True) is None
+    # what Python did not prepare is refused by C with a clear error, not read out of bounds
+    ext = kernels.extension()
+    assert ext is not None
+    short_cache = np.zeros((HKV, CTX - 1, D), np.float32)
+    with pytest.raises(ValueError, match="llama_blocks key cache holds"):
+        ext.llama_blocks(x.copy(), cos, sin, [(*prepared[1], short_cache, cache[1])], 1, N, 1e-5,
+                         H, HKV, D, INNER, True, CTX, 0, 2, False)
+    with pytest.raises(TypeError, match="each layer must be a tuple"):
+        ext.llama_blocks(x.copy(), cos, sin, [list(prepared[1])], 1, N, 1e-5, H, HKV, D, INNER,
+                         True, CTX, 0, 2, False)
+    with pytest.raises(ValueError, match="bad sizes"):
+        ext.llama_blocks(x.copy(), cos, sin, [], 1, N, 1e-5, H, HKV, D, INNER, True, CTX, CTX, 2,
+                         False)

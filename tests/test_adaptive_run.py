@@ -1,0 +1,239 @@
+"""The runtime adapting while it generates (issue 15), driven through a fake Raspberry Pi 4 tree
+(``tests/fixtures/pi4``, copied to a temporary folder and pointed at with ``EDGERT_PROCFS_ROOT`` /
+``EDGERT_SYSFS_ROOT``) whose files the tests rewrite between two tokens:
+
+- MemAvailable falls mid-generation: the engine re-plans for a smaller budget before the next token,
+  the OS-measured RSS drops, and the greedy tokens are those of an undisturbed run; when memory comes
+  back it grows back;
+- a limit set through the API below the minimum stops the run cleanly with the tokens so far;
+- the temperature crosses the soft limit: threads go down, then tokens are paced, then both come
+  back once it cools;
+- ``--governor none`` reads nothing and changes nothing; a plugin's governor is picked by name.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import model_helpers as mh
+import pytest
+
+from edgert_core.adaptive import MemoryPressureError
+from edgert_core.api import Generation, Model, load_model
+from edgert_core.builtin_governor import AdaptiveGovernor
+from edgert_core.errors import UnknownNameError
+from edgert_core.governor import Action, Governor, GovernorState
+from edgert_core.memory.rss import current_rss_bytes
+from edgert_core.monitors.base import Reading
+from edgert_core.plugin_api import hookimpl
+from edgert_core.plugins import load_registry
+from edgert_core.testing import smollm2_for_tests
+
+MIB = 1 << 20
+PI4 = Path(__file__).resolve().parent / "fixtures" / "pi4"
+PROMPT = "The ship entered the port of"
+N_TOKENS = 24
+
+
+@pytest.fixture
+def pi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A writable copy of the Pi 4 tree, with the monitors pointed at it."""
+    root = tmp_path / "pi4"
+    shutil.copytree(PI4, root)
+    monkeypatch.setenv("EDGERT_PROCFS_ROOT", str(root / "proc"))
+    monkeypatch.setenv("EDGERT_SYSFS_ROOT", str(root / "sys"))
+    return root
+
+
+def set_mem_available(root: Path, nbytes: int) -> None:
+    path = root / "proc" / "meminfo"
+    text = re.sub(r"^MemAvailable:\s+\d+ kB$", f"MemAvailable:   {nbytes // 1024} kB",
+                  path.read_text(), flags=re.M)
+    assert f"{nbytes // 1024} kB" in text
+    path.write_text(text)
+
+
+def set_temperature(root: Path, celsius: float) -> None:
+    (root / "sys" / "class" / "thermal" / "thermal_zone0" / "temp").write_text(
+        f"{int(celsius * 1000)}\n")
+
+
+def fast(model: Model, **rules: float) -> AdaptiveGovernor:
+    """The built-in governor with rules a test can wait for, reading the monitors every token."""
+    gov = AdaptiveGovernor(**rules)
+    gov.read_interval_s = 0.0  # type: ignore[misc]
+    model.governor = gov
+    return gov
+
+
+@pytest.fixture(scope="module")
+def undisturbed() -> list[int]:
+    with load_model(smollm2_for_tests(), backend="neon", max_context=256, governor="none",
+                    notify=None) as model:
+        return model.generate(PROMPT, max_tokens=N_TOKENS).result().ids
+
+
+def run_with(model: Model, at: dict[int, Callable[[], None]]) -> tuple[Generation, dict[int, int]]:
+    """Generate, calling ``at[i]`` right after token ``i`` (counting from 1) arrived; the
+    generation and the OS-measured RSS after each token."""
+    gen = model.generate(PROMPT, max_tokens=N_TOKENS)
+    rss: dict[int, int] = {}
+    for token in gen:
+        if token.id < 0:
+            continue
+        n = len(gen.ids)
+        rss[n] = current_rss_bytes()
+        if n in at:
+            at[n]()
+    return gen, rss
+
+
+def test_memavailable_falling_mid_generation_shrinks_the_plan_and_the_rss(
+        pi: Path, undisturbed: list[int]) -> None:
+    notes: list[str] = []
+    model = load_model(smollm2_for_tests(), backend="neon", max_context=256, notify=notes.append)
+    fast(model, settle_s=0.0, calm_s=0.05)
+    try:
+        gen, rss = run_with(model, {
+            6: lambda: set_mem_available(pi, 100 * MIB),  # a browser opens
+            14: lambda: set_mem_available(pi, 3000 * MIB),  # it closes
+        })
+    finally:
+        model.close()
+    assert gen.ids == undisturbed  # the KV cache and the conversation were kept
+    events = gen.events
+    kinds = [(e.kind, e.token_index) for e in events]
+    assert kinds[0] == ("shrink", 6), kinds
+    assert events[0].budget_bytes == model.minimum_budget_bytes
+    assert "MemAvailable 100.0 MiB is under the" in events[0].reason
+    # the RSS the OS reports drops by what the smaller plan does not keep, within a token
+    assert rss[7] < rss[6] - 40 * MIB, (rss[6], rss[7])
+    # memory came back: after the calm spell the budget grows back to everything resident
+    grows = [e for e in events if e.kind == "grow"]
+    assert grows and grows[-1].budget_bytes == model.start_budget_bytes, kinds
+    after = [rss[k] for k in rss if k > grows[-1].token_index + 1]
+    assert after and max(after) > rss[7] + 40 * MIB
+    assert any(n.startswith("edge-rt: shrink before token 7:") for n in notes), notes
+
+
+def test_a_limit_below_the_minimum_stops_with_the_tokens_so_far(pi: Path,
+                                                                undisturbed: list[int]) -> None:
+    model = load_model(smollm2_for_tests(), backend="neon", max_context=256, notify=None)
+    fast(model)
+    gen = model.generate(PROMPT, max_tokens=N_TOKENS)
+    got: list[int] = []
+    with pytest.raises(MemoryPressureError) as caught:
+        for token in gen:
+            got.append(token.id)
+            if len(got) == 4:
+                model.set_memory_limit(1 * MIB)
+    model.close()
+    assert got == undisturbed[:4] == gen.ids
+    assert gen.stats.stop_reason == "memory_pressure"
+    message = str(caught.value)
+    assert message.startswith("Stopped after 4 tokens: the memory limit set through the API is 1.0 MiB")
+    assert "below the" in message and "the smallest plan needs for a context of 256 tokens" in message
+
+
+def test_a_lower_limit_through_the_api_replans_and_keeps_the_tokens(
+        pi: Path, undisturbed: list[int]) -> None:
+    model = load_model(smollm2_for_tests(), backend="neon", max_context=256, notify=None)
+    fast(model)
+    limit = model.minimum_budget_bytes + 8 * MIB
+    gen, _ = run_with(model, {3: lambda: model.set_memory_limit(limit)})
+    model.close()
+    assert gen.ids == undisturbed
+    assert [(e.kind, e.token_index, e.budget_bytes) for e in gen.events] == [("limit", 3, limit)]
+    assert model.context.budget_bytes == limit and model.plan.predicted_peak_bytes <= limit
+
+
+def test_heat_lowers_threads_then_paces_and_cooling_restores_both(
+        pi: Path, undisturbed: list[int]) -> None:
+    model = load_model(smollm2_for_tests(), backend="neon", max_context=256, threads=2,
+                       notify=None)
+    fast(model, heat_step_s=0.0, pace_step_s=0.02)
+    set_temperature(pi, 52.6)
+    gen, _ = run_with(model, {
+        4: lambda: set_temperature(pi, 85.0),
+        10: lambda: set_temperature(pi, 60.0),
+    })
+    events = gen.events
+    model.close()
+    assert gen.ids == undisturbed
+    got = [(e.kind, e.token_index, e.threads) for e in events]
+    assert got[:2] == [("threads", 4, 1), ("pace", 5, 1)], got
+    assert ("pace", 10, 1) in got and got[-1] == ("threads", got[-1][1], 2), got
+    assert "85.0 °C is over the 80 °C soft limit" in events[0].reason
+    assert model.backend.threads == 2  # type: ignore[attr-defined]
+
+
+def test_governor_none_reads_nothing(pi: Path, monkeypatch: pytest.MonkeyPatch,
+                                     undisturbed: list[int]) -> None:
+    import edgert_core.monitors.sampler as sampler
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("a monitor was read with --governor none")
+
+    monkeypatch.setattr(sampler.ReadingSampler, "readings", refuse)
+    set_mem_available(pi, 10 * MIB)
+    with load_model(smollm2_for_tests(), backend="neon", max_context=256, governor="none",
+                    notify=None) as model:
+        gen = model.generate(PROMPT, max_tokens=N_TOKENS)
+        assert gen.result().ids == undisturbed and gen.events == [] and gen.adaptive is None
+
+
+class EveryOther(Governor):
+    """A plugin's governor: one kernel thread from the third token on."""
+
+    name = "one-thread"
+    description = "one kernel thread after two tokens"
+
+    def step(self, readings: dict[str, Reading], state: GovernorState) -> Action | None:  # type: ignore[override]
+        assert "memory.available" in readings  # it sees the monitors' readings
+        if state.token_index == 2 and state.threads != 1:
+            return Action("threads", "the plugin says so", threads=1)
+        return None
+
+
+def test_a_plugins_governor_is_picked_by_name_and_unknown_names_are_listed(
+        pi: Path, undisturbed: list[int]) -> None:
+    plugin = types.ModuleType("one_thread_plugin")
+
+    @hookimpl
+    def edgert_register_governors(register: Callable[[type[Governor]], None]) -> None:
+        register(EveryOther)
+
+    plugin.edgert_register_governors = edgert_register_governors  # type: ignore[attr-defined]
+    registry = load_registry(extra=[("one-thread", plugin)])
+    assert registry.governor_names() == ["adaptive", "one-thread"]
+    with load_model(smollm2_for_tests(), backend="neon", max_context=256, threads=2,
+                    registry=registry, governor="one-thread", notify=None) as model:
+        gen = model.generate(PROMPT, max_tokens=8)
+        ids = gen.result().ids
+        assert [(e.kind, e.token_index, e.threads) for e in gen.events] == [("threads", 2, 1)]
+    assert ids == undisturbed[:8]
+    with pytest.raises(UnknownNameError, match="installed governors: adaptive, one-thread"):
+        load_model(mh.fixture("tiny_llama"), registry=registry, governor="nope", notify=None)
+
+
+def test_run_json_reports_the_events(pi: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """With MemAvailable low from the start, an unbudgeted run re-plans before its first token."""
+    import json
+
+    set_mem_available(pi, 50 * MIB)
+    code, out, err = mh.run_cli(["run", "--model", str(smollm2_for_tests()), "--backend", "neon",
+                                 "--max-context", "256", "-n", "6", "--prompt", PROMPT, "--json"],
+                                monkeypatch, capsys)
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["governor"] == "adaptive"
+    assert [e["kind"] for e in report["events"]] == ["shrink"]
+    event = report["events"][0]
+    assert set(event) == {"token_index", "kind", "reason", "budget_bytes", "threads"}
+    assert event["token_index"] == 0 and event["budget_bytes"] == report["budget_bytes"]
+    assert "edge-rt: shrink before token 1: MemAvailable 50.0 MiB is under the" in err
