@@ -36,6 +36,18 @@ if TYPE_CHECKING:
     from edgert_core.monitors.sampler import ReadingSampler
 
 
+def hottest_zone_c() -> float | None:
+    """The hottest thermal zone now (°C, the thermal monitor's ``thermal.max``), ``None`` where the
+    machine (or the fake tree) has no sensor: what a run's report and a benchmark row record at the
+    start and the end."""
+    from edgert_core.monitors.builtin import ThermalMonitor
+
+    for reading in ThermalMonitor().read():
+        if reading.key == "thermal.max" and isinstance(reading.value, (int, float)):
+            return float(reading.value)
+    return None
+
+
 class MemoryPressureError(EdgeRTError):
     """The machine left less memory than the smallest plan for the context needs: the generation
     stopped with the tokens so far."""

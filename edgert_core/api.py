@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.adaptive import AdaptiveRun, MemoryPressureError
+from edgert_core.adaptive import AdaptiveRun, MemoryPressureError, hottest_zone_c
 from edgert_core.backends.base import KernelBackend
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.chat import Conversation, turns_to_drop
@@ -137,6 +137,9 @@ class Generation:
         self._stream = tok.stream() if tok is not None else None
         #: the governed run (``None`` with ``governor="none"``): its ``events``
         self.adaptive = model.adaptive_run(self.stats)
+        #: the hottest thermal zone (°C) when the generation started and ended (``None``: no sensor)
+        self.temperature_start_c = hottest_zone_c()
+        self.temperature_end_c: float | None = None
         self._ids = generate_ids(
             self.adaptive if self.adaptive is not None else model.engine,
             prompt_ids,
@@ -171,6 +174,7 @@ class Generation:
         if self._finished:
             return
         self._finished = True
+        self.temperature_end_c = hottest_zone_c()
         if self.on_finish is not None:
             self.on_finish(self)
 
@@ -288,7 +292,14 @@ class Model:
             return None
         from edgert_core.monitors.sampler import ReadingSampler, machine_monitors
 
-        sampler = ReadingSampler(machine_monitors(), self.governor.read_interval_s)
+        monitors = machine_monitors()
+        registry = self._registry
+        if registry is not None:  # and every plugin's monitor: a governor sees all readings
+            from edgert_core.plugins import CORE_DISTRIBUTION
+
+            monitors += [registry.monitor(n) for n in registry.monitor_names()
+                         if registry.provider("monitor", n).distribution != CORE_DISTRIBUTION]
+        sampler = ReadingSampler(monitors, self.governor.read_interval_s)
         return AdaptiveRun(self, self.governor, sampler, stats, notify=self._notify)
 
     def replan(self, budget_bytes: int) -> None:
@@ -768,5 +779,11 @@ def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
         "threads": getattr(model.backend, "threads", None),
         "governor": None if model.governor is None else model.governor.name,
         "events": [e.as_dict() for e in gen.events],
+        # what watching the machine cost: seconds reading monitors and deciding, and monitor reads
+        "governor_seconds": None if gen.adaptive is None else gen.adaptive.govern_seconds,
+        "governor_steps": None if gen.adaptive is None else gen.adaptive.governs,
+        "monitor_reads": None if gen.adaptive is None else gen.adaptive.sampler.reads,
+        "temperature_start_c": gen.temperature_start_c,
+        "temperature_end_c": gen.temperature_end_c,
         **model.engine_report(),
     }

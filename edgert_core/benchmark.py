@@ -124,6 +124,11 @@ class BenchResult:
     # process); None when nothing was dropped or the OS does not say
     cached_at_start_bytes: int | None = None
     prompt_ids: list[int] = field(default_factory=list)
+    # the hottest thermal zone (°C) when the run's generation started and ended (None: no sensor),
+    # and the governor's changes during it (run --json events)
+    temperature_start_c: float | None = None
+    temperature_end_c: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,6 +252,9 @@ def _parse_report(config: BenchConfig, returncode: int, stdout: str, stderr: str
     if config.budget is not None and is_auto(config.budget):  # what the run resolved it to
         budget_bytes = result.budget_bytes = data.get("budget_bytes")
     result.peak_rss_bytes = data.get("peak_rss_bytes")
+    result.temperature_start_c = data.get("temperature_start_c")
+    result.temperature_end_c = data.get("temperature_end_c")
+    result.events = list(data.get("events") or [])
     result.baseline_rss_bytes = data.get("baseline_rss_bytes")
     result.baseline_held_bytes = data.get("baseline_held_bytes")
     if result.peak_rss_bytes is not None and result.baseline_rss_bytes is not None:
@@ -426,8 +434,9 @@ def _finish(config: BenchConfig, proc: subprocess.CompletedProcess[str] | None,
 def combine(runs: Sequence[BenchResult]) -> BenchResult:
     """One row from a configuration's rounds: the run with the median decode speed (the lower of
     the middle two for an even count), with the highest peak RSS of all rounds, ``within_budget``
-    only if every round stayed within it, every round's speed, and whether all rounds generated the
-    same tokens. A failed round makes the row a failure (its error)."""
+    only if every round stayed within it, every round's speed, whether all rounds generated the
+    same tokens, and the temperature at the first round's start and the last round's end. A failed
+    round makes the row a failure (its error)."""
     if not runs:
         raise ValueError("combine needs at least one run")
     failed = next((r for r in runs if r.error is not None), None)
@@ -449,6 +458,9 @@ def combine(runs: Sequence[BenchResult]) -> BenchResult:
         if row.budget_bytes is not None:
             row.within_budget = all(r.within_budget for r in runs)
     row.runs = len(runs)
+    # the configuration's first round started at this temperature and its last ended at that one
+    row.temperature_start_c = runs[0].temperature_start_c
+    row.temperature_end_c = runs[-1].temperature_end_c
     row.oom_killed = any(r.oom_killed for r in runs)
     row.decode_tokens_per_s_runs = [r.decode_tokens_per_s or 0.0 for r in runs if r.error is None]
     row.outputs_agree = len({tuple(r.generated_ids) for r in runs if r.error is None}) <= 1
@@ -553,6 +565,8 @@ CSV_FIELDS = [
     "failcnt",
     "oom_killed",
     "cached_at_start_bytes",
+    "temperature_start_c",
+    "temperature_end_c",
 ]
 
 

@@ -143,7 +143,9 @@ def main() -> None:
     n = len(times)
     if n > 1:
         def rate(a: int, b: int) -> str:
-            return f"{(b - a) / (times[b - 1] - times[a - 1]):.1f}" if b > a and times[b - 1] > times[a - 1] else "-"
+            if b <= a or times[b - 1] <= times[a - 1]:
+                return "-"
+            return f"{(b - a) / (times[b - 1] - times[a - 1]):.1f}"
         print(f"  tok/s: tokens 1-{args.at}: {rate(1, args.at)}, {args.at}-{back}: "
               f"{rate(args.at, min(back, n))}, {back}-{n}: {rate(min(back, n), n)}")
 

@@ -237,3 +237,107 @@ def test_run_json_reports_the_events(pi: Path, monkeypatch: pytest.MonkeyPatch,
     assert set(event) == {"token_index", "kind", "reason", "budget_bytes", "threads"}
     assert event["token_index"] == 0 and event["budget_bytes"] == report["budget_bytes"]
     assert "edge-rt: shrink before token 1: MemAvailable 50.0 MiB is under the" in err
+
+
+def test_benchmark_rows_record_the_temperature_and_the_governors_changes(pi: Path) -> None:
+    """On the fake Pi at 85 °C every run of ``edge-rt benchmark`` (a child process, which inherits
+    the roots) starts and ends at that temperature and paces its tokens (the numpy backend has no
+    threads to take away); the rows say both, and the table grows the columns."""
+    import json
+    import subprocess
+    import sys
+
+    set_temperature(pi, 85.0)
+    cmd = [sys.executable, "-m", "edgert_core", "benchmark", "--model", str(mh.fixture("tiny_llama")),
+           "--backend", "numpy", "--sweep-memory", "8M", "--strategies", "sequential",
+           "--max-tokens", "3", "--max-context", "32", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["error"] is None
+        assert row["temperature_start_c"] == row["temperature_end_c"] == 85.0
+        assert [e["kind"] for e in row["events"]][:1] == ["pace"], row["events"]
+
+
+def test_the_benchmark_table_shows_temperatures_and_events_only_where_there_are(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from edgert_core.benchmark import BenchResult, summarize
+    from edgert_core.cli.benchmark_cmd import _print_table
+
+    plain = BenchResult("sequential", "8M", 8 * MIB, decode_tokens_per_s=10.0)
+    _print_table([plain], summarize([plain]))
+    out = capsys.readouterr().out
+    assert "°C start" not in out and "events" not in out
+    hot = BenchResult("sequential", "8M", 8 * MIB, decode_tokens_per_s=10.0,
+                      temperature_start_c=52.6, temperature_end_c=81.3,
+                      events=[{"kind": "threads", "token_index": 40}, {"kind": "pace",
+                                                                         "token_index": 52}])
+    _print_table([hot], summarize([hot]))
+    out = capsys.readouterr().out
+    assert "°C start" in out and "52.6" in out and "81.3" in out
+    assert "threads@40, pace@52" in out
+
+
+CHILD = """
+import json, sys
+from edgert_core.api import load_model
+from edgert_core.builtin_governor import AdaptiveGovernor
+model = load_model(sys.argv[1], backend="neon", max_context=256, memory_budget="auto", notify=None)
+gov = AdaptiveGovernor(settle_s=0.0)
+gov.read_interval_s = 0.0
+model.governor = gov
+start = model.context.budget_bytes
+gen = model.generate(sys.argv[2], max_tokens=int(sys.argv[3]))
+for token in gen:
+    if len(gen.ids) == 4 and token.id >= 0:
+        print("READY", flush=True)
+        sys.stdin.readline()
+model.close()
+print(json.dumps({"ids": gen.ids, "start_budget": start, "events": [e.as_dict() for e in gen.events]}))
+"""
+
+
+def test_a_real_cgroup_limit_lowered_mid_generation_shrinks_an_auto_budget(
+        undisturbed: list[int]) -> None:
+    """A real memory cgroup (where this process may make one): the run starts with ``auto`` under
+    600 MiB; after its fourth token the limit drops to 250 MiB; the budget follows before the next
+    token (the room the cgroup leaves), the run stays inside the limit, and the tokens do not
+    change."""
+    import json
+    import subprocess
+    import sys
+
+    from edgert_core.errors import MemoryLimitError
+    from edgert_core.memory.cgroup import MemoryCgroup, own_parent
+
+    try:
+        cgroup = MemoryCgroup(600 * MIB, parent=own_parent())
+        cgroup.create()
+    except MemoryLimitError as exc:
+        pytest.skip(f"needs root and a writable memory cgroup: {exc}")
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(smollm2_for_tests()), PROMPT,
+                                 str(N_TOKENS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=cgroup.enter)
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
+        cgroup.set_limit(250 * MIB)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=300)
+        stats = cgroup.stats()
+    finally:
+        cgroup.remove()
+    assert proc.returncode == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["ids"] == undisturbed
+    shrinks = [e for e in report["events"] if e["kind"] == "shrink"]
+    assert [e["kind"] for e in report["events"]] == ["shrink"] * len(shrinks), report["events"]
+    first = shrinks[0]  # more may follow while the kernel settles what the cgroup holds
+    assert first["token_index"] == 4 and "the machine leaves the pool" in first["reason"]
+    for event in shrinks:
+        assert event["budget_bytes"] < min(report["start_budget"], 250 * MIB - 16 * MIB)
+    assert stats.oom_kills in (0, None)

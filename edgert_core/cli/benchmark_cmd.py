@@ -203,7 +203,11 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
     notes = ["failed: " + r.error if r.error else
              "" if r.within_budget in (None, True) else "OVER BUDGET" for r in results]
     limited = any(r.memory_limit_bytes is not None for r in results)
-    columns = BENCH_COLUMNS + (LIMIT_COLUMNS if limited else [])
+    heat = any(r.temperature_start_c is not None for r in results)
+    adapted = any(r.events for r in results)
+    columns = (BENCH_COLUMNS + (LIMIT_COLUMNS if limited else [])
+               + ([("°C start", "right"), ("°C end", "right")] if heat else [])
+               + ([("events", "left")] if adapted else []))
     table = make_table(columns + ([("note", "left")] if any(notes) else []))
     for r, note in zip(results, notes, strict=True):
         budget = r.budget or "none"
@@ -224,6 +228,10 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
             cells += [_size(r.memory_limit_bytes), _size(r.cgroup_peak_bytes),
                       "-" if r.failcnt is None else str(r.failcnt),
                       _fmt(r.disk_bound_tokens_per_s, ".1f"), _fmt(r.of_disk_bound, ".2f")]
+        if heat:
+            cells += [_fmt(r.temperature_start_c, ".1f"), _fmt(r.temperature_end_c, ".1f")]
+        if adapted:  # the governor changed the run: say how, briefly
+            cells += [", ".join(f"{e.get('kind')}@{e.get('token_index')}" for e in r.events) or "-"]
         add_row(table, cells + ([note] if any(notes) else []))
     echo_table(table)
     typer.echo("")

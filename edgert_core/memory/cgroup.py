@@ -278,6 +278,22 @@ class MemoryCgroup:
             self.remove()
             raise
 
+    def set_limit(self, limit_bytes: int) -> None:
+        """Change the limit of the cgroup made (a container's limit lowered or raised while its
+        process runs). The kernel reclaims what it can to get under a lower limit; a limit below
+        what the cgroup holds and cannot give back is refused (:class:`MemoryLimitError`)."""
+        if limit_bytes <= 0:
+            raise MemoryLimitError(f"A memory limit must be positive, got {limit_bytes} bytes.")
+        if self.version == 2:
+            self._write("memory.max", limit_bytes)
+        else:  # memory+swap may never be below memory alone: lower memory first, raise it last
+            files = ["memory.limit_in_bytes"]
+            if (self.path / "memory.memsw.limit_in_bytes").exists():
+                files.append("memory.memsw.limit_in_bytes")
+            for file in files if limit_bytes < self.limit_bytes else reversed(files):
+                self._write(file, limit_bytes)
+        self.limit_bytes = limit_bytes
+
     def _delegate_memory(self) -> None:
         """cgroup v2: the parent must list ``memory`` in ``cgroup.subtree_control`` for its children
         to have ``memory.max``; enable it where it is not yet."""
@@ -410,20 +426,25 @@ class MemoryCharge:
 #: ``memory.stat`` keys of the file LRU lists and of the file pages they hold that cannot be dropped
 #: at once, per hierarchy version (v1's ``total_`` keys count the cgroup and its children, as its
 #: ``usage_in_bytes`` does; v2's keys are hierarchical already).
-_STAT_KEYS: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    1: (("total_active_file", "total_inactive_file"),
-        ("total_mapped_file", "total_dirty", "total_writeback")),
-    2: (("active_file", "inactive_file"), ("file_mapped", "file_dirty", "file_writeback")),
+#: per version: the file LRU lists, the dirty and under-writeback counts, the mapped count and the
+#: shared-memory count (``total_*``: v1's figures for the cgroup and its children)
+_STAT_KEYS: dict[int, tuple[tuple[str, ...], tuple[str, ...], str, str]] = {
+    1: (("total_active_file", "total_inactive_file"), ("total_dirty", "total_writeback"),
+        "total_mapped_file", "total_shmem"),
+    2: (("active_file", "inactive_file"), ("file_dirty", "file_writeback"), "file_mapped", "shmem"),
 }
 
 
 def reclaimable_bytes(memory_stat: str, version: Literal[1, 2]) -> int:
     """Clean, unmapped page cache in a ``memory.stat`` text (see :class:`MemoryCharge`); 0 where the
-    keys are missing."""
-    lists, kept = _STAT_KEYS[version]
+    keys are missing. The mapped count also holds mapped shared memory (``shmem``: the pool's
+    anonymous shared mappings, which live on the anon lists, not the file lists), so only the
+    mapped pages beyond ``shmem`` are taken off the file lists."""
+    lists, unclean, mapped_key, shmem_key = _STAT_KEYS[version]
     files = sum(_keyed(memory_stat, key) or 0 for key in lists)
-    held = sum(_keyed(memory_stat, key) or 0 for key in kept)
-    return max(0, files - held)
+    dirty = sum(_keyed(memory_stat, key) or 0 for key in unclean)
+    mapped = max(0, (_keyed(memory_stat, mapped_key) or 0) - (_keyed(memory_stat, shmem_key) or 0))
+    return max(0, files - mapped - dirty)
 
 
 def own_memory_charge() -> MemoryCharge | None:
