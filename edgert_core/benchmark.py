@@ -163,12 +163,15 @@ def run_command_options(
     threads: int | None = None,
     activations: str | None = None,
     kv_cache: str | None = None,
+    governor: str | None = None,
+    soft_temp_limit: float | None = None,
 ) -> list[str]:
     """The ``edge-rt run`` options every configuration shares (greedy decoding)."""
     options = ["--prompt", prompt, "--max-tokens", str(max_tokens), "--max-context", str(max_context),
                "--temperature", "0"]
     for flag, value in (("--backend", backend), ("--threads", threads), ("--activations", activations),
-                        ("--kv-cache", kv_cache)):
+                        ("--kv-cache", kv_cache), ("--governor", governor),
+                        ("--soft-temp-limit", soft_temp_limit)):
         if value:
             options += [flag, str(value)]
     return options

@@ -99,7 +99,7 @@ class Governor(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     #: How often the engine re-reads the monitors for this governor (seconds).
-    read_interval_s: ClassVar[float] = 0.25
+    read_interval_s: ClassVar[float] = 0.1
 
     def __init__(self, soft_temp_c: float = DEFAULT_SOFT_TEMP_C) -> None:
         self.soft_temp_c = soft_temp_c

@@ -19,6 +19,7 @@ own). ``--json`` prints one JSON object instead of the table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -31,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PI4 = ROOT / "tests" / "fixtures" / "pi4"
 MIB = 1 << 20
-PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
 
 
 def rss_bytes() -> int:
@@ -123,6 +124,10 @@ def main() -> None:
         "changes": marks, "events": events,
         "rss_bytes_by_token": {i + 1: r for i, r in enumerate(rss)},
         "seconds_by_token": {i + 1: round(t, 4) for i, t in enumerate(times)},
+        "governor_seconds": gen.adaptive.govern_seconds if gen.adaptive else None,
+        "governor_steps": gen.adaptive.governs if gen.adaptive else None,
+        "monitor_reads": gen.adaptive.sampler.reads if gen.adaptive else None,
+        "monitor_read_seconds": gen.adaptive.sampler.read_seconds if gen.adaptive else None,
     }
     if args.json:
         print(json.dumps(result))
@@ -131,6 +136,11 @@ def main() -> None:
           f"same tokens as the undisturbed run: {result['same_tokens_as_undisturbed']}")
     for n, what in marks.items():
         print(f"  after token {n}: {what}")
+    if gen.adaptive is not None and gen.adaptive.governs:
+        a = gen.adaptive
+        print(f"  governing: {a.governs} steps, {a.sampler.reads} monitor reads "
+              f"({1e3 * a.sampler.read_seconds / max(a.sampler.reads, 1):.2f} ms each), "
+              f"{1e6 * a.govern_seconds / a.governs:.0f} us a step on average")
     for e in events:
         i = int(e["token_index"])
         before = rss[i - 1] if i >= 1 else None
@@ -141,14 +151,13 @@ def main() -> None:
               f"{e['threads']}; RSS {b} MiB at token {i} -> {after / MIB:.1f} MiB at token "
               f"{min(i + 3, len(rss))}; {e['reason']}")
     n = len(times)
-    if n > 1:
-        def rate(a: int, b: int) -> str:
-            if b <= a or times[b - 1] <= times[a - 1]:
-                return "-"
-            return f"{(b - a) / (times[b - 1] - times[a - 1]):.1f}"
-        print(f"  tok/s: tokens 1-{args.at}: {rate(1, args.at)}, {args.at}-{back}: "
-              f"{rate(args.at, min(back, n))}, {back}-{n}: {rate(min(back, n), n)}")
-
+    changed = (int(e["token_index"]) for e in events if 1 <= int(e["token_index"]) < n)
+    cuts = sorted({1, n, *marks, *changed})
+    spans = []
+    for a, b in itertools.pairwise(cuts):  # tokens a..b: b - a gaps in times[b-1] - times[a-1] s
+        if times[b - 1] > times[a - 1]:
+            spans.append(f"{a}-{b}: {(b - a) / (times[b - 1] - times[a - 1]):.1f}")
+    print("  tok/s by stretch (tokens a-b): " + ", ".join(spans))
 
 if __name__ == "__main__":
     main()

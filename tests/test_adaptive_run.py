@@ -341,3 +341,41 @@ def test_a_real_cgroup_limit_lowered_mid_generation_shrinks_an_auto_budget(
     for event in shrinks:
         assert event["budget_bytes"] < min(report["start_budget"], 250 * MIB - 16 * MIB)
     assert stats.oom_kills in (0, None)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--governor", "calm"], "error: Unknown governor 'calm'; installed governors: adaptive. Or use "
+                             "none, which turns adaptation off."),
+    (["--soft-temp-limit", "-5"], "error: The soft temperature limit must be between 0 and 150 °C, "
+                                  "got -5."),
+])
+def test_bad_governor_options_are_one_clear_error(args: list[str], message: str,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = mh.run_cli(["run", "--model", str(mh.fixture("tiny_llama")), "-n", "2",
+                                  "--prompt-ids", "1,2", *args], monkeypatch, capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == message and "Traceback" not in err
+
+
+def test_a_preset_sets_the_governor_and_the_soft_limit(tmp_path: Path, pi: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``soft_temp_limit = 50`` in a preset: the fake Pi's 52.6 °C is over it, so the run is paced
+    (the numpy backend has no threads to lower); ``governor = "none"`` in another turns that off."""
+    import json
+
+    hot = tmp_path / "hot.toml"
+    hot.write_text('soft_temp_limit = 50\ngovernor = "adaptive"\n')
+    off = tmp_path / "off.toml"
+    off.write_text('soft_temp_limit = 50\ngovernor = "none"\n')
+    reports = []
+    for preset in (hot, off):
+        code, out, err = mh.run_cli(["run", "--model", str(mh.fixture("tiny_llama")), "-n", "2",
+                                     "--backend", "numpy", "--prompt-ids", "1,2", "--json",
+                                     "-c", str(preset)], monkeypatch, capsys)
+        assert code == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    assert [e["kind"] for e in reports[0]["events"]] == ["pace"]
+    assert "52.6 °C is over the 50 °C soft limit" in reports[0]["events"][0]["reason"]
+    assert reports[0]["temperature_start_c"] == 52.6
+    assert reports[1]["governor"] is None and reports[1]["events"] == []

@@ -27,7 +27,9 @@ from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.cli.app import (
     ActivationsOption,
     ConfigOption,
+    GovernorOption,
     KVCacheOption,
+    SoftTempOption,
     app,
     apply_preset,
     print_json,
@@ -69,6 +71,8 @@ def benchmark_command(
     threads: int | None = typer.Option(None, "--threads", help="Compute threads; none: backend default."),
     activations: str | None = ActivationsOption,
     kv_cache: str = KVCacheOption,
+    governor: str = GovernorOption,
+    soft_temp_limit: float | None = SoftTempOption,
     repeat: int = typer.Option(
         1, "--repeat", "-r", min=1,
         help="Rounds of the whole sweep, interleaved; each row is its median run (for noisy machines).",
@@ -104,6 +108,8 @@ def benchmark_command(
             "threads": threads,
             "activations": activations,
             "kv_cache": kv_cache,
+            "governor": governor,
+            "soft_temp_limit": soft_temp_limit,
             "repeat": repeat,
             "memory_limit": memory_limit,
             "llama_cpp": llama_cpp,
@@ -137,6 +143,7 @@ def benchmark_command(
         max_context=int(values["max_context"]), backend=values["backend"], threads=values["threads"],
         activations=values["activations"],
         kv_cache=check_mode(str(values["kv_cache"])),  # said once, not per run
+        governor=values["governor"], soft_temp_limit=values["soft_temp_limit"],
     )
     drop = [*model_files, *prepared_files_of(model_files)] if limit is not None else []
 

@@ -10,7 +10,9 @@ from edgert_core.budget import MemoryBudget
 from edgert_core.cli.app import (
     ActivationsOption,
     ConfigOption,
+    GovernorOption,
     KVCacheOption,
+    SoftTempOption,
     app,
     apply_preset,
     notice,
@@ -65,6 +67,8 @@ def serve_command(
     ),
     activations: str | None = ActivationsOption,
     kv_cache: str = KVCacheOption,
+    governor: str = GovernorOption,
+    soft_temp_limit: float | None = SoftTempOption,
     log_level: str = typer.Option("warning", "--log-level",
                                   help="uvicorn's log level: warning, info (with access log: debug)."),
     config: Path | None = ConfigOption,
@@ -74,7 +78,8 @@ def serve_command(
     values = apply_preset(ctx, config, {
         "model": model, "max_context": max_context, "prefill_chunk": prefill_chunk,
         "backend": backend, "strategy": strategy, "memory_budget": memory_budget, "threads": threads,
-        "activations": activations, "kv_cache": kv_cache,
+        "activations": activations, "kv_cache": kv_cache, "governor": governor,
+        "soft_temp_limit": soft_temp_limit,
     })
     for key, minimum in (("max_context", 2), ("prefill_chunk", 1), ("threads", 1), ("max_queue", 0)):
         require_at_least(ctx, config, {**values, "max_queue": max_queue}, key, minimum)

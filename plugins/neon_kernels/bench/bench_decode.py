@@ -19,6 +19,8 @@ Rows (engines): ``neon-f32``, ``neon-q8``, ``numpy``, ``llama-cpp``. Per row:
   thread spent inside the C ops (``edgert_neon_kernels.kernels.c_time``: a monotonic clock read at
   entry and exit of every C op), so it is everything the interpreter does around the kernels.
 
+The edge-rt rows run with ``governor="none"`` (no adaptation, as llama.cpp has none).
+
 Speed runs are fresh processes taking turns within each round (neon-f32, neon-q8, numpy, llama.cpp,
 neon-f32, ...), so a noisy, shared machine slows all of them alike; each row shows its best run.
 
@@ -83,8 +85,10 @@ def edgert_model(engine: str, model: str, threads: int, ctx: int) -> Any:
     from edgert_core.api import load_model
 
     backend, _, mode = engine.partition("-")
+    # governor "none": the kernels against llama.cpp's, without the adaptive runtime's monitor reads
+    # (about 2 ms every 0.1 s on the VM this was written on: 1-2 % of the time; docs/monitors.md)
     return load_model(model, backend=backend, max_context=ctx, tune_process=True,  # as the CLI
-                      threads=threads, activations=mode or None, notify=None)
+                      threads=threads, activations=mode or None, notify=None, governor="none")
 
 
 def run_edgert(engine: str, model: str, threads: int, prompt: list[int], tokens: int,
