@@ -85,3 +85,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         changed = sorted({*before, *after} - {k for k in before if before[k] == after.get(k)})
         print(f"\nerror: the test session changed the user's edge-rt cache {user_cache}: {changed[:10]}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def pi4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A writable copy of the Raspberry Pi 4 tree shipped in ``tests/fixtures/pi4``, with the
+    monitors' environment roots (``EDGERT_PROCFS_ROOT``, ``EDGERT_SYSFS_ROOT``) pointing into it: a
+    test rewrites its files (never the shipped ones) to simulate pressure and heat."""
+    from edgert_core.monitors import builtin
+
+    tree = tmp_path / "pi4"
+    shutil.copytree(Path(__file__).parent / "tests" / "fixtures" / "pi4", tree)
+    monkeypatch.setenv("EDGERT_PROCFS_ROOT", str(tree / "proc"))
+    monkeypatch.setenv("EDGERT_SYSFS_ROOT", str(tree / "sys"))
+    monkeypatch.setattr(builtin, "ROOT", None)  # the roots, even if a test set a root before
+    return tree

@@ -91,10 +91,7 @@ class AdaptiveRun:
 
     @property
     def times(self) -> EngineTimes:
-        now = self.model.engine.times
-        b = self._times_before
-        return EngineTimes(b.load + now.load, b.wait + now.wait, b.compute + now.compute,
-                           b.loads + now.loads)
+        return self._times_before.plus(self.model.engine.times)
 
     @property
     def baseline_rss_bytes(self) -> int:
@@ -201,7 +198,5 @@ class AdaptiveRun:
         old = model.engine
         times, peak = old.times, old.pool_peak_bytes
         model.replan(action.budget_bytes)
-        b = self._times_before
-        self._times_before = EngineTimes(b.load + times.load, b.wait + times.wait,
-                                         b.compute + times.compute, b.loads + times.loads)
+        self._times_before = self._times_before.plus(times)
         self._peak = max(self._peak, peak)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -34,19 +33,14 @@ from edgert_core.plugins import load_registry
 from edgert_core.testing import smollm2_for_tests
 
 MIB = 1 << 20
-PI4 = Path(__file__).resolve().parent / "fixtures" / "pi4"
 PROMPT = "The ship entered the port of"
 N_TOKENS = 24
 
 
 @pytest.fixture
-def pi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A writable copy of the Pi 4 tree, with the monitors pointed at it."""
-    root = tmp_path / "pi4"
-    shutil.copytree(PI4, root)
-    monkeypatch.setenv("EDGERT_PROCFS_ROOT", str(root / "proc"))
-    monkeypatch.setenv("EDGERT_SYSFS_ROOT", str(root / "sys"))
-    return root
+def pi(pi4: Path) -> Path:
+    """The fake Pi 4 (the ``pi4`` fixture of conftest.py)."""
+    return pi4
 
 
 def set_mem_available(root: Path, nbytes: int) -> None:

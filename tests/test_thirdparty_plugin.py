@@ -205,8 +205,7 @@ def test_docs_show_exactly_the_tested_plugins() -> None:
         assert text == (ROOT / "tests" / name).read_text(), f"docs/plugins.md differs from tests/{name}"
 
 
-def test_the_example_governor_paces_a_run_on_a_warm_pi(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_example_governor_paces_a_run_on_a_warm_pi(pi4: Path) -> None:
     """The governor of docs/plugins.md, registered through its hook, reads the fake Pi's
     temperature (75 °C: within 10 °C of the 80 °C limit) and paces the run from its first pass."""
     import importlib.util
@@ -214,11 +213,7 @@ def test_the_example_governor_paces_a_run_on_a_warm_pi(tmp_path: Path,
     from edgert_core.api import load_model
     from edgert_core.plugins import load_registry
 
-    tree = tmp_path / "pi4"
-    shutil.copytree(ROOT / "tests" / "fixtures" / "pi4", tree)
-    (tree / "sys" / "class" / "thermal" / "thermal_zone0" / "temp").write_text("75000\n")
-    monkeypatch.setenv("EDGERT_PROCFS_ROOT", str(tree / "proc"))
-    monkeypatch.setenv("EDGERT_SYSFS_ROOT", str(tree / "sys"))
+    (pi4 / "sys" / "class" / "thermal" / "thermal_zone0" / "temp").write_text("75000\n")
     spec = importlib.util.spec_from_file_location(
         "edgert_example_governor", ROOT / "tests" / "thirdparty_governor" / "edgert_example_governor.py")
     assert spec is not None and spec.loader is not None

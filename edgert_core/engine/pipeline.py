@@ -34,6 +34,10 @@ class EngineTimes:
         return EngineTimes(self.load - other.load, self.wait - other.wait,
                            self.compute - other.compute, self.loads - other.loads)
 
+    def plus(self, other: EngineTimes) -> EngineTimes:
+        return EngineTimes(self.load + other.load, self.wait + other.wait,
+                           self.compute + other.compute, self.loads + other.loads)
+
     def hidden_fraction(self) -> float:
         """The part of the load time that ran behind compute (0..1)."""
         if self.load <= 0:
