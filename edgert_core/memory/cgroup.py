@@ -208,8 +208,9 @@ def machine_parent(procfs: Path | None = None, sysfs: Path | None = None) -> Cgr
     return _find(proc_cgroup, mounts)
 
 
-def _keyed(text: str | None, key: str) -> int | None:
-    """The value of ``key`` in a ``key value`` per line file (``memory.events``, ``oom_control``)."""
+def keyed_value(text: str | None, key: str) -> int | None:
+    """The value of ``key`` in a ``key value`` per line file (``memory.events``, ``oom_control``,
+    ``memory.stat``); ``None`` where the text or the key is missing."""
     for line in (text or "").splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
@@ -335,12 +336,12 @@ class MemoryCgroup:
         if self.version == 2:
             events = _read(self.path / "memory.events")
             return CgroupStats(self.limit_bytes, _number(_read(self.path / "memory.peak")),
-                               _keyed(events, "max"), _keyed(events, "oom_kill"))
+                               keyed_value(events, "max"), keyed_value(events, "oom_kill"))
         return CgroupStats(
             self.limit_bytes,
             _number(_read(self.path / "memory.max_usage_in_bytes")),
             _number(_read(self.path / "memory.failcnt")),
-            _keyed(_read(self.path / "memory.oom_control"), "oom_kill"),
+            keyed_value(_read(self.path / "memory.oom_control"), "oom_kill"),
         )
 
     def remove(self, timeout: float = 2.0) -> None:
@@ -384,7 +385,7 @@ def effective_memory_limit() -> int | None:
         return None
     if own.version == 1:
         stat = _read(own.path / "memory.stat")
-        limit = _keyed(stat, "hierarchical_memory_limit")
+        limit = keyed_value(stat, "hierarchical_memory_limit")
         if limit is None:
             limit = _number(_read(own.path / "memory.limit_in_bytes"))
         return limit if limit is not None and limit < V1_UNLIMITED else None
@@ -441,9 +442,9 @@ def reclaimable_bytes(memory_stat: str, version: Literal[1, 2]) -> int:
     anonymous shared mappings, which live on the anon lists, not the file lists), so only the
     mapped pages beyond ``shmem`` are taken off the file lists."""
     lists, unclean, mapped_key, shmem_key = _STAT_KEYS[version]
-    files = sum(_keyed(memory_stat, key) or 0 for key in lists)
-    dirty = sum(_keyed(memory_stat, key) or 0 for key in unclean)
-    mapped = max(0, (_keyed(memory_stat, mapped_key) or 0) - (_keyed(memory_stat, shmem_key) or 0))
+    files = sum(keyed_value(memory_stat, key) or 0 for key in lists)
+    dirty = sum(keyed_value(memory_stat, key) or 0 for key in unclean)
+    mapped = max(0, (keyed_value(memory_stat, mapped_key) or 0) - (keyed_value(memory_stat, shmem_key) or 0))
     return max(0, files - mapped - dirty)
 
 

@@ -36,7 +36,7 @@ import psutil
 
 from edgert_core.hookspecs import hookimpl
 from edgert_core.memory.auto_budget import parse_meminfo
-from edgert_core.memory.cgroup import V1_UNLIMITED, own_cgroup_paths
+from edgert_core.memory.cgroup import V1_UNLIMITED, keyed_value, own_cgroup_paths
 from edgert_core.monitors.base import Reading, SystemMonitor
 from edgert_core.monitors.roots import is_real, procfs_root, sysfs_root
 
@@ -92,15 +92,6 @@ def _read_int(path: Path) -> int | None:
         return int(text)
     except ValueError:
         return None
-
-
-def _keyed_int(text: str | None, key: str) -> int | None:
-    """The integer after ``key`` in a ``key value`` per line text (``memory.events``)."""
-    for line in (text or "").splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
-            return int(parts[1])
-    return None
 
 
 def _absent(key: str, label: str, unit: str, note: str) -> Reading:
@@ -495,8 +486,8 @@ class CgroupMonitor(RootedMonitor):
             note = "" if limit is not None else "memory.max unreadable"
         events = _read_text(directory / "memory.events")
         missing = "" if events is not None else "no memory.events"
-        high, high_note = _keyed_int(events, "high"), missing
-        hits, hits_note = _keyed_int(events, "max"), missing
+        high, high_note = keyed_value(events, "high"), missing
+        hits, hits_note = keyed_value(events, "max"), missing
         if events is not None:
             high_note = "" if high is not None else "no 'high' in memory.events"
             hits_note = "" if hits is not None else "no 'max' in memory.events"
