@@ -100,6 +100,10 @@ class LlamaBlock:
         self.sin = sin
         self.arch = arch_of(config.architecture)
         self.n = {t.kind: t.hf for t in self.arch.block}  # kind -> name stem
+        self.q_bias = "attn_q" in self.n and self.arch.kind("attn_q").bias  # Qwen2
+        self.head_norms = "attn_q_norm" in self.n  # Qwen3
+        #: no biases on q/k/v and no head norms: the attention part the one-call paths compute
+        self.plain = not (self.q_bias or self.head_norms)
 
     def _w(self, w: LayerWeights, kind: str, suffix: str = ".weight") -> Weight:
         return w[self.n[kind] + suffix]
@@ -117,7 +121,7 @@ class LlamaBlock:
             q_ = be.linear(h, self._w(w, "attn_q"))  # [T, nq]
             k_ = be.linear(h, self._w(w, "attn_k"))  # [T, nkv]
             v_ = be.linear(h, self._w(w, "attn_v"))
-        if "attn_q" in self.n and self.arch.kind("attn_q").bias:
+        if self.q_bias:
             q_ += be.to_float(self._w(w, "attn_q", ".bias"))
             k_ += be.to_float(self._w(w, "attn_k", ".bias"))
             v_ += be.to_float(self._w(w, "attn_v", ".bias"))
@@ -142,7 +146,7 @@ class LlamaBlock:
         q = q_.reshape(t, d.n_heads, d.head_dim)
         k = k_.reshape(t, d.n_kv_heads, d.head_dim)
         v = v_.reshape(t, d.n_kv_heads, d.head_dim)
-        if "attn_q_norm" in self.n:
+        if self.head_norms:
             q = self._head_norm(w, "attn_q_norm", q)
             k = self._head_norm(w, "attn_k_norm", k)
         cos, sin = self.cos[start : start + t], self.sin[start : start + t]  # [T, D/2]
@@ -163,9 +167,8 @@ class LlamaBlock:
     def _attention_block(self, w: LayerWeights, x: F32, cache: KVCache, start: int) -> F32 | None:
         """The backend's one-call attention part, where the block has no biases or head norms,
         q/k/v are stacked and the cache holds fp32 (else ``None``: the ops one by one)."""
-        qkv = self._stacked(w, "qkv", "attn_qkv")
-        if (qkv is None or "attn_q_norm" in self.n
-                or ("attn_q" in self.n and self.arch.kind("attn_q").bias)):
+        qkv = self._stacked(w, "qkv", "attn_qkv") if self.plain else None
+        if qkv is None:
             return None
         arrays = cache.fp32_layer(w.index)
         if arrays is None:
@@ -189,8 +192,7 @@ class LlamaBlock:
         prepared: object | None = None
         qkv = self._stacked(w, "qkv", "attn_qkv")
         gate_up = self._stacked(w, "gate_up", "ffn_gate_up")
-        if (qkv is not None and gate_up is not None and "attn_q_norm" not in self.n
-                and not ("attn_q" in self.n and self.arch.kind("attn_q").bias)):
+        if qkv is not None and gate_up is not None and self.plain:
             prepared = self.be.prepare_llama_block(LlamaLayer(
                 self._w(w, "attn_norm"), qkv, self._w(w, "attn_output"),
                 self._w(w, "ffn_norm"), gate_up, self._w(w, "ffn_down")))
