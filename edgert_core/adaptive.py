@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from edgert_core.budget import format_bytes
 from edgert_core.engine.pipeline import EngineTimes
-from edgert_core.errors import EdgeRTError
+from edgert_core.errors import RunStoppedError
 from edgert_core.governor import Action, Event, Governor, GovernorState
 from edgert_core.memory import auto_budget
 from edgert_core.memory.rss import current_rss_bytes
@@ -48,9 +48,11 @@ def hottest_zone_c() -> float | None:
     return None
 
 
-class MemoryPressureError(EdgeRTError):
+class MemoryPressureError(RunStoppedError):
     """The machine left less memory than the smallest plan for the context needs: the generation
     stopped with the tokens so far."""
+
+    stop_reason = "memory_pressure"
 
 
 class AdaptiveRun:

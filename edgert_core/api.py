@@ -26,14 +26,26 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgert_core.adaptive import AdaptiveRun, MemoryPressureError, hottest_zone_c
+from edgert_core.adaptive import AdaptiveRun, hottest_zone_c
 from edgert_core.backends.base import KernelBackend
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.chat import Conversation, turns_to_drop
 from edgert_core.device_cost import disk_bound_tokens_per_s
 from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
-from edgert_core.errors import EdgeRTError, GenerationError, ModelError, UnknownNameError
-from edgert_core.generate import GenerationStats, SamplingParams, check_request, generate_ids
+from edgert_core.errors import (
+    EdgeRTError,
+    GenerationError,
+    ModelError,
+    RunStoppedError,
+    UnknownNameError,
+)
+from edgert_core.generate import (
+    GenerationStats,
+    SamplingParams,
+    StepEngine,
+    check_request,
+    generate_ids,
+)
 from edgert_core.governor import DEFAULT_GOVERNOR, NO_GOVERNOR, Event, Governor
 from edgert_core.layout import SYNTHETIC_SHAPES
 from edgert_core.loaders import ModelSource, open_model
@@ -141,7 +153,7 @@ class Generation:
         self.temperature_start_c = hottest_zone_c()
         self.temperature_end_c: float | None = None
         self._ids = generate_ids(
-            self.adaptive if self.adaptive is not None else model.engine,
+            self.adaptive if self.adaptive is not None else model.step_engine(),
             prompt_ids,
             max_tokens=max_tokens,
             sampling=sampling,
@@ -159,8 +171,8 @@ class Generation:
                 piece = self._stream.push(token_id) if self._stream is not None else ""
                 self._pieces.append(piece)
                 yield Token(token_id, piece)
-        except MemoryPressureError:  # the tokens so far stand; the error says why it stopped
-            self.stats.stop_reason = "memory_pressure"
+        except RunStoppedError as exc:  # the tokens so far stand; the error says why it stopped
+            self.stats.stop_reason = exc.stop_reason
             self._finish()
             raise
         if self._stream is not None and not self._finished:
@@ -273,6 +285,11 @@ class Model:
             self._engine = planned.prepare(weight_cache=self._weight_cache, notify=self._notify,
                                            tune_process=self.tune_process)
         return self._engine
+
+    def step_engine(self) -> StepEngine:
+        """What a generation without a governor drives: the ready engine (a model run across
+        devices drives its pipeline instead)."""
+        return self.engine
 
     @property
     def prepared(self) -> bool:
@@ -636,6 +653,8 @@ def load_model(
     kv_cache: str = DEFAULT_KV_CACHE,
     governor: str = DEFAULT_GOVERNOR,
     soft_temp_c: float | None = None,
+    cluster: str | None = None,
+    worker_budget: str | int | None = None,
 ) -> Model:
     """Open, validate and plan a model; weights are read on first use.
 
@@ -663,6 +682,11 @@ def load_model(
     ``governor``: the policy that adapts a generation to the machine while it runs (a registered
     governor's name; the built-in ``adaptive`` by default, see :mod:`edgert_core.builtin_governor`;
     ``"none"`` turns adaptation off); ``soft_temp_c``: its soft temperature limit (°C; default 80).
+    ``cluster``: run the layers as a pipeline of stages on Dask workers (``local:N`` starts N
+    worker processes on loopback; else a scheduler address such as ``tcp://HOST:8786``), each
+    stage under its worker's budget (``worker_budget``, e.g. ``"1G"``; by default its Dask memory
+    limit less what it holds and a margin): see :mod:`edgert_core.cluster`. Needs the ``cluster``
+    extra; ``memory_budget`` and the governor do not apply there.
     """
     if max_context < 2:
         raise GenerationError(f"max_context must be at least 2 tokens, got {max_context}.")
@@ -670,7 +694,26 @@ def load_model(
         raise GenerationError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}.")
     check_mode(kv_cache)  # a mistyped setting is said before any file opens
     reg = registry if registry is not None else load_registry()
+    if cluster is not None:
+        from edgert_core.cluster.pipeline import require_dask
+
+        require_dask()
+        if memory_budget is not None:
+            raise GenerationError("--memory-budget is one process's budget; with --cluster each "
+                                  "worker has its own: use --worker-budget.")
+    elif worker_budget is not None:
+        raise GenerationError("--worker-budget is for runs on a cluster; add --cluster, or use "
+                              "--memory-budget for this process.")
     validated = open_source(model).validate()
+    if cluster is not None:
+        from edgert_core.cluster.model import load_cluster_model
+
+        local = Path(str(model))
+        name = str(local.resolve()) if local.exists() else str(model)
+        return load_cluster_model(
+            validated, reg, cluster, model=name, backend=backend, strategy=strategy,
+            max_context=max_context, prefill_chunk=prefill_chunk, kv_cache=kv_cache,
+            activations=activations, threads=threads, worker_budget=worker_budget, notify=notify)
     chosen = choose_backend(reg, validated.dtypes, backend)
     if threads is not None:
         if threads < 1:

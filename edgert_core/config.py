@@ -37,6 +37,8 @@ SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
     "prefill_chunk": ((int,), "prompt tokens per prefill chunk"),
     "governor": ((str,), "what adapts a run to the machine: adaptive (default), a plugin's, or none"),
     "soft_temp_limit": ((float, int), "temperature (°C) above which the governor cools the run"),
+    "cluster": ((str,), "run on Dask workers: local:N or a scheduler address (tcp://HOST:8786)"),
+    "worker_budget": ((str, int), "each worker's memory budget on a cluster, e.g. 1G"),
     "sweep_memory": ((list,), 'benchmark budgets, e.g. ["64M", "1G"]'),
     "strategies": ((list,), "benchmark strategies"),
     "repeat": ((int,), "benchmark rounds (each row is its median run)"),

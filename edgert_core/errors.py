@@ -54,3 +54,23 @@ class MemoryPoolError(EdgeRTError):
 class MemoryLimitError(EdgeRTError):
     """A memory cgroup for a measured run (``benchmark --memory-limit``) could not be made, entered or
     removed; the message says what is missing and what to do."""
+
+
+class RunStoppedError(EdgeRTError):
+    """A generation stopped before its end for a reason the run could not get past; the tokens so
+    far stand (``Generation.ids``), and ``stop_reason`` is what ``run --json`` reports."""
+
+    stop_reason = "stopped"
+
+
+class ClusterError(EdgeRTError):
+    """A run across Dask workers cannot start or go on: no Dask installed, a scheduler that does not
+    answer, a worker without the model file, workers that cannot hold the model, a lost worker whose
+    layers the others cannot take; the message names the worker and says what to do."""
+
+
+class WorkerLostError(RunStoppedError, ClusterError):
+    """A worker was lost mid-run and the remaining workers cannot hold the model; the message names
+    the lost worker and the memory its layers need."""
+
+    stop_reason = "worker_lost"

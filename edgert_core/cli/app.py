@@ -62,6 +62,20 @@ GovernorOption = typer.Option(
     "another installed governor, or none (adaptation off).",
 )
 
+ClusterOption = typer.Option(
+    None,
+    "--cluster",
+    help="Run the layers as a pipeline on Dask workers: local:N starts N worker processes on "
+    "loopback; else a scheduler address such as tcp://HOST:8786 (needs edgert-core[cluster]).",
+)
+
+WorkerBudgetOption = typer.Option(
+    None,
+    "--worker-budget",
+    help="With --cluster: each worker's memory budget, e.g. 1G; default: its Dask memory limit "
+    "less what it holds and a 10 percent margin.",
+)
+
 SoftTempOption = typer.Option(
     None,
     "--soft-temp-limit",

@@ -8,15 +8,16 @@ from typing import Any
 
 import typer
 
-from edgert_core.adaptive import MemoryPressureError
 from edgert_core.api import Model, generation_report, load_model
 from edgert_core.budget import format_bytes
 from edgert_core.cli.app import (
     ActivationsOption,
+    ClusterOption,
     ConfigOption,
     GovernorOption,
     KVCacheOption,
     SoftTempOption,
+    WorkerBudgetOption,
     app,
     apply_preset,
     check_sampling,
@@ -25,7 +26,7 @@ from edgert_core.cli.app import (
     require_at_least,
     warn_threads,
 )
-from edgert_core.errors import GenerationError, ModelError
+from edgert_core.errors import GenerationError, ModelError, RunStoppedError
 from edgert_core.generate import GenerationStats
 from edgert_core.inspection import describe_plan
 from edgert_core.plan import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK
@@ -79,6 +80,8 @@ def _load(values: dict[str, Any], weight_cache: bool | None = None) -> Model:
         kv_cache=values.get("kv_cache", "f32"),
         governor=values.get("governor") or "adaptive",
         soft_temp_c=values.get("soft_temp_limit"),
+        cluster=values.get("cluster"),
+        worker_budget=values.get("worker_budget"),
         weight_cache=weight_cache,
         tune_process=True,  # the CLI owns its process (see edgert_core.engine.tuning)
     )
@@ -91,11 +94,21 @@ def _load(values: dict[str, Any], weight_cache: bool | None = None) -> Model:
 
 
 def _describe(model: Model) -> str:
+    workers = model.engine_report().get("workers")
+    if workers is not None:
+        stages = "; ".join(f"{w['address']} layers {w['layers'][0]}-{w['layers'][-1]} "
+                           f"({w['strategy']}, budget {_bytes_or_none(w['budget_bytes'])})"
+                           for w in workers)
+        return f"{model.name} on {len(workers)} Dask worker(s): {stages}"
     budget = model.context.budget_bytes
     b = "no budget" if budget is None else f"budget {format_bytes(budget)}"
     plan = describe_plan(model.plan, budgeted=budget is not None)
     return (f"{model.name} on backend {model.backend.name} ({model.activations} activations, "
             f"{model.kv_cache} KV cache), strategy {plan}, {b}")
+
+
+def _bytes_or_none(n: int | None) -> str:
+    return "none" if n is None else format_bytes(n)
 
 
 def _memory_summary(stats: GenerationStats, budget: int | None) -> str:
@@ -150,6 +163,8 @@ def run_command(
     kv_cache: str = KVCacheOption,
     governor: str = GovernorOption,
     soft_temp_limit: float | None = SoftTempOption,
+    cluster: str | None = ClusterOption,
+    worker_budget: str | None = WorkerBudgetOption,
     weight_cache: bool | None = typer.Option(
         None, "--weight-cache/--no-weight-cache",
         help="Stream prepared weights from the user cache (written once) instead of converting "
@@ -164,6 +179,7 @@ def run_command(
         "prefill_chunk": prefill_chunk, "backend": backend, "strategy": strategy,
         "memory_budget": memory_budget, "threads": threads, "activations": activations,
         "kv_cache": kv_cache, "governor": governor, "soft_temp_limit": soft_temp_limit,
+        "cluster": cluster, "worker_budget": worker_budget,
     })
     for key, minimum in (("max_tokens", 1), ("max_context", 2), ("prefill_chunk", 1), ("threads", 1)):
         require_at_least(ctx, config, values, key, minimum)
@@ -186,13 +202,13 @@ def run_command(
         gen = m.chat().send(str(text), **options) if chat else m.generate(str(text), **options)
     if not as_json:
         notice(_describe(m))
-    stopped: MemoryPressureError | None = None
+    stopped: RunStoppedError | None = None
     try:
         for token in gen:
             if token.text:
                 sys.stdout.write(token.text)
                 sys.stdout.flush()
-    except MemoryPressureError as exc:  # the tokens so far stand; the error follows them
+    except RunStoppedError as exc:  # the tokens so far stand; the error follows them
         stopped = exc
     if gen.text is None:
         sys.stdout.write(" ".join(str(i) for i in gen.ids))
@@ -234,6 +250,8 @@ def chat_command(
     kv_cache: str = KVCacheOption,
     governor: str = GovernorOption,
     soft_temp_limit: float | None = SoftTempOption,
+    cluster: str | None = ClusterOption,
+    worker_budget: str | None = WorkerBudgetOption,
     config: Path | None = ConfigOption,
 ) -> None:
     """Chat with a model on the terminal (one message per line; an empty line or EOF ends).
@@ -243,7 +261,7 @@ def chat_command(
         "top_p": top_p, "seed": seed, "max_context": max_context, "backend": backend,
         "strategy": strategy, "memory_budget": memory_budget, "activations": activations,
         "kv_cache": kv_cache, "prefill_chunk": DEFAULT_PREFILL_CHUNK, "governor": governor,
-        "soft_temp_limit": soft_temp_limit,
+        "soft_temp_limit": soft_temp_limit, "cluster": cluster, "worker_budget": worker_budget,
     })
     for key, minimum in (("max_tokens", 1), ("max_context", 2)):
         require_at_least(ctx, config, values, key, minimum)

@@ -116,7 +116,8 @@ def tensor_order(config: ModelConfig, layout: ModelLayout) -> list[str]:
     names: list[str] = []
     for i in range(len(layout.layers)):
         names += layer_tensors(config, layout, i)
-    names += [*final_norm_names(config.architecture), output_name(config)]
+    if layout.head:  # a part of a model that ends before the last layer has none
+        names += [*final_norm_names(config.architecture), output_name(config)]
     for info in layout.embeddings:
         if info.name not in names:
             names.append(info.name)
@@ -160,6 +161,8 @@ def make_stages(config: ModelConfig, layout: ModelLayout, plan: ExecutionPlan,
             name = label if len(cuts) == 1 else f"{label} stage {k + 1}/{len(cuts)}"
             stages.append((Stage(name, layers, pieces, parts=tuple(cut), group=gi),
                            group.resident))
+    if not layout.head:  # a part of a model that ends before the last layer
+        return stages
     norms = tuple(Piece(n, forms[n]) for n in final_norm_names(config.architecture))
     out = output_name(config)
     form = forms[out]

@@ -36,7 +36,7 @@ from edgert_core.engine.weights import (
 )
 from edgert_core.errors import EdgeRTError
 from edgert_core.layout import ModelLayout
-from edgert_core.loaders.base import ValidatedModel
+from edgert_core.loaders.base import ModelPart, ValidatedModel
 from edgert_core.memory.auto_budget import room_under_limit
 from edgert_core.memory.io_stats import read_bytes
 from edgert_core.memory.pool import (
@@ -393,11 +393,36 @@ class ReadyEngine(_Step):
 
         Returns float32 ``[T, vocab]`` logits if ``all_logits`` else ``[1, vocab]`` for the last token.
         """
+        return self.run_part(ids, None, start, all_logits=all_logits)
+
+    @property
+    def part(self) -> ModelPart | None:
+        """The layers of a bigger model this engine runs (``None``: the whole model)."""
+        return self.model.part
+
+    def run_part(self, ids: Sequence[int], hidden: F32 | None, start: int, *,
+                 all_logits: bool = False) -> F32:
+        """:meth:`forward` for an engine of a part of a model (:class:`ModelPart`), one stage of a
+        pipeline: the part that embeds takes the tokens ``ids`` (``hidden`` ``None``); the others
+        take the previous part's float32 ``[T, hidden]`` output as ``hidden`` (``ids`` still name
+        the tokens, for :attr:`cached_ids`). The part with the head returns logits as
+        :meth:`forward` does; the others return float32 ``[T, hidden]``, every position (the next
+        part's KV cache needs them all)."""
         self._check("forward")
         arr = np.asarray(ids, dtype=np.int64)
         t = len(arr)
         compute = 0.0
-        x = self.transformer.embed(self._embedding_rows(arr), self._position_rows(start, start + t))
+        part = self.model.part
+        if hidden is None:
+            if part is not None and not part.embeds:
+                raise ValueError(f"{self.model.name} starts at layer {part.first}: give it the "
+                                 "previous part's hidden states, not token ids")
+            x = self.transformer.embed(self._embedding_rows(arr),
+                                       self._position_rows(start, start + t))
+        else:
+            if part is None or part.embeds or hidden.shape != (t, self.config.dims.hidden):
+                raise ValueError("hidden states go only to a part after the first, one row per id")
+            x = np.array(hidden, dtype=np.float32, copy=True)
         streamed = 0
         for gi, group in enumerate(self.plan.groups):
             if self.on_stage is not None:
@@ -419,6 +444,9 @@ class ReadyEngine(_Step):
                     loaded.release()
                 del loaded
             x = state.hidden
+        if part is not None and not part.has_head:
+            self._finish_pass(arr, start, compute)
+            return x
         if self.on_stage is not None:
             self.on_stage("head", 0)
         h = x if all_logits else x[-1:]
@@ -458,14 +486,17 @@ class ReadyEngine(_Step):
                 # the pool caches a released block for reuse by its size; one per length asked for
                 # would pile up, so this one-off block goes back at once
                 self.pool.trim()
+        self._finish_pass(arr, start, compute)
+        return logits
+
+    def _finish_pass(self, ids: NDArray[np.int64], start: int, compute: float) -> None:
         if self._watch_reads > 0:
-            self._watch_disk_reads(t)
-        self.cache.length = start + t
+            self._watch_disk_reads(len(ids))
+        self.cache.length = start + len(ids)
         del self.cached_ids[start:]
-        self.cached_ids.extend(int(i) for i in arr)
+        self.cached_ids.extend(int(i) for i in ids)
         with self._times_lock:
             self.times.compute += compute
-        return logits
 
     def end_of_step(self) -> None:
         """Give back a stage loaded ahead for a forward pass that will not come (end of a

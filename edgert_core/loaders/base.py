@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,11 +77,40 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     )
 
 
+@dataclass(frozen=True)
+class ModelPart:
+    """Layers ``first..stop-1`` of a model of ``n_layers`` layers, as a model of their own (a stage
+    of a pipeline across devices): its blocks are numbered from 0, the token embeddings run on the
+    part that holds layer 0 and the head on the part that holds the last layer."""
+
+    first: int
+    stop: int
+    n_layers: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.first < self.stop <= self.n_layers:
+            raise ValueError(f"layers {self.first}..{self.stop - 1} are not a part of a model of "
+                             f"{self.n_layers} layers")
+
+    @property
+    def embeds(self) -> bool:
+        """Whether this part looks up the token embeddings (it starts at layer 0)."""
+        return self.first == 0
+
+    @property
+    def has_head(self) -> bool:
+        """Whether this part runs the final norm and the output projection (it ends at the last
+        layer)."""
+        return self.stop == self.n_layers
+
+
 class ModelSource:
     """A model whose headers are parsed (the ``loaded`` state). Subclasses fill ``config``,
     ``entries`` (canonical name -> :class:`TensorEntry`, in file order) and ``ignored``."""
 
     format: str = ""
+    #: the layers of a bigger model this source is (``None``: the whole model)
+    part: ModelPart | None = None
 
     def __init__(self, path: Path, name: str, config: ModelConfig, entries: dict[str, TensorEntry]):
         self.path = path
@@ -113,6 +142,8 @@ class ModelSource:
         if pos is not None:
             emb.append(pos)
         head = [*final_norm_names(d.architecture), output_name(cfg)]
+        if self.part is not None and not self.part.has_head:
+            head = []
         return ModelLayout(
             name=self.name,
             dims=d,
@@ -390,6 +421,47 @@ class ValidatedModel:
 
     def close(self) -> None:
         self.source.close()
+
+    @property
+    def part(self) -> ModelPart | None:
+        """The layers of a bigger model this model is (``None``: the whole model)."""
+        return self.source.part
+
+    def layers(self, first: int, stop: int) -> ValidatedModel:
+        """Layers ``first..stop-1`` of this (whole) model as a model of their own
+        (:class:`ModelPart`): blocks renumbered from 0, the head only on the part that ends at the
+        last layer. It reads the same files (opened anew) and has no tokenizer."""
+        if self.part is not None:
+            raise ValueError("a part of a model cannot be cut again; cut the whole model")
+        return ValidatedModel(PartSource(self.source, ModelPart(first, stop, self.config.dims.n_layers)))
+
+
+class PartSource(ModelSource):
+    """Some consecutive layers of a validated model (see :meth:`ValidatedModel.layers`): the same
+    tensor entries, the blocks' renamed to their place in the part, the other blocks' left out."""
+
+    def __init__(self, whole: ModelSource, part: ModelPart) -> None:
+        arch = whole.config.architecture
+        prefixes = [layer_prefix(arch, i) for i in range(part.n_layers)]
+        entries: dict[str, TensorEntry] = {}
+        for name, entry in whole.entries.items():
+            block = next((i for i, p in enumerate(prefixes) if name.startswith(p)), None)
+            if block is None:  # a global tensor (embeddings, head, RoPE factors)
+                entries[name] = entry
+            elif part.first <= block < part.stop:
+                local = layer_prefix(arch, block - part.first) + name[len(prefixes[block]):]
+                entries[local] = replace(entry, info=replace(entry.info, name=local))
+        dims = replace(whole.config.dims, n_layers=part.stop - part.first)
+        name = f"{whole.name} layers {part.first}-{part.stop - 1}"
+        super().__init__(whole.path, name, replace(whole.config, dims=dims), entries)
+        self.format = whole.format
+        self.part = part
+        self.chat_template = None
+
+    def file_identity(self) -> tuple[tuple[str, int, int], ...] | None:
+        """None: a part keeps no prepared-weights cache (its tensor names are the part's, not the
+        file's, so a cache of the whole model's and one of a part's must never be mixed up)."""
+        return None
 
 
 def _row_span(name: str, entry: TensorEntry, start: int, stop: int) -> tuple[int, int]:
