@@ -707,11 +707,10 @@ def load_model(
     validated = open_source(model).validate()
     if cluster is not None:
         from edgert_core.cluster.model import load_cluster_model
+        from edgert_core.cluster.pipeline import worker_model_name
 
-        local = Path(str(model))
-        name = str(local.resolve()) if local.exists() else str(model)
         return load_cluster_model(
-            validated, reg, cluster, model=name, backend=backend, strategy=strategy,
+            validated, reg, cluster, model=worker_model_name(str(model)), backend=backend, strategy=strategy,
             max_context=max_context, prefill_chunk=prefill_chunk, kv_cache=kv_cache,
             activations=activations, threads=threads, worker_budget=worker_budget, notify=notify)
     chosen = choose_backend(reg, validated.dtypes, backend)

@@ -25,6 +25,7 @@ import importlib.util
 import io
 import json
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -56,12 +57,15 @@ class BenchConfig:
     strategy: str
     budget: str | None
     engine: str = EDGE_RT  # or LLAMA_CPP: a llama.cpp row (strategy "llama.cpp", no budget)
+    #: run on Dask workers (``--cluster``; the budget is then each worker's, ``--worker-budget``)
+    cluster: str | None = None
 
     @property
     def label(self) -> str:
         if self.engine == LLAMA_CPP:
             return "llama.cpp (mmap)"
-        return f"{self.strategy} @ {self.budget or 'no budget'}"
+        where = "" if self.cluster is None else f" on {self.cluster}"
+        return f"{self.strategy} @ {self.budget or 'no budget'}{where}"
 
 
 LLAMA_CPP_CONFIG = BenchConfig(LLAMA_CPP, None, LLAMA_CPP)
@@ -129,17 +133,32 @@ class BenchResult:
     temperature_start_c: float | None = None
     temperature_end_c: float | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # a run on Dask workers: the cluster, how many workers ran stages, and the median of their hop
+    # times (run --json workers' hop_ms); the RSS figures are then the worker whose peak rose most
+    # over its baseline, and within_budget holds for every worker
+    cluster: str | None = None
+    workers: int | None = None
+    hop_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def sweep_configs(budgets: Sequence[str], strategies: Sequence[str]) -> list[BenchConfig]:
-    """The baseline (no budget) first, then every strategy at every budget, budgets ascending."""
+def sweep_configs(budgets: Sequence[str], strategies: Sequence[str],
+                  clusters: Sequence[str] = ()) -> list[BenchConfig]:
+    """The baseline (no budget, one process) first, then every strategy at every budget, budgets
+    ascending. With ``clusters`` (``--cluster`` specs), the rows after the baseline run on each
+    cluster instead: first without a worker budget (each worker's from its memory limit), then
+    every strategy at every budget as each worker's budget (``auto`` has no meaning there)."""
     fixed = [b for b in budgets if not is_auto(b)]
     parsed = sorted(fixed, key=lambda b: MemoryBudget.parse(b).bytes)  # also validates them
-    parsed += [AUTO_BUDGET] if len(fixed) < len(budgets) else []  # auto: resolved by each run
     configs = [BenchConfig("auto", None)]
+    if clusters:
+        for c in clusters:
+            configs.append(BenchConfig("auto", None, cluster=c))
+            configs += [BenchConfig(s, b, cluster=c) for b in parsed for s in strategies]
+        return configs
+    parsed += [AUTO_BUDGET] if len(fixed) < len(budgets) else []  # auto: resolved by each run
     configs += [BenchConfig(s, b) for b in parsed for s in strategies]
     return configs
 
@@ -149,8 +168,10 @@ def run_args(
 ) -> list[str]:
     """The command line of one configuration's fresh process."""
     args = [python, "-m", "edgert_core", "run", "--model", model, "--json", "--strategy", config.strategy]
+    if config.cluster is not None:
+        args += ["--cluster", config.cluster]
     if config.budget is not None:
-        args += ["--memory-budget", config.budget]
+        args += ["--worker-budget" if config.cluster is not None else "--memory-budget", config.budget]
     return args + list(run_options)
 
 
@@ -238,7 +259,8 @@ def parse_run(config: BenchConfig, returncode: int, stdout: str, stderr: str,
 def _parse_report(config: BenchConfig, returncode: int, stdout: str, stderr: str) -> BenchResult:
     budget_bytes = (None if config.budget is None or is_auto(config.budget)
                     else MemoryBudget.parse(config.budget).bytes)
-    result = BenchResult(config.strategy, config.budget, budget_bytes, engine=config.engine)
+    result = BenchResult(config.strategy, config.budget, budget_bytes, engine=config.engine,
+                         cluster=config.cluster)
     lines = stdout.strip().splitlines()
     if returncode != 0 or not lines:
         err = stderr.strip().splitlines()
@@ -260,6 +282,14 @@ def _parse_report(config: BenchConfig, returncode: int, stdout: str, stderr: str
     result.events = list(data.get("events") or [])
     result.baseline_rss_bytes = data.get("baseline_rss_bytes")
     result.baseline_held_bytes = data.get("baseline_held_bytes")
+    workers = data.get("workers")
+    if workers:  # the worker whose peak rose most over its baseline stands for the run
+        result.workers = len(workers)
+        hops = [w["hop_ms"] for w in workers if w.get("hop_ms") is not None]
+        result.hop_ms = statistics.median(hops) if hops else None
+        worst = max(workers, key=lambda w: w["peak_rss_bytes"] - w["baseline_rss_bytes"])
+        result.peak_rss_bytes = worst["peak_rss_bytes"]
+        result.baseline_rss_bytes = worst["baseline_rss_bytes"]
     if result.peak_rss_bytes is not None and result.baseline_rss_bytes is not None:
         result.peak_over_baseline_bytes = result.peak_rss_bytes - result.baseline_rss_bytes
         if budget_bytes is not None:
@@ -499,8 +529,9 @@ def summarize(results: Sequence[BenchResult]) -> dict[str, Any]:
     leanest = min(ok, key=lambda r: r.peak_over_baseline_bytes or 2**62, default=None)
     prefetch_gain: dict[str, float] = {}
     per_round: dict[str, list[float]] = {}
-    for budget in dict.fromkeys(r.budget for r in ok):
-        by = {r.strategy: r for r in ok if r.budget == budget}
+    one_process = [r for r in ok if r.cluster is None]  # a cluster's budget is another thing
+    for budget in dict.fromkeys(r.budget for r in one_process):
+        by = {r.strategy: r for r in one_process if r.budget == budget}
         spec, seq = by.get("speculative-prefetch"), by.get("sequential")
         if spec and seq and spec.decode_tokens_per_s and seq.decode_tokens_per_s:
             prefetch_gain[str(budget)] = spec.decode_tokens_per_s / seq.decode_tokens_per_s
@@ -517,9 +548,12 @@ def summarize(results: Sequence[BenchResult]) -> dict[str, Any]:
     if llama and len(outputs) == 1:
         (ours_ids,) = outputs
         prefix = min(_common_prefix(ours_ids, r.generated_ids) for r in llama)
+    def label(r: BenchResult) -> str:
+        return f"{r.strategy} @ {r.budget}" + ("" if r.cluster is None else f" on {r.cluster}")
+
     return {
-        "fastest": None if fastest is None else fastest.strategy + " @ " + str(fastest.budget),
-        "most_memory_efficient": None if leanest is None else leanest.strategy + " @ " + str(leanest.budget),
+        "fastest": None if fastest is None else label(fastest),
+        "most_memory_efficient": None if leanest is None else label(leanest),
         "speculative_vs_sequential": prefetch_gain,
         "speculative_vs_sequential_by_round": per_round,
         "all_within_budget": all(r.within_budget for r in ok) if ok else None,
@@ -570,6 +604,9 @@ CSV_FIELDS = [
     "cached_at_start_bytes",
     "temperature_start_c",
     "temperature_end_c",
+    "cluster",
+    "workers",
+    "hop_ms",
 ]
 
 

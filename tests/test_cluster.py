@@ -317,3 +317,43 @@ def test_a_worker_without_the_model_is_named_before_any_work(tmp_path: Path) -> 
                 load_model("smollm2", backend="neon", cluster=address, notify=None)
         finally:
             mp.undo()
+
+
+def test_inspect_cluster_shows_the_split_and_each_workers_plan(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    code, out, err = run_cli(["inspect", "--model", str(smollm2_path()), "--cluster", "local:3",
+                              "--worker-budget", "40M", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    rows = report["workers"]
+    assert [r["layers"] for r in rows][0][0] == 0 and rows[-1]["layers"][1] == 29
+    assert [r["head"] for r in rows] == [False, False, True]
+    for r in rows:
+        assert r["budget_bytes"] == 40 * 2**20
+        assert r["minimum_bytes"] <= r["predicted_peak_bytes"] <= r["budget_bytes"]
+    assert any(not all(r["resident_groups"]) for r in rows)  # 40M makes a worker stream
+    code, out, err = run_cli(["inspect", "--model", str(smollm2_path()), "--cluster", "local:2"],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    assert "on 2 worker(s) of local:2" in out and "+head" in out
+
+
+def test_benchmark_runs_the_sweep_on_each_cluster_after_the_one_process_baseline(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    code, out, err = run_cli(["benchmark", "--model", str(smollm2_path()), "--cluster", "local:2",
+                              "--sweep-memory", "40M", "--strategies", "sequential", "-n", "6",
+                              "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    rows = data["rows"]
+    assert [(r["cluster"], r["budget"]) for r in rows] == [(None, None), ("local:2", None),
+                                                          ("local:2", "40M")]
+    assert all(r["error"] is None for r in rows)
+    assert rows[0]["workers"] is None and [r["workers"] for r in rows[1:]] == [2, 2]
+    assert all(r["hop_ms"] > 0 for r in rows[1:])
+    assert rows[2]["within_budget"] is True
+    assert data["summary"]["identical_outputs"] is True

@@ -37,6 +37,7 @@ from edgert_core.cli.app import (
     warn_threads,
 )
 from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
+from edgert_core.cluster.pipeline import parse_local, require_dask
 from edgert_core.errors import BudgetError, ConfigError, EdgeRTError
 from edgert_core.models.kv_quant import check_mode
 from edgert_core.plan import DEFAULT_MAX_CONTEXT
@@ -91,6 +92,11 @@ def benchmark_command(
         None, "--plot", help="Also plot tok/s against budget to this PNG (needs matplotlib: "
         "pip install 'edgert-core\\[plot]')."
     ),
+    cluster: str | None = typer.Option(
+        None, "--cluster",
+        help="Comma list of Dask clusters (local:N or a scheduler address) to run every "
+        "configuration on after the one-process baseline; the budgets become each worker's.",
+    ),
     config: Path | None = ConfigOption,
 ) -> None:
     """Measure decode speed and OS-measured peak memory for each strategy at each budget."""
@@ -113,6 +119,7 @@ def benchmark_command(
             "repeat": repeat,
             "memory_limit": memory_limit,
             "llama_cpp": llama_cpp,
+            "cluster": cluster,
         },
     )
     for key, minimum in (("repeat", 1), ("max_tokens", 1), ("max_context", 2), ("threads", 1)):
@@ -125,7 +132,15 @@ def benchmark_command(
         if path is not None and not path.parent.is_dir():
             raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist; create it "
                               "or write the file elsewhere.")
-    configs = sweep_configs(_split(values["sweep_memory"]), _split(values["strategies"]))
+    clusters = _split(values["cluster"] or "")
+    if clusters:
+        require_dask()
+        for spec in clusters:
+            parse_local(spec)  # a mistyped local:N is said before the sweep
+        if values["memory_limit"] is not None:
+            raise ConfigError("--memory-limit puts one process in a memory cgroup; a cluster's "
+                              "workers have their own limits (dask worker --memory-limit).")
+    configs = sweep_configs(_split(values["sweep_memory"]), _split(values["strategies"]), clusters)
     source = open_source(str(values["model"]))  # a missing or unreadable model is said once, not per run
     model_files = sorted(source.file_sizes()) if source.format != "synthetic" else []
     source.close()
@@ -200,6 +215,9 @@ BENCH_COLUMNS: list[tuple[str, Justify]] = [
     ("load ms", "right"), ("hidden", "right"), ("tok/s", "right"), ("x base", "right"),
     ("read/tok", "right"), ("disk MiB/s", "right"),
 ]
+CLUSTER_COLUMNS: list[tuple[str, Justify]] = [
+    ("cluster", "left"), ("workers", "right"), ("hop ms", "right"),
+]
 LIMIT_COLUMNS: list[tuple[str, Justify]] = [
     ("limit", "right"), ("cgroup peak", "right"), ("failcnt", "right"), ("disk bound", "right"),
     ("x bound", "right"),
@@ -212,7 +230,9 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
     limited = any(r.memory_limit_bytes is not None for r in results)
     heat = any(r.temperature_start_c is not None for r in results)
     adapted = any(r.events for r in results)
+    clustered = any(r.cluster is not None for r in results)
     columns = (BENCH_COLUMNS + (LIMIT_COLUMNS if limited else [])
+               + (CLUSTER_COLUMNS if clustered else [])
                + ([("°C start", "right"), ("°C end", "right")] if heat else [])
                + ([("events", "left")] if adapted else []))
     table = make_table(columns + ([("note", "left")] if any(notes) else []))
@@ -235,6 +255,9 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
             cells += [_size(r.memory_limit_bytes), _size(r.cgroup_peak_bytes),
                       "-" if r.failcnt is None else str(r.failcnt),
                       _fmt(r.disk_bound_tokens_per_s, ".1f"), _fmt(r.of_disk_bound, ".2f")]
+        if clustered:
+            cells += [r.cluster or "one process", "-" if r.workers is None else str(r.workers),
+                      _fmt(r.hop_ms, ".1f")]
         if heat:
             cells += [_fmt(r.temperature_start_c, ".1f"), _fmt(r.temperature_end_c, ".1f")]
         if adapted:  # the governor changed the run: say how, briefly
@@ -250,6 +273,10 @@ def _print_table(results: list[BenchResult], summary: dict[str, Any]) -> None:
         detail = "" if not by_round else " (round by round: " + ", ".join(f"{r:.2f}" for r in by_round) + ")"
         typer.echo(f"speculative-prefetch / sequential at {budget}: {ratio:.2f}x{detail}")
     typer.echo(f"peak RSS over baseline within budget for every run: {summary['all_within_budget']}")
+    if clustered:
+        typer.echo("(cluster rows: the budget is each worker's; the RSS columns are the worker whose "
+                   "peak rose most over its baseline; 'hop ms' is the median over the workers of "
+                   "the time a call into one took beyond its own work)")
     typer.echo(f"identical generated tokens across runs: {summary['identical_outputs']}")
     if summary["llama_cpp_same_tokens"] is not None:
         same = summary["llama_cpp_same_tokens"]

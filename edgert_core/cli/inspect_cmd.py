@@ -11,14 +11,17 @@ import typer
 from edgert_core.api import choose_backend, device_facts, open_source
 from edgert_core.budget import MemoryBudget, format_bytes
 from edgert_core.cli.app import (
+    ClusterOption,
     ConfigOption,
     KVCacheOption,
+    WorkerBudgetOption,
     app,
     apply_preset,
     print_json,
     require_at_least,
 )
 from edgert_core.cli.tables import Justify, add_row, echo_table, make_table
+from edgert_core.errors import GenerationError
 from edgert_core.inspection import ALL_RESIDENT, compare_plans, describe_layout
 from edgert_core.memory import auto_budget
 from edgert_core.memory.auto_budget import is_auto
@@ -49,16 +52,24 @@ def inspect_command(
     ),
     kv_cache: str = KVCacheOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    cluster: str | None = ClusterOption,
+    worker_budget: str | None = WorkerBudgetOption,
+    strategy: str = typer.Option(
+        "auto", "--strategy", "-s", help="With --cluster: the strategy each worker plans with."),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Show a model's layers, tensor types and bytes, and each installed strategy's plan."""
+    """Show a model's layers, tensor types and bytes, and each installed strategy's plan; with
+    --cluster, how a run there would split the layers and each worker's plan."""
     values = apply_preset(
         ctx,
         config,
         {"model": model, "memory_budget": memory_budget, "max_context": max_context, "backend": backend,
-         "kv_cache": kv_cache},
+         "kv_cache": kv_cache, "cluster": cluster, "worker_budget": worker_budget},
     )
     require_at_least(ctx, config, values, "max_context", 2)
+    if values["cluster"] is not None:
+        _inspect_cluster(values, strategy, as_json)
+        return
     budget = values["memory_budget"]
     auto = auto_budget.resolve(current_rss_bytes()) if is_auto(budget) else None
     plan_ctx = PlanningContext(  # the options first: a mistyped budget is said before any file opens
@@ -148,3 +159,53 @@ def _print_report(report: dict[str, Any]) -> None:
         typer.echo(f"auto picks: {p['auto']}")
     else:
         typer.echo(f"auto: {p['auto_error']}")
+
+
+CLUSTER_COLUMNS: list[tuple[str, Justify]] = [
+    ("worker", "left"), ("layers", "right"), ("limit", "right"), ("RSS", "right"),
+    ("budget", "right"), ("minimum", "right"), ("strategy", "left"), ("groups", "left"),
+    ("streamed/tok", "right"), ("peak", "right"),
+]
+
+
+def _inspect_cluster(values: dict[str, Any], strategy: str, as_json: bool) -> None:
+    """``inspect --cluster``: the split and each worker's plan, nothing prepared."""
+    from edgert_core.cluster.pipeline import (
+        describe_split,
+        require_dask,
+        settings_from,
+        worker_model_name,
+    )
+
+    require_dask()
+    if values["memory_budget"] is not None:
+        raise GenerationError("--memory-budget is one process's budget; with --cluster each "
+                              "worker has its own: use --worker-budget.")
+    budget = values["worker_budget"]
+    settings = settings_from(
+        worker_model_name(str(values["model"])), backend=values["backend"], strategy=strategy,
+        max_context=int(values["max_context"]), kv_cache=str(values["kv_cache"]),
+        worker_budget=None if budget is None else MemoryBudget.parse(budget).bytes)
+    registry = load_registry()
+    whole = open_source(str(values["model"])).validate()
+    rows = describe_split(str(values["cluster"]), whole, registry, settings)
+    if as_json:
+        print_json({"model": whole.name, "cluster": values["cluster"], "workers": rows})
+        return
+    typer.echo(f"{whole.name}: {whole.config.dims.n_layers} layers on {len(rows)} worker(s) of "
+               f"{values['cluster']} (plans as backend {rows[0]['backend']} sizes the weights)")
+    table = make_table(CLUSTER_COLUMNS)
+    for r in rows:
+        groups = " ".join(f"{a}-{b}{'' if res else '*'}"
+                          for (a, b), res in zip(r["groups"], r["resident_groups"], strict=True))
+        add_row(table, [
+            r["address"], f"{r['layers'][0]}-{r['layers'][1]}" + (" +head" if r["head"] else ""),
+            "-" if r["memory_limit"] is None else format_bytes(r["memory_limit"]),
+            format_bytes(r["rss_bytes"]),
+            "none" if r["budget_bytes"] is None else format_bytes(r["budget_bytes"]),
+            format_bytes(r["minimum_bytes"]), r["strategy"], groups,
+            format_bytes(r["streamed_bytes_per_token"]), format_bytes(r["predicted_peak_bytes"]),
+        ])
+    echo_table(table)
+    typer.echo("(groups marked * are streamed; the first worker also looks up the token "
+               "embeddings, read by row from the file)")

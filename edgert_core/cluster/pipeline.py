@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,23 @@ def connect(spec: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         raise ClusterError(f"The Dask scheduler at {spec} has no worker after {timeout_s:g} s; "
                            "start one with `dask worker ADDRESS` on each device.") from None
     return client, cluster
+
+
+def live_workers(client: Any) -> list[str]:
+    """The addresses of the workers the scheduler lists now, sorted."""
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def gather_facts(client: Any, model: str, addresses: Sequence[str], *,
+                 configure: bool) -> dict[str, dict[str, Any]]:
+    """Every worker's :func:`~edgert_core.cluster.stage.worker_facts` (``configure``: also set its
+    Dask memory thresholds for a run)."""
+    try:
+        facts: dict[str, dict[str, Any]] = client.run(worker_facts, model, configure,
+                                                      workers=list(addresses))
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"A worker did not answer: {exc}") from None
+    return facts
 
 
 @dataclass(frozen=True)
@@ -290,23 +308,14 @@ class ClusterPipeline:
 
     # -- workers -------------------------------------------------------------------------------
     def _live_workers(self) -> list[str]:
-        info = self.client.scheduler_info(n_workers=-1)
-        return sorted(info["workers"])
-
-    def _facts(self, addresses: Sequence[str]) -> dict[str, dict[str, Any]]:
-        try:
-            facts: dict[str, dict[str, Any]] = self.client.run(
-                worker_facts, self.settings.model, workers=list(addresses))
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"A worker did not answer within {self.timeout_s:g} s: {exc}") \
-                from None
-        return facts
+        return live_workers(self.client)
 
     def _start(self, addresses: Sequence[str]) -> None:
         if not addresses:
             raise ClusterError("The Dask cluster has no worker left; start workers with "
                                "`dask worker ADDRESS`.")
-        self.plans = plan_split(self.whole, self.registry, self.settings, self._facts(addresses))
+        facts = gather_facts(self.client, self.settings.model, addresses, configure=True)
+        self.plans = plan_split(self.whole, self.registry, self.settings, facts)
         s = self.settings
         futures = [
             self.client.submit(
@@ -386,8 +395,12 @@ class ClusterPipeline:
         if self._closed:
             raise ClusterError("This cluster run is closed; load the model again.")
         batch = [int(i) for i in ids]
+        lost: list[WorkerPlan] = []
         while True:
             try:
+                if lost:  # another loss while prefilling again comes back here too
+                    self._recover(lost, start)
+                    lost = []
                 logits = self._call(batch, start, all_logits)
                 break
             except EdgeRTError:
@@ -397,7 +410,6 @@ class ClusterPipeline:
                 if not lost:
                     raise ClusterError(f"The pipeline failed without losing a worker: {exc!r}") \
                         from None
-                self._recover(lost, start)
         del self.cached_ids[start:]
         self.cached_ids.extend(batch)
         return logits
@@ -450,10 +462,56 @@ class ClusterPipeline:
             self.cluster.close()
 
 
+def describe_split(spec: str, whole: ValidatedModel, registry: PluginRegistry, settings: Settings,
+                   timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """What a run on ``spec`` would do, without preparing anything (``inspect --cluster``): the
+    split and each worker's plan for its stage, as this machine's backend sizes the weights (a
+    worker with another best backend plans with its own sizes when it runs)."""
+    from edgert_core.api import choose_backend
+    from edgert_core.engine import Engine
+
+    client, cluster = connect(spec, timeout_s)
+    try:
+        facts = gather_facts(client, settings.model, live_workers(client), configure=False)
+        rows = []
+        for p in plan_split(whole, registry, settings, facts):
+            part = whole.layers(p.first, p.stop)
+            backend = choose_backend(registry, part.dtypes, settings.backend)
+            ctx = PlanningContext(budget_bytes=p.budget_bytes, max_context=settings.max_context,
+                                  prefill_chunk=settings.prefill_chunk, kv_cache=settings.kv_cache)
+            planned = Engine(part, backend).plan(ctx, settings.strategy, registry)
+            plan, layout = planned.plan, planned.layout
+            rows.append({
+                "address": p.address, "layers": [p.first, p.stop - 1],
+                "budget_bytes": p.budget_bytes, "memory_limit": p.memory_limit,
+                "rss_bytes": p.rss_bytes, "minimum_bytes": p.minimum_bytes,
+                "backend": backend.name, "strategy": plan.strategy,
+                "groups": [[g.layers[0] + p.first, g.layers[-1] + p.first] for g in plan.groups],
+                "resident_groups": [g.resident for g in plan.groups],
+                "head": bool(layout.head),
+                "resident_bytes": plan.resident_bytes(layout),
+                "streamed_bytes_per_token": plan.streamed_bytes_per_token(layout),
+                "predicted_peak_bytes": plan.predicted_peak_bytes,
+            })
+        return rows
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_model_name(model: str | Path) -> str:
+    """How workers are told the model: a file here by its absolute path (each worker opens the
+    same path on its own disk), anything else (a pulled name) as given."""
+    local = Path(str(model))
+    return str(local.resolve()) if local.exists() else str(model)
+
+
 def settings_from(model: str, **kwargs: Any) -> Settings:
     """:class:`Settings` for ``model`` with the keyword arguments that are set."""
     return replace(Settings(model=model), **{k: v for k, v in kwargs.items() if v is not None})
 
 
-__all__ = ["ClusterPipeline", "Settings", "WorkerPlan", "connect", "plan_split", "require_dask",
-           "settings_from"]
+__all__ = ["ClusterPipeline", "Settings", "WorkerPlan", "connect", "describe_split",
+           "gather_facts", "live_workers", "plan_split", "require_dask", "settings_from",
+           "worker_model_name"]

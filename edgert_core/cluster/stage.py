@@ -53,11 +53,11 @@ class NextStage(Protocol):
     def forward(self, ids: list[int], hidden: F32, start: int, all_logits: bool) -> Any: ...
 
 
-def worker_facts(model: str, dask_worker: Any = None) -> dict[str, Any]:
+def worker_facts(model: str, configure: bool = True, dask_worker: Any = None) -> dict[str, Any]:
     """A worker's answer before any work (run on every worker with ``Client.run``): its memory
     limit, its RSS now (what Dask and edge-rt take before any weight), and whether it can open
-    ``model`` (its size, or the error). Also turns off Dask's own memory actions that would act on
-    an edge-rt stage within its budget (see :mod:`edgert_core.cluster`)."""
+    ``model`` (its size, or the error). With ``configure``, also turns off Dask's own memory
+    actions that would act on an edge-rt stage within its budget (see :mod:`edgert_core.cluster`)."""
     from edgert_core.api import open_source
     from edgert_core.memory.rss import current_rss_bytes
 
@@ -65,6 +65,7 @@ def worker_facts(model: str, dask_worker: Any = None) -> dict[str, Any]:
                              "memory_limit": None, "model_bytes": None, "error": None}
     if dask_worker is not None:
         facts["memory_limit"] = dask_worker.memory_manager.memory_limit
+    if dask_worker is not None and configure:
         manager = dask_worker.memory_manager
         # a stage's data is its engine's pool, not Dask data: spilling has nothing to move and a
         # pause would stop the pipeline; the nanny's terminate threshold stays (it guards the
