@@ -655,6 +655,7 @@ def load_model(
     soft_temp_c: float | None = None,
     cluster: str | None = None,
     worker_budget: str | int | None = None,
+    cluster_timeout_s: float = 30.0,
 ) -> Model:
     """Open, validate and plan a model; weights are read on first use.
 
@@ -686,7 +687,8 @@ def load_model(
     worker processes on loopback; else a scheduler address such as ``tcp://HOST:8786``), each
     stage under its worker's budget (``worker_budget``, e.g. ``"1G"``; by default its Dask memory
     limit less what it holds and a margin): see :mod:`edgert_core.cluster`. Needs the ``cluster``
-    extra; ``memory_budget`` and the governor do not apply there.
+    extra; ``memory_budget`` and the governor do not apply there. A scheduler or worker that has
+    not answered within ``cluster_timeout_s`` at the start is an error, not a hang.
     """
     if max_context < 2:
         raise GenerationError(f"max_context must be at least 2 tokens, got {max_context}.")
@@ -712,7 +714,8 @@ def load_model(
         return load_cluster_model(
             validated, reg, cluster, model=worker_model_name(str(model)), backend=backend, strategy=strategy,
             max_context=max_context, prefill_chunk=prefill_chunk, kv_cache=kv_cache,
-            activations=activations, threads=threads, worker_budget=worker_budget, notify=notify)
+            activations=activations, threads=threads, worker_budget=worker_budget, notify=notify,
+            timeout_s=cluster_timeout_s)
     chosen = choose_backend(reg, validated.dtypes, backend)
     if threads is not None:
         if threads < 1:

@@ -201,9 +201,10 @@ def test_a_scheduler_that_does_not_answer_is_a_timeout_error() -> None:
 
 # -- a cluster of processes the test owns (workers without a nanny stay dead) --------------------------
 @contextlib.contextmanager
-def loopback_dask(tmp_path: Path, n: int,
-                  worker_env: list[dict[str, str]] | None = None) -> Iterator[str]:
-    """A scheduler and ``n`` worker processes on 127.0.0.1; yields the scheduler's address."""
+def loopback_dask(tmp_path: Path, n: int, worker_env: list[dict[str, str]] | None = None,
+                  memory_limits: list[str] | None = None) -> Iterator[str]:
+    """A scheduler and ``n`` worker processes on 127.0.0.1 (each with ``--memory-limit``, 2 GiB
+    unless given); yields the scheduler's address."""
     file = tmp_path / "scheduler.json"
     procs = [subprocess.Popen(
         [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
@@ -218,7 +219,8 @@ def loopback_dask(tmp_path: Path, n: int,
             env = {**os.environ, **((worker_env or [{}] * n)[i])}
             procs.append(subprocess.Popen(
                 [str(DASK), "worker", "--scheduler-file", str(file), "--no-nanny", "--host",
-                 "127.0.0.1", "--nthreads", "1", "--memory-limit", "2GiB", "--no-dashboard"],
+                 "127.0.0.1", "--nthreads", "1", "--memory-limit",
+                 (memory_limits or ["2GiB"] * n)[i], "--no-dashboard"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
         import json
 
@@ -328,7 +330,7 @@ def test_inspect_cluster_shows_the_split_and_each_workers_plan(
     assert code == 0, err
     report = json.loads(out)
     rows = report["workers"]
-    assert [r["layers"] for r in rows][0][0] == 0 and rows[-1]["layers"][1] == 29
+    assert rows[0]["layers"][0] == 0 and rows[-1]["layers"][1] == 29
     assert [r["head"] for r in rows] == [False, False, True]
     for r in rows:
         assert r["budget_bytes"] == 40 * 2**20
@@ -357,3 +359,67 @@ def test_benchmark_runs_the_sweep_on_each_cluster_after_the_one_process_baseline
     assert all(r["hop_ms"] > 0 for r in rows[1:])
     assert rows[2]["within_budget"] is True
     assert data["summary"]["identical_outputs"] is True
+
+
+def test_a_worker_that_does_not_answer_at_the_start_is_a_timeout_error(tmp_path: Path) -> None:
+    with loopback_dask(tmp_path, 2) as address:
+        client, _ = connect(address, timeout_s=30)
+        pids = client.run(os.getpid)
+        client.close()
+        stuck_address, stuck = sorted(pids.items())[1]
+        os.kill(stuck, signal.SIGSTOP)  # alive to the scheduler, silent to everyone
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(ClusterError, match=f"{stuck_address}.* did not answer within 3 s"):
+                load_model(smollm2_path(), cluster=address, cluster_timeout_s=3, notify=None)
+            assert time.monotonic() - t0 < 60
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+
+
+def test_chat_runs_on_a_cluster(monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    code, out, err = run_cli(["chat", "--model", str(smollm2_path()), "--cluster", "local:2",
+                              "-n", "12"], monkeypatch, capsys,
+                             stdin=io.StringIO("What is the capital of France?\n"))
+    assert code == 0, err
+    assert "on 2 Dask worker(s)" in err
+    m = load_model(smollm2_path(), backend="neon", governor="none", notify=None)
+    try:
+        want = m.chat().send("What is the capital of France?", max_tokens=12).result().text
+    finally:
+        m.close()
+    assert want and want.strip() in out
+
+
+def test_workers_with_different_memory_limits_get_shares_to_match(tmp_path: Path) -> None:
+    """No --worker-budget: each budget is the worker's Dask limit less its RSS and the margin,
+    and the worker with three times the limit gets about three times the weights."""
+    path = smollm2_path()
+    want = reference_ids(path, "neon", 8)
+    with loopback_dask(tmp_path, 2, memory_limits=["300MiB", "900MiB"]) as address:
+        m = load_model(path, backend="neon", cluster=address, notify=None)
+        try:
+            got = m.generate(PROMPT, max_tokens=8).result().ids
+            plans = m.pipeline.plans  # type: ignore[attr-defined]
+            report = m.engine_report()
+        finally:
+            m.close()
+    assert got == want
+    small, big = sorted(plans, key=lambda p: p.memory_limit)
+    for p in plans:  # the limit less the RSS and a 10 % margin (at least 32 MiB)
+        assert p.budget_bytes == p.memory_limit - p.rss_bytes - max(32 * 2**20,
+                                                                   int(p.memory_limit * 0.10))
+    layout = open_source(path).validate().layout()
+
+    def weight(p):  # type: ignore[no-untyped-def]
+        head = layout.head_bytes if p.stop == 30 else 0
+        return sum(layout.layer_bytes[p.first:p.stop]) + head
+
+    share = weight(big) / (weight(big) + weight(small))
+    wanted = big.budget_bytes / (big.budget_bytes + small.budget_bytes)
+    assert abs(share - wanted) < 0.05, (share, wanted)
+    for w in report["workers"]:
+        assert w["peak_rss_bytes"] - w["baseline_rss_bytes"] <= w["budget_bytes"]

@@ -112,15 +112,29 @@ def live_workers(client: Any) -> list[str]:
     return sorted(client.scheduler_info(n_workers=-1)["workers"])
 
 
-def gather_facts(client: Any, model: str, addresses: Sequence[str], *,
-                 configure: bool) -> dict[str, dict[str, Any]]:
+def gather_facts(client: Any, model: str, addresses: Sequence[str], *, configure: bool,
+                 timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> dict[str, dict[str, Any]]:
     """Every worker's :func:`~edgert_core.cluster.stage.worker_facts` (``configure``: also set its
-    Dask memory thresholds for a run)."""
+    Dask memory thresholds for a run), each a task pinned to its worker; a worker that has not
+    answered within ``timeout_s`` is a :class:`ClusterError` naming it (slow, stopped or cut off:
+    the scheduler may still list it)."""
+    import distributed
+
+    wait: Any = distributed.wait  # untyped in Dask
+    futures = {a: client.submit(worker_facts, model, configure, workers=[a],
+                                allow_other_workers=False, pure=False,
+                                key=f"edgert-facts-{a}-{time.monotonic_ns()}")
+               for a in addresses}
     try:
-        facts: dict[str, dict[str, Any]] = client.run(worker_facts, model, configure,
-                                                      workers=list(addresses))
-    except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"A worker did not answer: {exc}") from None
+        wait(list(futures.values()), timeout=timeout_s)
+    except TimeoutError:
+        silent = ", ".join(a for a, f in futures.items() if not f.done())
+        client.cancel(list(futures.values()))
+        raise ClusterError(f"Worker {silent} did not answer within {timeout_s:g} s: it is slow, "
+                           "stopped or unreachable; restart it or leave it out of the "
+                           "cluster.") from None
+    facts = {a: f.result() for a, f in futures.items()}
+    client.cancel(list(futures.values()))
     return facts
 
 
@@ -314,7 +328,8 @@ class ClusterPipeline:
         if not addresses:
             raise ClusterError("The Dask cluster has no worker left; start workers with "
                                "`dask worker ADDRESS`.")
-        facts = gather_facts(self.client, self.settings.model, addresses, configure=True)
+        facts = gather_facts(self.client, self.settings.model, addresses, configure=True,
+                             timeout_s=self.timeout_s)
         self.plans = plan_split(self.whole, self.registry, self.settings, facts)
         s = self.settings
         futures = [
@@ -472,7 +487,8 @@ def describe_split(spec: str, whole: ValidatedModel, registry: PluginRegistry, s
 
     client, cluster = connect(spec, timeout_s)
     try:
-        facts = gather_facts(client, settings.model, live_workers(client), configure=False)
+        facts = gather_facts(client, settings.model, live_workers(client), configure=False,
+                             timeout_s=timeout_s)
         rows = []
         for p in plan_split(whole, registry, settings, facts):
             part = whole.layers(p.first, p.stop)

@@ -8,8 +8,8 @@ runs its layers and calls the next one with its float32 ``[T, hidden]`` output (
 not through the client); the last stage runs the head and its logits come back up the chain. KV
 caches never leave their workers.
 
-This module imports no Dask: the actor's handles are Dask's, passed in by the client
-(:mod:`edgert_core.cluster.pipeline`), and the worker is the one the actor runs in.
+This module imports Dask only where it runs on a worker (to find that worker); the next stage's
+handle is Dask's, passed in by the client (:mod:`edgert_core.cluster.pipeline`).
 """
 
 from __future__ import annotations
@@ -54,13 +54,17 @@ class NextStage(Protocol):
 
 
 def worker_facts(model: str, configure: bool = True, dask_worker: Any = None) -> dict[str, Any]:
-    """A worker's answer before any work (run on every worker with ``Client.run``): its memory
+    """A worker's answer before any work (a task pinned to each worker): its memory
     limit, its RSS now (what Dask and edge-rt take before any weight), and whether it can open
     ``model`` (its size, or the error). With ``configure``, also turns off Dask's own memory
     actions that would act on an edge-rt stage within its budget (see :mod:`edgert_core.cluster`)."""
     from edgert_core.api import open_source
     from edgert_core.memory.rss import current_rss_bytes
 
+    if dask_worker is None:  # run as a task: the worker it runs in
+        from distributed import get_worker
+
+        dask_worker = get_worker()
     facts: dict[str, Any] = {"pid": os.getpid(), "rss_bytes": current_rss_bytes(),
                              "memory_limit": None, "model_bytes": None, "error": None}
     if dask_worker is not None:
