@@ -409,6 +409,7 @@ def test_workers_with_different_memory_limits_get_shares_to_match(tmp_path: Path
             m.close()
     assert got == want
     small, big = sorted(plans, key=lambda p: p.memory_limit)
+    assert (small.first, big.stop) == (0, 30)  # the larger budget takes the stage with the head
     for p in plans:  # the limit less the RSS and a 10 % margin (at least 32 MiB)
         assert p.budget_bytes == p.memory_limit - p.rss_bytes - max(32 * 2**20,
                                                                    int(p.memory_limit * 0.10))

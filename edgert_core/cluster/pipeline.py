@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from edgert_core.budget import format_bytes
 from edgert_core.cluster.split import split_layers
-from edgert_core.cluster.stage import StageActor, StageSpec, layer_ranges, worker_facts
+from edgert_core.cluster.stage import Settings, StageActor, StageSpec, layer_ranges, worker_facts
 from edgert_core.engine.pipeline import EngineTimes
 from edgert_core.errors import ClusterError, EdgeRTError, InfeasibleBudgetError, WorkerLostError
 from edgert_core.loaders.base import ValidatedModel
@@ -157,21 +157,6 @@ class WorkerPlan:
         return f"{self.first}-{self.stop - 1}"
 
 
-@dataclass
-class Settings:
-    """The run's settings every stage gets (see :class:`StageSpec`)."""
-
-    model: str
-    backend: str | None = None
-    strategy: str = "auto"
-    max_context: int = 512
-    prefill_chunk: int = 64
-    kv_cache: str = "f32"
-    activations: str | None = None
-    threads: int | None = None
-    worker_budget: int | None = None
-
-
 def worker_budget(limit: int | None, rss: int, given: int | None) -> int | None:
     """A worker's budget: ``given`` (``--worker-budget``), else its Dask memory limit less its
     RSS now and a margin for Dask (:data:`DASK_MARGIN_FRACTION`, at least
@@ -200,20 +185,25 @@ def part_minimum(whole: ValidatedModel, registry: PluginRegistry, settings: Sett
 def plan_split(whole: ValidatedModel, registry: PluginRegistry, settings: Settings,
                facts: dict[str, dict[str, Any]]) -> list[WorkerPlan]:
     """Cut the layers across the workers of ``facts`` (address -> :func:`worker_facts`) in
-    proportion to their budgets, in address order; a worker without the model is an error naming
-    it, and so is a stage its worker's budget cannot run. Workers beyond one per layer sit out."""
+    proportion to their budgets; a worker without the model is an error naming it, and so is a
+    stage its worker's budget cannot run.
+
+    The stages go to the workers in order of budget, the largest last: the last stage holds the
+    head (with tied embeddings the largest tensor), so there a share is easiest to meet. A worker
+    without a limit counts as the largest. Workers beyond one per layer (the smallest) sit out."""
     for address, f in sorted(facts.items()):
         if f["error"] is not None:
             raise ClusterError(f"Worker {address} cannot open the model: {f['error']}")
-    addresses = sorted(facts)[: whole.config.dims.n_layers]
-    budgets = {a: worker_budget(facts[a]["memory_limit"], facts[a]["rss_bytes"],
-                                settings.worker_budget) for a in addresses}
+    budgets = {a: worker_budget(f["memory_limit"], f["rss_bytes"], settings.worker_budget)
+               for a, f in facts.items()}
+    known = [b for b in budgets.values() if b is not None]
+    big = max(known) if known else 1
+    share = {a: float(big if b is None else b) for a, b in budgets.items()}
+    addresses = sorted(facts, key=lambda a: (share[a], a))[-whole.config.dims.n_layers:]
     layout = whole.layout()
-    big = max(b for b in budgets.values() if b is not None) if any(
-        b is not None for b in budgets.values()) else 1
-    shares = [float(b) if b is not None else float(big) for b in budgets.values()]
+    shares = [share[a] for a in addresses]
     if any(s <= 0 for s in shares):
-        poor = next(a for a in addresses if (budgets[a] or 0) <= 0 and budgets[a] is not None)
+        poor = next(a for a in addresses if share[a] <= 0)
         raise ClusterError(f"Worker {poor} has no room for a stage: its memory limit "
                            f"{format_bytes(facts[poor]['memory_limit'] or 0)} is taken by its RSS "
                            f"of {format_bytes(facts[poor]['rss_bytes'])}; give it a larger "
@@ -331,14 +321,9 @@ class ClusterPipeline:
         facts = gather_facts(self.client, self.settings.model, addresses, configure=True,
                              timeout_s=self.timeout_s)
         self.plans = plan_split(self.whole, self.registry, self.settings, facts)
-        s = self.settings
         futures = [
             self.client.submit(
-                StageActor,
-                StageSpec(model=s.model, first=p.first, stop=p.stop, budget_bytes=p.budget_bytes,
-                          backend=s.backend, strategy=s.strategy, max_context=s.max_context,
-                          prefill_chunk=s.prefill_chunk, kv_cache=s.kv_cache,
-                          activations=s.activations, threads=s.threads),
+                StageActor, StageSpec(self.settings, p.first, p.stop, p.budget_bytes),
                 actor=True, workers=[p.address], allow_other_workers=False, pure=False,
                 key=f"edgert-stage-{p.first}-{p.stop}-{time.monotonic_ns()}",
             )

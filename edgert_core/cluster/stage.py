@@ -24,20 +24,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgert_core.errors import ClusterError, EdgeRTError
+from edgert_core.memory.io_stats import read_bytes
 
 F32 = NDArray[np.float32]
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    """What a worker runs: layers ``first..stop-1`` of ``model`` (a path or a pulled name, opened
-    from the worker's own disk) with ``backend`` (``None``: the worker's best), ``strategy`` and a
-    budget of ``budget_bytes``; the run's context settings."""
+class Settings:
+    """A cluster run's settings: ``model`` (a path or a pulled name, which every worker opens from
+    its own disk), ``backend`` (``None``: each worker's best), the strategy each worker plans with,
+    the context settings, and ``worker_budget`` (``--worker-budget``; ``None``: from each worker's
+    memory limit)."""
 
     model: str
-    first: int
-    stop: int
-    budget_bytes: int | None
     backend: str | None = None
     strategy: str = "auto"
     max_context: int = 512
@@ -45,6 +44,18 @@ class StageSpec:
     kv_cache: str = "f32"
     activations: str | None = None
     threads: int | None = None
+    worker_budget: int | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a worker runs: layers ``first..stop-1`` of the run's model under a budget of
+    ``budget_bytes`` (``None``: every weight resident)."""
+
+    settings: Settings
+    first: int
+    stop: int
+    budget_bytes: int | None
 
 
 class NextStage(Protocol):
@@ -108,20 +119,22 @@ class StageActor:
         self.next: NextStage | None = None
         self.next_seconds = 0.0  # calls to the next stage, beyond its own work
         self.next_calls = 0
+        s = spec.settings
         try:
             registry = load_registry()
-            part = open_source(spec.model).validate().layers(spec.first, spec.stop)
-            backend = choose_backend(registry, part.dtypes, spec.backend)
-            if spec.threads is not None and backend.threads is not None:
-                backend.threads = spec.threads
-            backend.activations = choose_activations(backend, spec.activations)
-            ctx = PlanningContext(budget_bytes=spec.budget_bytes, max_context=spec.max_context,
-                                  prefill_chunk=spec.prefill_chunk, kv_cache=spec.kv_cache)
-            planned = Engine(part, backend).plan(ctx, spec.strategy, registry)
+            part = open_source(s.model).validate().layers(spec.first, spec.stop)
+            backend = choose_backend(registry, part.dtypes, s.backend)
+            if s.threads is not None and backend.threads is not None:
+                backend.threads = s.threads
+            backend.activations = choose_activations(backend, s.activations)
+            ctx = PlanningContext(budget_bytes=spec.budget_bytes, max_context=s.max_context,
+                                  prefill_chunk=s.prefill_chunk, kv_cache=s.kv_cache)
+            planned = Engine(part, backend).plan(ctx, s.strategy, registry)
             give_back_freed_memory()
             reset_peak_rss()
             # no prepared-weights cache for a part (see PartSource.file_identity)
             self.engine = planned.prepare(weight_cache=False, notify=None)
+            self.read_bytes_at_start = read_bytes()
         except EdgeRTError as exc:  # a plain error pickles back to the client with its message
             raise ClusterError(f"Worker {self.address} cannot run layers {spec.first}-"
                                f"{spec.stop - 1}: {exc}") from None
@@ -154,6 +167,7 @@ class StageActor:
         prepared and its RSS just before (the baseline), the mean hop to the next stage."""
         from edgert_core.memory.rss import peak_rss_bytes
 
+        now = read_bytes()
         plan = self.engine.plan
         return {
             "address": self.address,
@@ -174,6 +188,10 @@ class StageActor:
             "next_hop_ms": (1000 * self.next_seconds / self.next_calls
                             if self.next_calls else None),
             "cached_tokens": len(self.engine.cached_ids),
+            # bytes this worker read from disk since its stage was ready (streamed weights that
+            # were not in the page cache; None where the OS does not say)
+            "read_bytes": (None if now is None or self.read_bytes_at_start is None
+                           else now - self.read_bytes_at_start),
         }
 
     def close(self) -> None:
