@@ -23,9 +23,14 @@ PROMPT = "Explain why the sky is blue in one paragraph."
 #: distributed-llama's published Llama-2-7B Q40 figures on Raspberry Pi 4 (ms per token)
 DLLAMA_ONE_PI_MS = 1312.0
 DLLAMA_FOUR_PI_MS = 494.0
-#: Llama-3-8B: 32 layers, about 4.7 GB at 4 bits
+#: Llama-3-8B: 32 layers, about 4.7 GB at 4 bits, hidden 4096, vocabulary 128256
 BIG_LAYERS = 32
 BIG_BYTES = 4.7e9
+BIG_HIDDEN = 4096
+BIG_VOCAB = 128256
+#: a Raspberry Pi 4's Ethernet: 1 Gbit/s
+LAN_BYTES_PER_S = 125e6
+PIS = 4
 #: Llama-2-7B Q40 file size, for the bandwidth distributed-llama's one-Pi figure implies
 DLLAMA_7B_BYTES = 3.9e9
 
@@ -79,13 +84,20 @@ def main() -> None:
           f"median hop {hop:.1f} ms (Dask actor call on loopback, activations there and back)")
     pi_bytes_per_s = DLLAMA_7B_BYTES / (DLLAMA_ONE_PI_MS / 1000)
     compute = BIG_BYTES / pi_bytes_per_s * 1000
-    print(f"4-Pi pipeline, 8B Q4 ({BIG_BYTES / 1e9:.1f} GB, {BIG_LAYERS} layers): a pipeline runs "
-          f"the stages one after another for one sequence, so the compute stays that of one "
-          f"device reading every weight once: {compute:.0f} ms at the {pi_bytes_per_s / 1e9:.1f} "
-          f"GB/s distributed-llama's one-Pi figure implies, plus 4 hops of >= {hop:.1f} ms: "
-          f"about {compute + 4 * hop:.0f} ms/token, against distributed-llama's "
-          f"{DLLAMA_FOUR_PI_MS:.0f} ms on four Pis (tensor parallel: each Pi reads a quarter "
-          f"of every layer) and {DLLAMA_ONE_PI_MS:.0f} ms on one (7B).")
+    # per token: the activations go down the chain (PIS hops, the first from the client) and the
+    # last position's logits come back up through every stage
+    wire = PIS * (BIG_HIDDEN * 4 + BIG_VOCAB * 4) / LAN_BYTES_PER_S * 1000
+    total = compute + PIS * hop + wire
+    print(f"{PIS}-Pi pipeline, 8B Q4 ({BIG_BYTES / 1e9:.1f} GB, {BIG_LAYERS} layers), one "
+          f"sequence: the stages run one after another, so the compute is still one device's "
+          f"reading every weight once: {compute:.0f} ms at the {pi_bytes_per_s / 1e9:.1f} GB/s "
+          f"that distributed-llama's one-Pi figure implies; plus {PIS} hops of {hop:.1f} ms "
+          f"(the Dask call overhead measured here) and {wire:.0f} ms on a 1 Gbit/s LAN for the "
+          f"activations down and the {BIG_VOCAB * 4 / 1e3:.0f} kB of logits back up the chain: "
+          f"about {total:.0f} ms/token. distributed-llama: {DLLAMA_FOUR_PI_MS:.0f} ms on four "
+          f"Pis (tensor parallel: each Pi reads a quarter of every layer), "
+          f"{DLLAMA_ONE_PI_MS:.0f} ms on one (7B); ours would be {total / DLLAMA_FOUR_PI_MS:.1f}x "
+          "theirs, the price of fitting the model without splitting every matrix.")
 
 
 if __name__ == "__main__":
