@@ -46,6 +46,17 @@ def test_split_follows_the_shares_and_gives_every_stage_a_layer() -> None:
         split_layers([10] * 2, 0, [1, 1, 1])
 
 
+def test_measured_speeds_weigh_the_shares_only_where_they_differ_clearly() -> None:
+    from edgert_core.cluster.split import SPEED_SPREAD, stage_shares
+
+    assert stage_shares([100, 300], [1e9, 1.2e9]) == [100, 300]  # alike: the budgets alone
+    assert stage_shares([100, 300], [None, 3e9]) == [100, 300]  # not every speed measured
+    fast = stage_shares([100, 100], [1e9, 3e9])  # three times as fast: three times the share
+    assert fast[1] == pytest.approx(3 * fast[0])
+    edge = stage_shares([1, 1], [1.0, SPEED_SPREAD])
+    assert edge[1] > edge[0]
+
+
 @settings(max_examples=200, deadline=None)
 @given(layers=st.lists(st.integers(1, 10**6), min_size=1, max_size=40),
        head=st.integers(0, 10**7), shares=st.lists(st.integers(1, 10**9), min_size=1, max_size=8))
@@ -332,6 +343,7 @@ def test_inspect_cluster_shows_the_split_and_each_workers_plan(
     rows = report["workers"]
     assert rows[0]["layers"][0] == 0 and rows[-1]["layers"][1] == 29
     assert [r["head"] for r in rows] == [False, False, True]
+    assert all(r["speed_bytes_per_s"] > 1e8 for r in rows)  # measured on each worker
     for r in rows:
         assert r["budget_bytes"] == 40 * 2**20
         assert r["minimum_bytes"] <= r["predicted_peak_bytes"] <= r["budget_bytes"]

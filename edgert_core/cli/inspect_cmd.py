@@ -163,6 +163,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 CLUSTER_COLUMNS: list[tuple[str, Justify]] = [
     ("worker", "left"), ("layers", "right"), ("limit", "right"), ("RSS", "right"),
+    ("speed", "right"),
     ("budget", "right"), ("minimum", "right"), ("strategy", "left"), ("groups", "left"),
     ("streamed/tok", "right"), ("peak", "right"),
 ]
@@ -176,6 +177,7 @@ def _inspect_cluster(values: dict[str, Any], strategy: str, as_json: bool) -> No
         settings_from,
         worker_model_name,
     )
+    from edgert_core.cluster.split import SPEED_SPREAD
 
     require_dask()
     if values["memory_budget"] is not None:
@@ -202,10 +204,13 @@ def _inspect_cluster(values: dict[str, Any], strategy: str, as_json: bool) -> No
             r["address"], f"{r['layers'][0]}-{r['layers'][1]}" + (" +head" if r["head"] else ""),
             "-" if r["memory_limit"] is None else format_bytes(r["memory_limit"]),
             format_bytes(r["rss_bytes"]),
+            "-" if r["speed_bytes_per_s"] is None else f"{r['speed_bytes_per_s'] / 1e9:.1f} GB/s",
             "none" if r["budget_bytes"] is None else format_bytes(r["budget_bytes"]),
             format_bytes(r["minimum_bytes"]), r["strategy"], groups,
             format_bytes(r["streamed_bytes_per_token"]), format_bytes(r["predicted_peak_bytes"]),
         ])
     echo_table(table)
     typer.echo("(groups marked * are streamed; the first worker also looks up the token "
-               "embeddings, read by row from the file)")
+               "embeddings, read by row from the file; speed: float32 matrix-vector products, "
+               "bytes of weights per second, which weighs the split where workers differ by "
+               f"{SPEED_SPREAD:g}x or more)")

@@ -10,9 +10,12 @@ Planning (:mod:`~edgert_core.cluster.pipeline`): every worker first reports its 
 its RSS and whether it can open the model from its own disk (the same path, or a pulled name); a
 worker without it is an error naming the worker and the path, before any work. A worker's budget
 is ``--worker-budget`` or its memory limit less its RSS and a margin for Dask (10 %, at least
-32 MiB). The layers are cut into contiguous stages in proportion to the budgets
-(:mod:`~edgert_core.cluster.split`); each worker plans its stage with the run's strategy under its
-own budget, so a worker may still stream its layers. The token embeddings are looked up on the
+32 MiB). Each worker's speed is measured too (float32 matrix-vector products over 64 MiB, one
+worker at a time). The layers are cut into contiguous stages in proportion to the budgets, weighted
+by speed where the workers differ by 1.5x or more and the budgets allow it
+(:mod:`~edgert_core.cluster.split`); the largest budget takes the last stage, which holds the head.
+Each worker plans its stage with the run's strategy under its own budget, so a worker may still
+stream its layers. The token embeddings are looked up on the
 first stage and the head runs on the last; the client holds the tokenizer and the sampler.
 
 Data paths (:mod:`~edgert_core.cluster.stage`): each stage is a Dask actor; the client calls the

@@ -21,8 +21,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edgert_core.budget import format_bytes
-from edgert_core.cluster.split import split_layers
-from edgert_core.cluster.stage import Settings, StageActor, StageSpec, layer_ranges, worker_facts
+from edgert_core.cluster.split import split_layers, stage_shares
+from edgert_core.cluster.stage import (
+    Settings,
+    StageActor,
+    StageSpec,
+    layer_ranges,
+    measure_speed,
+    worker_facts,
+)
 from edgert_core.engine.pipeline import EngineTimes
 from edgert_core.errors import ClusterError, EdgeRTError, InfeasibleBudgetError, WorkerLostError
 from edgert_core.loaders.base import ValidatedModel
@@ -84,8 +91,10 @@ def connect(spec: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     cluster = None
     try:
         if n is not None:
+            # the scheduler's HTTP server (no dashboard) on a free loopback port, not 8787
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None,
+                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                    memory_limit=memory_limit, silence_logs=logging.ERROR)
             client = Client(cluster, timeout=timeout_s)
         else:
@@ -135,6 +144,16 @@ def gather_facts(client: Any, model: str, addresses: Sequence[str], *, configure
                            "cluster.") from None
     facts = {a: f.result() for a, f in futures.items()}
     client.cancel(list(futures.values()))
+    for a in addresses:  # one worker at a time, so that they do not slow each other down
+        speed = client.submit(measure_speed, workers=[a], allow_other_workers=False, pure=False,
+                              key=f"edgert-speed-{a}-{time.monotonic_ns()}")
+        try:
+            facts[a]["speed_bytes_per_s"] = speed.result(timeout=timeout_s)
+        except TimeoutError:
+            raise ClusterError(f"Worker {a} did not answer within {timeout_s:g} s: it is slow, "
+                               "stopped or unreachable.") from None
+        finally:
+            client.cancel([speed])
     return facts
 
 
@@ -151,6 +170,7 @@ class WorkerPlan:
     rss_bytes: int
     minimum_bytes: int
     pid: int | None = None
+    speed_bytes_per_s: float | None = None
 
     @property
     def layers(self) -> str:
@@ -190,7 +210,10 @@ def plan_split(whole: ValidatedModel, registry: PluginRegistry, settings: Settin
 
     The stages go to the workers in order of budget, the largest last: the last stage holds the
     head (with tied embeddings the largest tensor), so there a share is easiest to meet. A worker
-    without a limit counts as the largest. Workers beyond one per layer (the smallest) sit out."""
+    without a limit counts as the largest. Workers beyond one per layer (the smallest) sit out.
+    Where the measured speeds differ clearly, a faster worker's share grows
+    (:func:`~edgert_core.cluster.split.stage_shares`) unless a stage would then not fit its
+    worker's budget; then the budgets alone decide."""
     for address, f in sorted(facts.items()):
         if f["error"] is not None:
             raise ClusterError(f"Worker {address} cannot open the model: {f['error']}")
@@ -208,19 +231,29 @@ def plan_split(whole: ValidatedModel, registry: PluginRegistry, settings: Settin
                            f"{format_bytes(facts[poor]['memory_limit'] or 0)} is taken by its RSS "
                            f"of {format_bytes(facts[poor]['rss_bytes'])}; give it a larger "
                            "--memory-limit or pass --worker-budget.")
-    cuts = split_layers(layout.layer_bytes, layout.head_bytes, shares)
-    plans = []
-    for address, (first, stop) in zip(addresses, cuts, strict=True):
-        need = part_minimum(whole, registry, settings, first, stop)
-        budget = budgets[address]
-        if budget is not None and budget < need:
-            raise InfeasibleBudgetError(
-                f"Worker {address} cannot run layers {first}-{stop - 1} (split {layer_ranges(cuts)} "
-                f"over {len(cuts)} workers): they need at least {format_bytes(need)} and its budget "
-                f"is {format_bytes(budget)}; add workers or raise --worker-budget.", need)
-        plans.append(WorkerPlan(address, first, stop, budget, facts[address]["memory_limit"],
-                                facts[address]["rss_bytes"], need, facts[address]["pid"]))
-    return plans
+    speeds = [facts[a].get("speed_bytes_per_s") for a in addresses]
+    weighted = stage_shares(shares, speeds)
+    tries = [weighted, shares] if weighted != shares else [shares]
+    for k, attempt in enumerate(tries):
+        cuts = split_layers(layout.layer_bytes, layout.head_bytes, attempt)
+        plans = []
+        for address, (first, stop) in zip(addresses, cuts, strict=True):
+            need = part_minimum(whole, registry, settings, first, stop)
+            budget = budgets[address]
+            if budget is not None and budget < need:
+                if k + 1 < len(tries):  # the speeds asked too much of a budget: budgets alone
+                    break
+                raise InfeasibleBudgetError(
+                    f"Worker {address} cannot run layers {first}-{stop - 1} (split "
+                    f"{layer_ranges(cuts)} over {len(cuts)} workers): they need at least "
+                    f"{format_bytes(need)} and its budget is {format_bytes(budget)}; add workers "
+                    "or raise --worker-budget.", need)
+            f = facts[address]
+            plans.append(WorkerPlan(address, first, stop, budget, f["memory_limit"],
+                                    f["rss_bytes"], need, f["pid"], f.get("speed_bytes_per_s")))
+        else:
+            return plans
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 class _StageLost(Exception):
@@ -442,12 +475,13 @@ class ClusterPipeline:
         """``run --json``'s ``workers``: each stage's address, layers, budget, OS peak RSS over
         its baseline, and ``hop_ms``, the mean time a call into it took beyond its own work
         (from the client for the first stage, from the stage before for the others: sending the
-        activations there and the result back)."""
+        activations there and the result back); ``speed_bytes_per_s``, what the split measured."""
         out = []
         hops = [self.hops.ms, *(s.get("next_hop_ms") for s in self.last_stats[:-1])]
+        speeds = {p.address: p.speed_bytes_per_s for p in self.plans}
         for s, hop in zip(self.last_stats, hops, strict=True):
             out.append({**s, "layers": list(range(s["layers"][0], s["layers"][1] + 1)),
-                        "hop_ms": hop})
+                        "hop_ms": hop, "speed_bytes_per_s": speeds.get(s["address"])})
         return out
 
     def close(self) -> None:
@@ -486,6 +520,7 @@ def describe_split(spec: str, whole: ValidatedModel, registry: PluginRegistry, s
                 "address": p.address, "layers": [p.first, p.stop - 1],
                 "budget_bytes": p.budget_bytes, "memory_limit": p.memory_limit,
                 "rss_bytes": p.rss_bytes, "minimum_bytes": p.minimum_bytes,
+                "speed_bytes_per_s": p.speed_bytes_per_s,
                 "backend": backend.name, "strategy": plan.strategy,
                 "groups": [[g.layers[0] + p.first, g.layers[-1] + p.first] for g in plan.groups],
                 "resident_groups": [g.resident for g in plan.groups],

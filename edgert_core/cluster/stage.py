@@ -64,6 +64,30 @@ class NextStage(Protocol):
     def forward(self, ids: list[int], hidden: F32, start: int, all_logits: bool) -> Any: ...
 
 
+SPEED_MATRIX = (4096, 4096)  # float32 rows x columns: 64 MiB, larger than a last-level cache
+SPEED_SECONDS = 0.05
+SPEED_TRIES = 3
+
+
+def measure_speed() -> float:
+    """How fast this worker goes through weights, in bytes per second: the best of
+    :data:`SPEED_TRIES` runs of float32 matrix-vector products over a 64 MiB matrix for
+    :data:`SPEED_SECONDS` each (decode is such products over the weights, bound by memory
+    bandwidth). A rough figure for comparing workers, not a benchmark."""
+    rows, cols = SPEED_MATRIX
+    w = np.ones((rows, cols), dtype=np.float32)
+    x = np.ones(cols, dtype=np.float32)
+    best = 0.0
+    for _ in range(SPEED_TRIES):
+        n = 0
+        t0 = time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < SPEED_SECONDS or n == 0:
+            w @ x
+            n += 1
+        best = max(best, n * w.nbytes / elapsed)
+    return best
+
+
 def worker_facts(model: str, configure: bool = True, dask_worker: Any = None) -> dict[str, Any]:
     """A worker's answer before any work (a task pinned to each worker): its memory
     limit, its RSS now (what Dask and edge-rt take before any weight), and whether it can open
