@@ -314,7 +314,7 @@ class ClusterPipeline:
         self.last_stats: list[dict[str, Any]] = []
         self._actors: list[Any] = []
         self._closed = False
-        self._start(self._live_workers())
+        self._start(live_workers(self.client))
 
     # -- what generation reads -----------------------------------------------------------------
     @property
@@ -344,8 +344,10 @@ class ClusterPipeline:
         self.refresh_stats()
 
     # -- workers -------------------------------------------------------------------------------
-    def _live_workers(self) -> list[str]:
-        return live_workers(self.client)
+    def _gone(self) -> list[WorkerPlan]:
+        """The stages whose workers the scheduler no longer lists."""
+        live = set(live_workers(self.client))
+        return [p for p in self.plans if p.address not in live]
 
     def _start(self, addresses: Sequence[str]) -> None:
         if not addresses:
@@ -392,8 +394,7 @@ class ClusterPipeline:
     def _lost_workers(self) -> list[WorkerPlan]:
         deadline = time.monotonic() + LOSS_WAIT_S
         while True:
-            live = set(self._live_workers())
-            lost = [p for p in self.plans if p.address not in live]
+            lost = self._gone()
             if lost or time.monotonic() > deadline:
                 return lost
             time.sleep(0.2)
@@ -410,8 +411,7 @@ class ClusterPipeline:
                 logits, inner = future.result(timeout=LOSS_POLL_S)
                 break
             except TimeoutError:
-                live = set(self._live_workers())
-                if any(p.address not in live for p in self.plans):
+                if self._gone():
                     raise _StageLost from None
                 if time.perf_counter() - t0 > self.call_timeout_s:
                     raise ClusterError(f"A forward pass took more than {self.call_timeout_s:g} s; "
@@ -451,7 +451,7 @@ class ClusterPipeline:
         """Re-plan onto the live workers and re-prefill the tokens before ``start``."""
         gone = ", ".join(f"{p.address} (layers {p.layers})" for p in lost)
         self._drop_actors()
-        live = self._live_workers()
+        live = live_workers(self.client)
         for p in lost:
             self.events.append(ClusterEvent("worker_lost", start, p.address,
                                             f"worker {p.address} (layers {p.layers}) was lost",
