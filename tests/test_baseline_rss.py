@@ -34,16 +34,17 @@ from edgert_core.testing import smollm2_for_tests
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
-#: What this tree reaches, with room for what is not ours: 68.3-69.4 MiB measured in a checkout used
-#: for a while (79.5-80.4 before the vocabulary stayed bytes, the build's freed heap went back and
-#: gguf/rich loaded lazily): the interpreter with numpy and numpy.random 32.6 MiB, the tokenizers
-#: library and SmolLM2's tokenizer ~12.5, typer's parsing (pydantic) ~3, the core, the plugins, the
-#: rest. In a fresh clone with a fresh venv the same run reads 73.6 MiB, and 77.5 on its very first
-#: run (bytecode compiled): the shared libraries' file-backed pages (numpy's, tokenizers', OpenBLAS's
-#: .so files, just written and hot in the page cache) are mapped in bigger fault-around runs, +3.6 MiB
-#: of RssFile with the same RssAnon. So the bound is 82 MiB: it still catches losing the lazy imports
-#: or the vocabulary kept as Python strings (+9 MiB each) on top of a fresh-clone figure.
-REACHED_BYTES = 82 * MIB
+#: What this tree reaches, with room for what is not ours: 58.1-58.2 MiB measured in a checkout used
+#: for a while (70.4 before typer was kept below 0.29, whose option parsing imports pydantic, +8.1 MiB;
+#: sampling drew with numpy.random, +4.4; psutil was imported at start-up; 79.5-80.4 before the
+#: vocabulary stayed bytes): the interpreter with numpy 25.4 MiB, importlib.metadata (entry points)
+#: 3.2, the tokenizers library and SmolLM2's tokenizer ~13, the core, typer, the plugins, the rest. A
+#: fresh clone with a fresh venv reads more: the shared libraries' file-backed pages (numpy's,
+#: tokenizers', OpenBLAS's .so files, just written and hot in the page cache) are mapped in bigger
+#: fault-around runs, +3.6 MiB of RssFile with the same RssAnon, and about 4 MiB more on the very first
+#: run (bytecode compiled). So the bound is 68 MiB: it still catches pydantic back in the parsing or the
+#: vocabulary kept as Python strings (+8-9 MiB each) on top of a fresh-clone figure.
+REACHED_BYTES = 68 * MIB
 
 
 def _edge_rt() -> list[str]:
@@ -214,6 +215,37 @@ def test_opening_a_gguf_file_from_the_cli_imports_neither_gguf_nor_rich(tmp_path
                           capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == ["gguf", "rich"]
+
+
+#: what ``edge-rt run`` has no use for, and what each cost a run's baseline when it was imported
+NOT_FOR_A_RUN = ("gguf", "rich", "pydantic", "numpy.random")  # ~5, ~5, +8.1, +4.4 MiB
+
+
+def test_a_whole_cli_run_imports_no_module_it_does_not_use(tmp_path: Path) -> None:
+    """``edge-rt run`` with sampling (temperature 1, a seed) on a GGUF file, through the console
+    script's ``main`` in a fresh interpreter: typer's pydantic (typer 0.29), numpy.random (sampling
+    draws with the standard library), gguf and rich stay out of the process."""
+    path = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "Q8_0")
+    code = (
+        "import json, sys\n"
+        "import edgert_core.cli\n"
+        f"sys.argv = ['edge-rt', 'run', '--model', {str(path)!r}, '--backend', 'numpy',\n"
+        "            '--prompt-ids', '5,6,7', '--max-tokens', '4', '--temperature', '1',\n"
+        "            '--seed', '3', '--json']\n"
+        "try:\n"
+        "    edgert_core.cli.main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        f"print(json.dumps([m for m in {NOT_FOR_A_RUN!r} if m in sys.modules]))\n"
+    )
+    for preload, expected in (("", []), (f"import {', '.join(NOT_FOR_A_RUN)}\n", list(NOT_FOR_A_RUN))):
+        done = subprocess.run([sys.executable, "-c", preload + code], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        report, listed = done.stdout.strip().splitlines()[-2:]
+        assert len(json.loads(report)["generated_ids"]) == 4
+        # the probe sees the modules when they are imported, so an empty list means something
+        assert json.loads(listed) == expected
 
 
 def test_the_benchmark_table_shows_each_row_s_baseline(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,7 @@
 """What the operating system says this process holds: current and peak resident set size (RSS).
 
-* Current RSS comes from psutil.
+* Current RSS is the second field of ``/proc/self/statm`` (pages) on Linux, psutil's elsewhere
+  (psutil is imported only there: it is about 1 MiB of every run's baseline otherwise).
 * Peak RSS is ``VmHWM`` from ``/proc/self/status`` on Linux (kernel's high-water mark of RSS). Elsewhere
   it is ``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS), or psutil's
   ``peak_wset`` on Windows.
@@ -15,23 +16,31 @@ from __future__ import annotations
 import resource
 import sys
 from pathlib import Path
-
-import psutil
+from typing import Any
 
 _STATUS = Path("/proc/self/status")
+_STATM = Path("/proc/self/statm")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-_PROCESS: psutil.Process | None = None
+_PROCESS: Any = None  # a psutil.Process, made on first use where /proc/self/statm is missing
 
 
-def _process() -> psutil.Process:
+def _process() -> Any:
     global _PROCESS
     if _PROCESS is None:
+        import psutil
+
         _PROCESS = psutil.Process()
     return _PROCESS
 
 
 def current_rss_bytes() -> int:
     """Resident set size of this process now, in bytes."""
+    try:
+        fields = _STATM.read_bytes().split()
+    except OSError:
+        fields = []
+    if len(fields) >= 2 and fields[1].isdigit():
+        return int(fields[1]) * resource.getpagesize()
     return int(_process().memory_info().rss)
 
 

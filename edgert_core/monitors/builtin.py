@@ -30,13 +30,12 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
-
-import psutil
+from typing import Any, ClassVar
 
 from edgert_core.hookspecs import hookimpl
 from edgert_core.memory.auto_budget import parse_meminfo
 from edgert_core.memory.cgroup import V1_UNLIMITED, keyed_value, own_cgroup_paths
+from edgert_core.memory.rss import current_rss_bytes
 from edgert_core.monitors.base import Reading, SystemMonitor
 from edgert_core.monitors.roots import is_real, procfs_root, sysfs_root
 
@@ -92,6 +91,15 @@ def _read_int(path: Path) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def _psutil() -> Any:  # (psutil has no type hints)
+    """psutil, imported when a monitor that reads it is made (:class:`CpuMonitor`: per-core busy
+    time and core counts) or where ``/proc`` lacks a file (off Linux), not when this module is: a
+    run's baseline RSS (taken after its governor's monitors are made) holds it only if it is used."""
+    import psutil
+
+    return psutil
 
 
 def _absent(key: str, label: str, unit: str, note: str) -> Reading:
@@ -191,6 +199,7 @@ class CpuMonitor(RootedMonitor):
         super().__init__(root)
         self.interval = interval
         self._count_readings: list[Reading] | None = None
+        self._psutil = _psutil()
 
     def read(self) -> list[Reading]:
         roots = self.roots()
@@ -217,6 +226,7 @@ class CpuMonitor(RootedMonitor):
         return [Reading(f"cpu.{k}", label, v) for (k, label), v in zip(labels, loads, strict=True)]
 
     def _percent(self) -> list[Reading]:
+        psutil = self._psutil
         try:
             per_core = psutil.cpu_percent(interval=self.interval or None, percpu=True)
         except (OSError, RuntimeError, psutil.Error) as exc:
@@ -234,6 +244,7 @@ class CpuMonitor(RootedMonitor):
         """Core counts, asked of psutil once per monitor: the machine's shape, not its state (the
         physical count alone reads a topology file per core)."""
         if self._count_readings is None:
+            psutil = self._psutil
             logical = psutil.cpu_count(logical=True)
             physical = psutil.cpu_count(logical=False)
             self._count_readings = [
@@ -256,6 +267,7 @@ class CpuMonitor(RootedMonitor):
         missing = "no cpufreq"
         if all(v is None for v in mhz.values()) and roots.real:
             missing = "not reported (no cpufreq, psutil gives none)"
+            psutil = self._psutil
             try:
                 freq = psutil.cpu_freq()
             except (OSError, RuntimeError, NotImplementedError, psutil.Error):
@@ -293,7 +305,7 @@ class MemoryMonitor(RootedMonitor):
         roots = self.roots()
         fields = _meminfo(roots)
         if fields is None and roots.real:
-            vm = psutil.virtual_memory()
+            vm = _psutil().virtual_memory()
             return [
                 Reading("memory.total", "total", int(vm.total), "B"),
                 Reading("memory.available", "available", int(vm.available), "B"),
@@ -329,6 +341,7 @@ class SwapMonitor(RootedMonitor):
         total: int | None
         used: int | None
         if fields is None and roots.real:
+            psutil = _psutil()
             try:
                 sw = psutil.swap_memory()
             except (OSError, RuntimeError, psutil.Error) as exc:
@@ -364,9 +377,9 @@ class ProcessMonitor(RootedMonitor):
 
     def read(self) -> list[Reading]:
         try:
-            rss: int | None = int(psutil.Process().memory_info().rss)
+            rss: int | None = current_rss_bytes()
             rss_note = ""
-        except (OSError, psutil.Error) as exc:
+        except (OSError, _psutil().Error) as exc:  # (psutil only where /proc/self/statm is not)
             rss, rss_note = None, f"psutil: {exc}"
         peak, peak_note = self._peak()
         return [
