@@ -33,6 +33,7 @@ from edgert_core.chat import Conversation, turns_to_drop
 from edgert_core.device_cost import disk_bound_tokens_per_s
 from edgert_core.engine import Engine, PlannedEngine, ReadyEngine
 from edgert_core.errors import (
+    BudgetError,
     EdgeRTError,
     GenerationError,
     ModelError,
@@ -48,7 +49,7 @@ from edgert_core.generate import (
 )
 from edgert_core.governor import DEFAULT_GOVERNOR, NO_GOVERNOR, Event, Governor
 from edgert_core.layout import SYNTHETIC_SHAPES
-from edgert_core.loaders import ModelSource, open_model
+from edgert_core.loaders import ModelSource, ValidatedModel, open_model
 from edgert_core.memory import auto_budget, bandwidth
 from edgert_core.memory.auto_budget import is_auto
 from edgert_core.memory.malloc import give_back_freed_memory
@@ -262,6 +263,9 @@ class Model:
             else f"given: {format_bytes(self.context.budget_bytes)}")
         self.strategy = strategy
         self._registry = registry
+        #: the context asked for; ``context.max_context`` is what the KV cache holds, fewer
+        #: positions after :meth:`fit_context`
+        self.requested_max_context = self.context.max_context
         #: the policy that adapts a generation to the machine (``None``: adaptation off)
         self.governor = governor
         #: whether the budget was ``auto`` (taken from the machine: the governor re-reads it)
@@ -282,6 +286,10 @@ class Model:
             if planned is None:
                 planned = Engine(self.source, self.backend).plan(self.context, self.plan)
             self._planned = None
+            if self.governor is not None:  # its monitors' libraries (psutil) load before the baseline
+                from edgert_core.monitors.sampler import machine_monitors
+
+                machine_monitors()
             self._engine = planned.prepare(weight_cache=self._weight_cache, notify=self._notify,
                                            tune_process=self.tune_process)
         return self._engine
@@ -318,6 +326,27 @@ class Model:
                          if registry.provider("monitor", n).distribution != CORE_DISTRIBUTION]
         sampler = ReadingSampler(monitors, self.governor.read_interval_s)
         return AdaptiveRun(self, self.governor, sampler, stats, notify=self._notify)
+
+    def fit_context(self, positions: int) -> bool:
+        """Size the KV cache for ``positions`` tokens instead of ``max_context`` where that is
+        fewer and no engine is prepared yet: ``edge-rt run`` knows how far its one generation can
+        go (the prompt and ``max_tokens``). Under a budget, the bytes a full-size cache would have
+        taken for positions no token reaches go to weights instead (a plan with more of them
+        resident, so fewer read from disk per token); without a budget the run holds the same (a
+        cache's untouched pages are never resident). The cache does not grow again: a longer
+        generation stops at the end of the context, as with a smaller ``max_context``. Returns
+        whether it re-planned."""
+        positions = max(2, positions)
+        if self._engine is not None or self._planned is None or positions >= self.context.max_context:
+            return False
+        ctx = replace(self.context, max_context=positions)
+        planned = Engine(self.source, self.backend).plan(ctx, self.strategy, self._registry)
+        self._planned = planned
+        self.context, self.plan, self.layout = ctx, planned.plan, planned.layout
+        self.start_budget_bytes = (ctx.budget_bytes if ctx.budget_bytes is not None
+                                   else self.plan.predicted_peak_bytes)
+        self.minimum_budget_bytes = minimum_budget(self.layout, ctx)
+        return True
 
     def replan(self, budget_bytes: int) -> None:
         """Re-plan for ``budget_bytes`` with the same strategy (``auto`` where it has no plan for
@@ -723,28 +752,59 @@ def load_model(
         if chosen.threads is not None:
             chosen.threads = threads
     chosen.activations = choose_activations(chosen, activations)
-    budget_source = None
-    limit = None
-    if is_auto(memory_budget):
-        validated.tokenizer()  # built first (and kept): it is part of the baseline the budget is on
-        give_back_freed_memory()
-        auto = auto_budget.resolve(current_rss_bytes())
-        budget, budget_source, limit = auto.bytes, auto.source, auto.limit_bytes
+    check_kv_cache(kv_cache, validated.config.dims.head_dim)
+    chosen_governor = choose_governor(reg, governor, soft_temp_c)
+    auto = is_auto(memory_budget)
+    found = _auto_budget(validated) if auto else None
+    budget: int | None = None
+    if found is not None:
+        budget = found.bytes
     elif memory_budget is not None:
         budget = MemoryBudget.parse(memory_budget).bytes
-    else:
-        budget = None
-    check_kv_cache(kv_cache, validated.config.dims.head_dim)
-    room, disk = device_facts(validated.source, budget, limit, is_auto(memory_budget))
+    budget_source = None if found is None else found.source
+    planned = _plan(validated, chosen, budget, None if found is None else found.limit_bytes, auto,
+                    max_context, prefill_chunk, kv_cache, strategy, reg)
+    if memory_budget is None:  # every weight resident, unless the machine cannot hold that
+        try:
+            found = _auto_budget(validated)
+        except BudgetError:  # no figures to go by, or no room at all: as asked, then
+            found = None
+        resident = planned.plan.predicted_peak_bytes
+        if found is not None and resident > found.bytes:
+            auto = True
+            planned = _plan(validated, chosen, found.bytes, found.limit_bytes, True, max_context,
+                            prefill_chunk, kv_cache, strategy, reg)
+            budget_source = (f"{found.source} (no budget given; every weight resident needs "
+                             f"{format_bytes(resident)})")
+            if notify is not None:
+                notify(f"edge-rt: every weight resident needs {format_bytes(resident)}, more than "
+                       f"this machine leaves ({found.source.removeprefix('auto: ')}), so the run "
+                       "plans for that budget, as --memory-budget auto does.")
+    return Model(planned, budgeted=planned.context.budget_bytes is not None,
+                 weight_cache=weight_cache, notify=notify, tune_process=tune_process,
+                 budget_source=budget_source, strategy=strategy, registry=reg,
+                 governor=chosen_governor, auto_budget=auto)
+
+
+def _auto_budget(validated: ValidatedModel) -> auto_budget.AutoBudget:
+    """The budget the machine leaves this process (:func:`auto_budget.resolve`), the tokenizer
+    built first (and kept): it is part of the baseline the budget is on."""
+    validated.tokenizer()
+    give_back_freed_memory()
+    return auto_budget.resolve(current_rss_bytes())
+
+
+def _plan(validated: ValidatedModel, backend: KernelBackend, budget: int | None,
+          limit: int | None, auto: bool, max_context: int, prefill_chunk: int, kv_cache: str,
+          strategy: str, registry: PluginRegistry) -> PlannedEngine:
+    """The plan for ``budget`` (``None``: every weight resident) with the device facts ``auto``
+    ranks plans by under a memory limit (:func:`device_facts`)."""
+    room, disk = device_facts(validated.source, budget, limit, auto)
     ctx = PlanningContext(budget_bytes=budget, max_context=max_context, prefill_chunk=prefill_chunk,
                           kv_cache=kv_cache, room_bytes=room,
                           disk_bytes_per_s=None if disk is None else disk.bytes_per_s,
                           disk_read_mode=None if disk is None else disk.how)
-    chosen_governor = choose_governor(reg, governor, soft_temp_c)
-    planned = Engine(validated, chosen).plan(ctx, strategy, reg)
-    return Model(planned, budgeted=budget is not None, weight_cache=weight_cache, notify=notify,
-                 tune_process=tune_process, budget_source=budget_source, strategy=strategy,
-                 registry=reg, governor=chosen_governor, auto_budget=is_auto(memory_budget))
+    return Engine(validated, backend).plan(ctx, strategy, registry)
 
 
 def choose_governor(registry: PluginRegistry, name: str | None,
@@ -796,7 +856,8 @@ def generation_report(model: Model, gen: Generation) -> dict[str, Any]:
         "strategy": model.plan.strategy,
         "budget_bytes": model.context.budget_bytes,
         "budget_source": model.budget_source,
-        "max_context": model.context.max_context,
+        "max_context": model.requested_max_context,
+        "kv_positions": model.context.max_context,
         "groups": [list(g.layers) for g in model.plan.groups],
         "resident_groups": [g.resident for g in model.plan.groups],
         "head_resident": model.plan.head_resident,

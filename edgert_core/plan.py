@@ -6,7 +6,9 @@ The memory model (one rule, used by every strategy and by the validator):
   context's ``kv_cache`` precision (:func:`kv_cache_bytes`; for ``f16`` and ``q8_0`` also the fp32
   scratch attention reads one layer from, :func:`kv_scratch_bytes`), the activations of one
   prefill chunk (``prefill_chunk`` tokens through one layer, attention scores of the chunk against
-  the whole context, the residual stream of the whole context) and one row of logits.
+  the whole context, the residual stream of the whole context) and one row of logits, the chunk's
+  activations and the logits counted twice (the backends' temporaries: the numpy backend's MLP and
+  the head's slices hold several at once), and :data:`RUN_ALLOWANCE_BYTES`.
 * **Resident bytes** are the weights of groups marked ``resident`` (and the head when
   ``head_resident``); they are loaded once and kept.
 * **Streamed stages** are the other groups in order, then the head in slices of at most
@@ -43,6 +45,14 @@ DEFAULT_STAGE_BYTES = 4 * 2**20
 """The stage size a strategy uses when it streams in small stages: a prefetched stage and the ones
 beside it stay in a last-level cache of a few MiB between the load and the compute (on the reference
 x86 machine, 4 MiB stages load and compute about 1.5x faster than 13.5 MiB layers)."""
+
+RUN_ALLOWANCE_BYTES = 2 * 2**20
+"""What a run allocates outside the pool whatever the model, held for the whole run: Python objects
+made as it goes, a thread's malloc arena. Measured as OS-read RSS over the pool's own bytes (peak
+less baseline, less what the pool held): 1.6 MiB for a model of a few KiB (``tiny_llama``); on
+SmolLM2 (numpy and neon backends, several strategies, prompts of 4 to 60 tokens) 1.6-4.2 MiB, of
+which the activations and logits counted once covered 0.4-1.9 MiB. A context the prompt does not fill
+hides such a gap behind the KV cache's untouched pages; a full one does not."""
 
 PREFETCH_DEPTH = 2
 """How many stages a prefetching plan loads ahead of the one computing (one prefetch thread loads
@@ -173,7 +183,7 @@ def fixed_bytes(layout: ModelLayout, ctx: PlanningContext) -> int:
     scores = d.n_heads * chunk * ctx.max_context * FP32_BYTES
     residual = d.hidden * ctx.max_context * FP32_BYTES
     logits = d.vocab * FP32_BYTES
-    return kv + acts + scores + residual + logits
+    return kv + 2 * acts + scores + residual + 2 * logits + RUN_ALLOWANCE_BYTES
 
 
 def head_slices(head_bytes: int, slice_bytes: int, rows: int) -> list[int]:

@@ -8,6 +8,7 @@ has a byte-level tokenizer, so every code path runs without downloading anything
 
 from __future__ import annotations
 
+import importlib
 import zlib
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class SyntheticModel(ModelSource):
         infos += [*base.embeddings, *base.head]
         entries = {t.name: TensorEntry(t, path, 0, t.name) for t in infos}
         super().__init__(path, name, config, entries)
+        # the weights are drawn from numpy.random (about 4 MiB of extension modules): imported
+        # now, with the model, so that it is in a run's baseline RSS like any library start-up
+        importlib.import_module("numpy.random")
 
     def file_sizes(self) -> dict[Path, int]:
         return {self.path: 1 << 62}
@@ -61,13 +65,15 @@ class SyntheticModel(ModelSource):
     def tokenizer(self) -> ByteTokenizer:
         return ByteTokenizer(self.config.dims.vocab, self.config.eos_token_ids)
 
-    def _block(self, name: str, shape: tuple[int, ...], block: int) -> NDArray[np.float32]:
-        """Rows ``block*ROW_BLOCK ...`` of tensor ``name`` as float32 ``[rows, cols]``."""
+    def _block(self, name: str, shape: tuple[int, ...], block: int,
+               out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+        """Rows ``block*ROW_BLOCK ...`` of tensor ``name`` as float32 ``[rows, cols]``, drawn into
+        ``out`` when given (the block's whole shape: no temporary beside the destination)."""
         rows = shape[0] if len(shape) == 2 else 1
         cols = shape[-1]
         n = min(ROW_BLOCK, rows - block * ROW_BLOCK)
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode()), block])
-        values = rng.standard_normal((n, cols), dtype=np.float32)
+        values = rng.standard_normal((n, cols), dtype=np.float32, out=out)
         if len(shape) == 1 and name.endswith(".weight"):  # norm scales near 1
             values *= np.float32(0.1)
             values += np.float32(1.0)
@@ -84,11 +90,17 @@ class SyntheticModel(ModelSource):
         if byte_start % row_bytes or len(out) % row_bytes:
             raise ValueError("synthetic tensors are read in whole rows")
         dest = out.view(np.float32).reshape(n_rows, cols)
+        rows = info.shape[0] if len(info.shape) == 2 else 1
         row = first
         while row < first + n_rows:
             block = row // ROW_BLOCK
-            values = self._block(info.name, info.shape, block)
             lo = row - block * ROW_BLOCK
+            whole = min(ROW_BLOCK, rows - block * ROW_BLOCK)
+            if lo == 0 and row + whole <= first + n_rows:  # the whole block lands in ``out``
+                self._block(info.name, info.shape, block, dest[row - first : row - first + whole])
+                row += whole
+                continue
+            values = self._block(info.name, info.shape, block)
             take = min(len(values) - lo, first + n_rows - row)
             dest[row - first : row - first + take] = values[lo : lo + take]
             row += take

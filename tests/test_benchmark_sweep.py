@@ -148,14 +148,14 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
     the JSON rows carry OS-measured peaks; the CSV has one line per configuration."""
     out_csv = tmp_path / "sweep.csv"
     cmd = [sys.executable, "-m", "edgert_core", "benchmark", "--model", str(mh.fixture("tiny_llama")),
-           "--backend", "numpy", "--sweep-memory", "2M,8M", "--strategies", "sequential,speculative-prefetch",
+           "--backend", "numpy", "--sweep-memory", "3M,8M", "--strategies", "sequential,speculative-prefetch",
            "--max-tokens", "4", "--max-context", "64", "--repeat", "2", "--json", "--csv", str(out_csv)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = data["rows"]
     assert [(r["strategy"], r["budget"]) for r in rows] == [
-        ("resident", None), ("sequential", "2M"), ("speculative-prefetch", "2M"),
+        ("resident", None), ("sequential", "3M"), ("speculative-prefetch", "3M"),
         ("sequential", "8M"), ("speculative-prefetch", "8M"),
     ]
     for row in rows:
@@ -166,7 +166,7 @@ def test_benchmark_command_end_to_end(tmp_path: Path) -> None:
             assert row["within_budget"] is True
     assert data["summary"]["identical_outputs"] is True
     assert data["summary"]["rounds"] == 2
-    assert set(data["summary"]["speculative_vs_sequential_by_round"]) == {"2M", "8M"}
+    assert set(data["summary"]["speculative_vs_sequential_by_round"]) == {"3M", "8M"}
     assert "[10/10]" in proc.stderr  # progress counts every process of both rounds
     table = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert len(table) == 5 and table[1]["strategy"] == "sequential" and table[1]["runs"] == "2"

@@ -26,7 +26,7 @@ from edgert_core.generate import generate_ids
 from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES, DeviceRoom
 from edgert_core.memory.malloc import give_back_freed_memory
 from edgert_core.memory.rss import current_rss_bytes
-from edgert_core.plan import PlanningContext, minimum_budget
+from edgert_core.plan import PlanningContext, fixed_bytes, minimum_budget
 from edgert_core.plugin_api import PartitionStrategy, group_stages, hookimpl, make_plan
 from edgert_core.plugins import load_registry
 
@@ -59,7 +59,8 @@ def budgets_for(model_path: Path, backend: str) -> list[int]:
     model = load_model(model_path, backend=backend, max_context=64, prefill_chunk=4, notify=None)
     ctx = PlanningContext(None, max_context=64, prefill_chunk=4)
     low = minimum_budget(model.layout, ctx)
-    return [low, low * 5 // 4, low * 2, low * 8]
+    fixed = fixed_bytes(model.layout, ctx)  # the weights' room is what grows
+    return [low, fixed + (low - fixed) * 5 // 4, fixed + (low - fixed) * 2, fixed + (low - fixed) * 8]
 
 
 def prefetch_budget(model_path: Path, max_context: int = 64) -> int:
@@ -68,7 +69,9 @@ def prefetch_budget(model_path: Path, max_context: int = 64) -> int:
 
     model = load_model(model_path, backend="numpy", max_context=max_context, notify=None)
     ctx = PlanningContext(None, max_context=max_context)
-    return prefetch_minimum(model.layout, ctx) * 11 // 10
+    minimum = prefetch_minimum(model.layout, ctx)
+    # 10 % more room for weights than the minimum gives them (the fixed bytes are not room)
+    return minimum + (minimum - fixed_bytes(model.layout, ctx)) // 10
 
 
 @pytest.mark.parametrize("backend", ["numpy", "neon"])
@@ -401,11 +404,11 @@ def test_kv_cache_is_not_advised_for_huge_pages(q8_gguf: Path, cache_dir: Path) 
 
 
 def test_run_json_reports_the_engine(q8_gguf: Path, cache_dir: Path) -> None:
-    budget = prefetch_budget(q8_gguf)
+    budget = prefetch_budget(q8_gguf, max_context=7)  # the context of 3 + 4 tokens, no more
     env = {**os.environ, "EDGERT_CACHE": str(cache_dir)}
     out = subprocess.run(
         [sys.executable, "-m", "edgert_core", "run", "--model", str(q8_gguf), "--backend", "numpy",
-         "--prompt-ids", "5,6,7", "-n", "4", "--max-context", "64", "--json", "--memory-budget",
+         "--prompt-ids", "5,6,7", "-n", "4", "--max-context", "7", "--json", "--memory-budget",
          str(budget), "--strategy", "speculative-prefetch", "--threads", "1"],
         capture_output=True, text=True, env=env, timeout=300,
     )

@@ -159,12 +159,12 @@ def test_benchmark_real_sweep_prints_table_then_reports_the_csv_failure(
     folder = tmp_path / "taken.csv"
     folder.mkdir()
     code, out, err = cli(["benchmark", "--model", str(tiny_gguf), "--backend", "numpy",
-                          "--sweep-memory", "600K", "--strategies", "sequential", "--max-tokens", "2",
+                          "--sweep-memory", "2.5M", "--strategies", "sequential", "--max-tokens", "2",
                           "--max-context", "32", "--csv", str(folder)], monkeypatch, capsys)
     assert code == 2, err
     assert "[2/2]" in err  # both processes ran
     [row] = [r for r in parse_table(out, "strategy") if r["strategy"] == "sequential"]
-    assert row["budget"] == "600K" and int(row["groups"]) >= 1 and float(row["tok/s"]) > 0, row
+    assert row["budget"] == "2.5M" and int(row["groups"]) >= 1 and float(row["tok/s"]) > 0, row
     assert SIZE.fullmatch(row["peak RSS"]), row
     [line] = error_lines(err)
     assert "Could not write the CSV" in line and str(folder) in line
@@ -227,25 +227,27 @@ def test_budgeted_run_summary_shows_the_bounded_figure(
     tiny_gguf: Path, empty_cache: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _out, err = cli(["run", "--model", str(tiny_gguf), "--backend", "numpy", "-b", "600K",
+    code, _out, err = cli(["run", "--model", str(tiny_gguf), "--backend", "numpy", "-b", "2.5M",
                            "--strategy", "sequential", "--prompt-ids", "1,2,3", "-n", "2",
                            "--max-context", "32"], monkeypatch, capsys)
     assert code == 0, err
     size = r"([\d.]+ (?:B|KiB|MiB|GiB))"
-    match = re.search(rf"peak over baseline {size} \(budget 600\.0 KiB\); process peak RSS "
+    match = re.search(rf"peak over baseline {size} \(budget 2\.5 MiB\); process peak RSS "
                       rf"{size}, baseline {size}", err)
     assert match, err
     over, peak, base = (_parse_size(match.group(i)) for i in (1, 2, 3))
     assert over == pytest.approx(peak - base, abs=0.1 * MIB)  # the figure the budget bounds
 
 
-@pytest.mark.parametrize(("budget", "resident"), [("1G", True), ("480K", False)])
+@pytest.mark.parametrize(("budget", "resident"), [("1G", True), ("2.5M", False)])
 def test_roomy_budget_says_all_resident_in_run_and_inspect(
     budget: str, resident: bool, tiny_gguf: Path, empty_cache: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # 2 + 30 tokens fill the context, so run plans for it as inspect does (it would size the KV
+    # cache for a shorter run)
     code, _out, err = cli(["run", "--model", str(tiny_gguf), "--backend", "numpy", "-b", budget,
-                           "--strategy", "speculative-prefetch", "--prompt-ids", "1,2", "-n", "1",
+                           "--strategy", "speculative-prefetch", "--prompt-ids", "1,2", "-n", "30",
                            "--max-context", "32"], monkeypatch, capsys)
     assert code == 0, err
     assert (f"speculative-prefetch: {ALL_RESIDENT}" in err) is resident, err

@@ -23,7 +23,7 @@ from edgert_core.engine import PREFETCH_NICE
 from edgert_core.layout import ModelLayout
 from edgert_core.memory.malloc import release_freed_memory_promptly
 from edgert_core.memory.rss import reset_peak_rss
-from edgert_core.plan import PlanningContext
+from edgert_core.plan import PlanningContext, fixed_bytes
 
 MAX_CONTEXT = 64
 
@@ -91,7 +91,9 @@ def prefetching_model(path: Path, **kw: object) -> Model:
     prefetch_minimum: Callable[[ModelLayout, PlanningContext], int] = importlib.import_module(
         "edgert_speculative").prefetch_minimum
     probe = load_model(path, backend="numpy", max_context=MAX_CONTEXT, notify=None)
-    budget = prefetch_minimum(probe.layout, PlanningContext(None, max_context=MAX_CONTEXT)) * 11 // 10
+    ctx = PlanningContext(None, max_context=MAX_CONTEXT)
+    minimum = prefetch_minimum(probe.layout, ctx)
+    budget = minimum + (minimum - fixed_bytes(probe.layout, ctx)) // 10  # 10 % more room for weights
     return load_model(path, backend="numpy", memory_budget=budget, strategy="speculative-prefetch",
                       max_context=MAX_CONTEXT, notify=None, weight_cache=False, **kw)  # type: ignore[arg-type]
 

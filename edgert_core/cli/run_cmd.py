@@ -128,6 +128,17 @@ def _memory_summary(stats: GenerationStats, budget: int | None) -> str:
             f"baseline {format_bytes(base)}")
 
 
+def _prompt_tokens(m: Model, ids: list[int] | None, text: str, chat: bool) -> int:
+    """How many tokens the prompt of ``run`` takes (with ``--chat``, in the chat template)."""
+    if ids is not None:
+        return len(ids)
+    if chat:
+        probe = m.chat()  # a conversation of its own, dropped after
+        probe.conversation.add("user", text)
+        return len(m.encode(probe.prompt_text()))
+    return len(m.encode(text))
+
+
 @app.command("run")
 def run_command(
     ctx: typer.Context,
@@ -152,7 +163,9 @@ def run_command(
     ),
     strategy: str = typer.Option("auto", "--strategy", "-s", help="Partition strategy, or auto."),
     memory_budget: str | None = typer.Option(
-        None, "--memory-budget", "-b", help="Memory budget, e.g. 256M, 1G; none: all resident."
+        None, "--memory-budget", "-b",
+        help="Memory budget, e.g. 256M, 1G, auto; none: all resident (auto where the machine "
+        "cannot hold that).",
     ),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
@@ -192,13 +205,15 @@ def run_command(
     warn_threads(ctx, config, values["threads"])
     m = _load(values, weight_cache)
     options = {k: values[k] for k in ("max_tokens", "temperature", "top_k", "top_p", "seed")}
+    text = values["prompt"]
+    if ids is None and text is None:
+        text = DEFAULT_PROMPT
+        notice(f"no --prompt given: using the prompt {text!r}")
+    # one generation reaches at most its prompt and max_tokens: a KV cache for that many positions
+    m.fit_context(_prompt_tokens(m, ids, str(text), chat) + values["max_tokens"])
     if ids is not None:
         gen = m.generate(ids, **options)
     else:
-        text = values["prompt"]
-        if text is None:
-            text = DEFAULT_PROMPT
-            notice(f"no --prompt given: using the prompt {text!r}")
         gen = m.chat().send(str(text), **options) if chat else m.generate(str(text), **options)
     if not as_json:
         notice(_describe(m))

@@ -60,7 +60,9 @@ def serve_command(
     backend: str | None = typer.Option(None, "--backend", help="Kernel backend; default: the best one."),
     strategy: str = typer.Option("auto", "--strategy", "-s", help="Partition strategy, or auto."),
     memory_budget: str | None = typer.Option(
-        None, "--memory-budget", "-b", help="Memory budget, e.g. 256M, 1G; none: all resident."
+        None, "--memory-budget", "-b",
+        help="Memory budget, e.g. 256M, 1G, auto; none: all resident (auto where the machine "
+        "cannot hold that).",
     ),
     threads: int | None = typer.Option(
         None, "--threads", help="Kernel threads, for backends that have them (neon)."

@@ -55,6 +55,10 @@ class ClusterModel(Model):
         raise ClusterError("A model run on a cluster is re-planned by its workers' budgets "
                            "(--worker-budget), not by one budget.")
 
+    def fit_context(self, positions: int) -> bool:
+        """The workers' KV caches are sized when their stages are made: nothing to re-plan here."""
+        return False
+
     def engine_report(self) -> dict[str, Any]:
         p = self.pipeline
         workers = p.workers_report()

@@ -110,8 +110,9 @@ def test_streams_the_fewest_bytes_in_the_fewest_groups(shape: str, mib: int) -> 
 def test_smollm2_at_256m_keeps_a_prefix_resident() -> None:
     layout = synthetic_layout("smollm2-135m")
     plan = plan_and_check(layout, PlanningContext(256 * MiB))
-    assert plan.groups[0] == LayerGroup(tuple(range(16)), resident=True)
-    assert [g.layers for g in plan.groups[1:]] == [(i,) for i in range(16, 30)]
+    # 15 of the 30 layers (13.5 MiB each, fp32) fit beside the fixed bytes of a 512-token context
+    assert plan.groups[0] == LayerGroup(tuple(range(15)), resident=True)
+    assert [g.layers for g in plan.groups[1:]] == [(i,) for i in range(15, 30)]
     assert not plan.head_resident
 
 
@@ -145,7 +146,8 @@ def test_a_layer_bigger_than_half_the_budget() -> None:
     layout = handmade([1_000, 60_000, 1_000], head_bytes=10_000)
     ctx = small_ctx(fixed_bytes(layout, small_ctx(None)) + 65_000)
     plan = plan_and_check(layout, ctx)
-    assert (ctx.budget_bytes or 0) // 2 < 60_000
+    room = (ctx.budget_bytes or 0) - fixed_bytes(layout, ctx)  # what the layers may take
+    assert room // 2 < 60_000
     assert plan.groups == (LayerGroup((0,), resident=True), LayerGroup((1, 2)))
     assert not plan.head_resident
     assert plan.streamed_bytes_per_token(layout) == fewest_streamed_bytes(layout, ctx)
