@@ -36,6 +36,7 @@ from edgert_core.errors import (
     BudgetError,
     EdgeRTError,
     GenerationError,
+    InfeasibleBudgetError,
     ModelError,
     RunStoppedError,
     UnknownNameError,
@@ -354,8 +355,6 @@ class Model:
         memory goes back to the OS before the new one takes its own (the filled positions of the KV
         cache are copied out and back). Raises :class:`~edgert_core.errors.InfeasibleBudgetError`
         below the minimum, with the model as it was."""
-        from edgert_core.errors import InfeasibleBudgetError
-
         ctx = replace(self.context, budget_bytes=budget_bytes)
         try:
             planned = Engine(self.source, self.backend).plan(ctx, self.strategy, self._registry)
@@ -772,8 +771,17 @@ def load_model(
         resident = planned.plan.predicted_peak_bytes
         if found is not None and resident > found.bytes:
             auto = True
-            planned = _plan(validated, chosen, found.bytes, found.limit_bytes, True, max_context,
-                            prefill_chunk, kv_cache, strategy, reg)
+            try:
+                planned = _plan(validated, chosen, found.bytes, found.limit_bytes, True,
+                                max_context, prefill_chunk, kv_cache, strategy, reg)
+            except InfeasibleBudgetError as exc:  # said for a run that gave no budget
+                raise InfeasibleBudgetError(
+                    f"{validated.name} needs {format_bytes(resident)} with every weight resident, "
+                    f"and at least {format_bytes(exc.minimum_bytes)} streaming, with a context of "
+                    f"{max_context} tokens; this machine leaves {format_bytes(found.bytes)} "
+                    f"({found.source.removeprefix('auto: ')}). Free memory or raise the memory "
+                    "limit, or lower --max-context or store the KV cache smaller (--kv-cache).",
+                    minimum_bytes=exc.minimum_bytes) from None
             budget_source = (f"{found.source} (no budget given; every weight resident needs "
                              f"{format_bytes(resident)})")
             if notify is not None:

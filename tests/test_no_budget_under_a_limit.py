@@ -15,6 +15,8 @@ import model_helpers as mh
 import pytest
 
 from edgert_core.api import load_model
+from edgert_core.budget import format_bytes
+from edgert_core.errors import InfeasibleBudgetError
 from edgert_core.memory.auto_budget import AUTO_MARGIN_BYTES
 from edgert_core.testing import smollm2_for_tests
 
@@ -88,3 +90,16 @@ def test_no_budget_in_a_cgroup_too_small_for_the_model_runs_instead_of_being_kil
     assert report["budget_bytes"] is not None and report["budget_bytes"] < 128 * MIB
     assert "no budget given" in report["budget_source"]
     assert "as --memory-budget auto does" in done.stderr
+
+
+def test_a_machine_too_small_even_to_stream_is_one_clear_error(pi4: Path, tmp_path: Path) -> None:
+    gguf = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "Q8_0")
+    roomy = load_model(gguf, backend="numpy", max_context=96, notify=None)
+    minimum = roomy.minimum_budget_bytes
+    _set_mem_available(pi4, AUTO_MARGIN_BYTES + minimum // 2)
+    with pytest.raises(InfeasibleBudgetError) as err:
+        load_model(gguf, backend="numpy", max_context=96, notify=None)
+    message = str(err.value)
+    assert err.value.minimum_bytes == minimum
+    assert "with every weight resident" in message and "this machine leaves" in message
+    assert format_bytes(minimum) in message and "--memory-budget" not in message  # none was given
