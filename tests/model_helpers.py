@@ -18,6 +18,7 @@ import pytest
 from numpy.typing import NDArray
 from safetensors.numpy import load_file
 
+from edgert_core.memory.cgroup import MemoryCgroup
 from edgert_core.testing import smollm2_for_tests
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -206,3 +207,18 @@ def load_tensors(path: Path) -> dict[str, NDArray[Any]]:
     if path.suffix == ".safetensors":
         return _load_any(path)
     return dict(load_file(str(path)))
+
+
+def real_memory_cgroup(limit_bytes: int) -> MemoryCgroup:
+    """A fresh memory cgroup of ``limit_bytes`` under this process's own, made; or the test is
+    skipped with the reason (making one needs root and a writable memory controller). The caller
+    removes it."""
+    from edgert_core.errors import MemoryLimitError
+    from edgert_core.memory.cgroup import own_parent
+
+    try:
+        cgroup = MemoryCgroup(limit_bytes, parent=own_parent())
+        cgroup.create()
+    except MemoryLimitError as exc:
+        pytest.skip(f"needs root and a writable memory cgroup: {exc}")
+    return cgroup

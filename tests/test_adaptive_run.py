@@ -303,14 +303,7 @@ def test_a_real_cgroup_limit_lowered_mid_generation_shrinks_an_auto_budget(
     import subprocess
     import sys
 
-    from edgert_core.errors import MemoryLimitError
-    from edgert_core.memory.cgroup import MemoryCgroup, own_parent
-
-    try:
-        cgroup = MemoryCgroup(600 * MIB, parent=own_parent())
-        cgroup.create()
-    except MemoryLimitError as exc:
-        pytest.skip(f"needs root and a writable memory cgroup: {exc}")
+    cgroup = mh.real_memory_cgroup(600 * MIB)
     try:
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(smollm2_for_tests()), PROMPT,
                                  str(N_TOKENS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -60,9 +60,6 @@ def test_no_budget_in_a_cgroup_too_small_for_the_model_runs_instead_of_being_kil
     """``edge-rt run`` on SmolLM2 with no budget in a real 128 MiB memory cgroup (where this process
     may make one): every weight resident needs more, so it plans for the limit, is not killed, and
     gives the tokens of the unlimited run."""
-    from edgert_core.errors import MemoryLimitError
-    from edgert_core.memory.cgroup import MemoryCgroup, own_parent
-
     model = smollm2_for_tests()
     script = Path(sys.executable).with_name("edge-rt")
     cmd = [str(script) if script.is_file() else sys.executable, *([] if script.is_file() else
@@ -72,11 +69,7 @@ def test_no_budget_in_a_cgroup_too_small_for_the_model_runs_instead_of_being_kil
     assert free.returncode == 0, free.stderr
     unlimited = json.loads(free.stdout.strip().splitlines()[-1])
     assert unlimited["budget_bytes"] is None
-    try:
-        cgroup = MemoryCgroup(128 * MIB, parent=own_parent())
-        cgroup.create()
-    except MemoryLimitError as exc:
-        pytest.skip(f"needs root and a writable memory cgroup: {exc}")
+    cgroup = mh.real_memory_cgroup(128 * MIB)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
                               preexec_fn=cgroup.enter)
