@@ -1,7 +1,7 @@
 """What the operating system says this process holds: current and peak resident set size (RSS).
 
-* Current RSS is the second field of ``/proc/self/statm`` (pages) on Linux, psutil's elsewhere
-  (psutil is imported only there: it is about 1 MiB of every run's baseline otherwise).
+* Current RSS is the second field of ``/proc/self/statm`` (pages) on Linux, psutil's elsewhere (this
+  module imports psutil, about 1 MiB of RSS, only there).
 * Peak RSS is ``VmHWM`` from ``/proc/self/status`` on Linux (kernel's high-water mark of RSS). Elsewhere
   it is ``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS), or psutil's
   ``peak_wset`` on Windows.
