@@ -246,10 +246,7 @@ class Model:
     ) -> None:
         self.source = planned.model
         self.backend = planned.backend
-        self.plan = planned.plan
-        self.context = planned.context
-        self.layout = planned.layout
-        self._planned: PlannedEngine | None = planned
+        self._adopt(planned)
         self._engine: ReadyEngine | None = None
         self.last_engine: ReadyEngine | None = None  # the engine closed last
         self._weight_cache = weight_cache
@@ -271,12 +268,18 @@ class Model:
         self.governor = governor
         #: whether the budget was ``auto`` (taken from the machine: the governor re-reads it)
         self.auto_budget = auto_budget
-        #: what the budget grows back to: the budget loaded with, or for a model loaded without
-        #: one, the peak of its plan (everything resident)
-        self.start_budget_bytes = (self.context.budget_bytes if self.context.budget_bytes is not None
-                                   else self.plan.predicted_peak_bytes)
         #: a ceiling set through :meth:`set_memory_limit` (``None``: none)
         self.memory_limit_bytes: int | None = None
+
+    def _adopt(self, planned: PlannedEngine) -> None:
+        """Take ``planned`` (not prepared yet) as this model's plan, with what follows from it:
+        ``start_budget_bytes``, what the budget grows back to (the budget, or without one the peak
+        of the plan: everything resident), and ``minimum_budget_bytes``, the smallest budget any
+        plan meets for its context."""
+        self._planned: PlannedEngine | None = planned
+        self.plan, self.context, self.layout = planned.plan, planned.context, planned.layout
+        self.start_budget_bytes = (self.context.budget_bytes if self.context.budget_bytes is not None
+                                   else self.plan.predicted_peak_bytes)
         self.minimum_budget_bytes = minimum_budget(self.layout, self.context)
 
     @property
@@ -341,12 +344,7 @@ class Model:
         if self._engine is not None or self._planned is None or positions >= self.context.max_context:
             return False
         ctx = replace(self.context, max_context=positions)
-        planned = Engine(self.source, self.backend).plan(ctx, self.strategy, self._registry)
-        self._planned = planned
-        self.context, self.plan, self.layout = ctx, planned.plan, planned.layout
-        self.start_budget_bytes = (ctx.budget_bytes if ctx.budget_bytes is not None
-                                   else self.plan.predicted_peak_bytes)
-        self.minimum_budget_bytes = minimum_budget(self.layout, ctx)
+        self._adopt(Engine(self.source, self.backend).plan(ctx, self.strategy, self._registry))
         return True
 
     def replan(self, budget_bytes: int) -> None:

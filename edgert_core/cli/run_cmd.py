@@ -128,15 +128,13 @@ def _memory_summary(stats: GenerationStats, budget: int | None) -> str:
             f"baseline {format_bytes(base)}")
 
 
-def _prompt_tokens(m: Model, ids: list[int] | None, text: str, chat: bool) -> int:
-    """How many tokens the prompt of ``run`` takes (with ``--chat``, in the chat template)."""
+def _prompt_tokens(m: Model, ids: list[int] | None, text: str) -> int:
+    """How many tokens the prompt of ``run`` takes: ``ids``, else ``text`` in the chat template."""
     if ids is not None:
         return len(ids)
-    if chat:
-        probe = m.chat()  # a conversation of its own, dropped after
-        probe.conversation.add("user", text)
-        return len(m.encode(probe.prompt_text()))
-    return len(m.encode(text))
+    probe = m.chat()  # a conversation of its own, dropped after
+    probe.conversation.add("user", text)
+    return len(m.encode(probe.prompt_text()))
 
 
 @app.command("run")
@@ -209,12 +207,11 @@ def run_command(
     if ids is None and text is None:
         text = DEFAULT_PROMPT
         notice(f"no --prompt given: using the prompt {text!r}")
+    if ids is None and not chat:
+        ids = m.encode(str(text))  # once: its length sizes the KV cache, and it is the prompt
     # one generation reaches at most its prompt and max_tokens: a KV cache for that many positions
-    m.fit_context(_prompt_tokens(m, ids, str(text), chat) + values["max_tokens"])
-    if ids is not None:
-        gen = m.generate(ids, **options)
-    else:
-        gen = m.chat().send(str(text), **options) if chat else m.generate(str(text), **options)
+    m.fit_context(_prompt_tokens(m, ids, str(text)) + values["max_tokens"])
+    gen = m.generate(ids, **options) if ids is not None else m.chat().send(str(text), **options)
     if not as_json:
         notice(_describe(m))
     stopped: RunStoppedError | None = None
