@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,18 @@ def real_memory_cgroup(limit_bytes: int) -> MemoryCgroup:
     except MemoryLimitError as exc:
         pytest.skip(f"needs root and a writable memory cgroup: {exc}")
     return cgroup
+
+
+def edge_rt_command() -> list[str]:
+    """The console script next to this interpreter (what a user runs), else ``python -m``."""
+    script = Path(sys.executable).with_name("edge-rt")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "edgert_core"]
+
+
+def set_mem_available(root: Path, nbytes: int) -> None:
+    """Rewrite ``MemAvailable`` in the fake tree ``root``'s ``proc/meminfo`` (the ``pi4`` fixture)."""
+    path = root / "proc" / "meminfo"
+    text = re.sub(r"^MemAvailable:\s+\d+ kB$", f"MemAvailable:   {nbytes // 1024} kB",
+                  path.read_text(), flags=re.M)
+    assert f"{nbytes // 1024} kB" in text
+    path.write_text(text)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import re
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -41,14 +40,6 @@ N_TOKENS = 24
 def pi(pi4: Path) -> Path:
     """The fake Pi 4 (the ``pi4`` fixture of conftest.py)."""
     return pi4
-
-
-def set_mem_available(root: Path, nbytes: int) -> None:
-    path = root / "proc" / "meminfo"
-    text = re.sub(r"^MemAvailable:\s+\d+ kB$", f"MemAvailable:   {nbytes // 1024} kB",
-                  path.read_text(), flags=re.M)
-    assert f"{nbytes // 1024} kB" in text
-    path.write_text(text)
 
 
 def set_temperature(root: Path, celsius: float) -> None:
@@ -93,8 +84,8 @@ def test_memavailable_falling_mid_generation_shrinks_the_plan_and_the_rss(
     fast(model, settle_s=0.0, calm_s=0.05)
     try:
         gen, rss = run_with(model, {
-            6: lambda: set_mem_available(pi, 100 * MIB),  # a browser opens
-            14: lambda: set_mem_available(pi, 3000 * MIB),  # it closes
+            6: lambda: mh.set_mem_available(pi, 100 * MIB),  # a browser opens
+            14: lambda: mh.set_mem_available(pi, 3000 * MIB),  # it closes
         })
     finally:
         model.close()
@@ -173,7 +164,7 @@ def test_governor_none_reads_nothing(pi: Path, monkeypatch: pytest.MonkeyPatch,
         raise AssertionError("a monitor was read with --governor none")
 
     monkeypatch.setattr(sampler.ReadingSampler, "readings", refuse)
-    set_mem_available(pi, 10 * MIB)
+    mh.set_mem_available(pi, 10 * MIB)
     with load_model(smollm2_for_tests(), backend="neon", max_context=256, governor="none",
                     notify=None) as model:
         gen = model.generate(PROMPT, max_tokens=N_TOKENS)
@@ -219,7 +210,7 @@ def test_run_json_reports_the_events(pi: Path, monkeypatch: pytest.MonkeyPatch,
     """With MemAvailable low from the start, an unbudgeted run re-plans before its first token."""
     import json
 
-    set_mem_available(pi, 50 * MIB)
+    mh.set_mem_available(pi, 50 * MIB)
     code, out, err = mh.run_cli(["run", "--model", str(smollm2_for_tests()), "--backend", "neon",
                                  "--max-context", "256", "-n", "6", "--prompt", PROMPT, "--json"],
                                 monkeypatch, capsys)

@@ -48,15 +48,9 @@ MIB = 1 << 20
 REACHED_BYTES = 70 * MIB
 
 
-def _edge_rt() -> list[str]:
-    """The console script next to this interpreter (what a user runs), else ``python -m``."""
-    script = Path(sys.executable).with_name("edge-rt")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "edgert_core"]
-
-
 def _run_baseline(model: Path) -> int:
     done = subprocess.run(
-        [*_edge_rt(), "run", "--model", str(model), "--backend", "neon", "--max-tokens", "1",
+        [*mh.edge_rt_command(), "run", "--model", str(model), "--backend", "neon", "--max-tokens", "1",
          "--prompt", "Hello", "--json"],
         capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
     )

@@ -6,9 +6,7 @@ kill in any row")."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import sys
 from pathlib import Path
 
 import model_helpers as mh
@@ -24,13 +22,6 @@ MIB = 1 << 20
 PROMPT = [5, 6, 7, 8]
 
 
-def _set_mem_available(root: Path, nbytes: int) -> None:
-    path = root / "proc" / "meminfo"
-    text = re.sub(r"^MemAvailable:\s+\d+ kB$", f"MemAvailable:   {nbytes // 1024} kB",
-                  path.read_text(), flags=re.M)
-    path.write_text(text)
-
-
 def test_no_budget_the_machine_cannot_hold_plans_for_what_it_leaves(
         pi4: Path, tmp_path: Path) -> None:
     gguf = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "Q8_0")
@@ -41,7 +32,7 @@ def test_no_budget_the_machine_cannot_hold_plans_for_what_it_leaves(
     roomy.close()
 
     left = (resident + minimum) // 2 // 1024 * 1024  # MemAvailable is in kB
-    _set_mem_available(pi4, left + AUTO_MARGIN_BYTES)
+    mh.set_mem_available(pi4, left + AUTO_MARGIN_BYTES)
     notes: list[str] = []
     m = load_model(gguf, backend="numpy", max_context=96, notify=notes.append)
     assert m.context.budget_bytes == left and m.auto_budget
@@ -61,9 +52,7 @@ def test_no_budget_in_a_cgroup_too_small_for_the_model_runs_instead_of_being_kil
     may make one): every weight resident needs more, so it plans for the limit, is not killed, and
     gives the tokens of the unlimited run."""
     model = smollm2_for_tests()
-    script = Path(sys.executable).with_name("edge-rt")
-    cmd = [str(script) if script.is_file() else sys.executable, *([] if script.is_file() else
-           ["-m", "edgert_core"]), "run", "--model", str(model), "--backend", "neon",
+    cmd = [*mh.edge_rt_command(), "run", "--model", str(model), "--backend", "neon",
            "--prompt", "The ship entered the port of", "--max-tokens", "12", "--json"]
     free = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert free.returncode == 0, free.stderr
@@ -89,7 +78,7 @@ def test_a_machine_too_small_even_to_stream_is_one_clear_error(pi4: Path, tmp_pa
     gguf = mh.write_gguf(mh.fixture("tiny_llama"), tmp_path / "t.gguf", "Q8_0")
     roomy = load_model(gguf, backend="numpy", max_context=96, notify=None)
     minimum = roomy.minimum_budget_bytes
-    _set_mem_available(pi4, AUTO_MARGIN_BYTES + minimum // 2)
+    mh.set_mem_available(pi4, AUTO_MARGIN_BYTES + minimum // 2)
     with pytest.raises(InfeasibleBudgetError) as err:
         load_model(gguf, backend="numpy", max_context=96, notify=None)
     message = str(err.value)
