@@ -34,6 +34,18 @@
 #ifndef MULTI_ROW_MAX_BYTES
 #define MULTI_ROW_MAX_BYTES 512
 #endif
+/* Decode kernels prefetch the weights PF_GROUPS row groups ahead (a group: the ROWS rows, or the
+ * one row, that one pass of the loop reads; rows lie back to back, so that is the same position
+ * PF_GROUPS * R rows on). The hardware prefetchers stop at each 4 KiB page, and without this the
+ * streamed weights of a decoded token ran well below what the memory gives: on the AMD EPYC this was
+ * measured on (2 threads, q8 activations), 30 different SmolLM2 gate/up matrices took 2.60 ms
+ * without and 1.72 ms with it (0 or 2 groups; 1 and 4 measured between), and whole-model q8 decode
+ * went from 100-121 to 114-139 tok/s in alternating runs. Prefetches past the matrix's end are
+ * harmless (they never fault). The one-row dots (rb 0) prefetch their own block: a no-op. */
+#ifndef PF_GROUPS
+#define PF_GROUPS 2
+#endif
+#define PF(addr) _mm_prefetch((const char *)(addr), _MM_HINT_T0)
 
 AVX2_FN static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -108,6 +120,9 @@ AVX2_FN static INLINE_ALWAYS void rows_f32_r(const int R, const int wtype, int64
     for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * EDGERT_QK;
+        if (PF_GROUPS > 0)
+            for (int r = 0; r < R; r++)
+                PF(w + (size_t)r * rb + (size_t)b * bs + (size_t)(PF_GROUPS * R) * rb);
         for (int r = 0; r < R; r++) {
             __m256 wv[4];
             block_weights(wtype, w + (size_t)r * rb + (size_t)b * bs, wv);
@@ -238,6 +253,11 @@ AVX2_FN static INLINE_ALWAYS void rows_q8_r(const int R, int64_t nb, const uint8
     int64_t b = 0;
     for (; b + 1 < nb; b += 2)
         for (int r = 0; r < R; r++) {
+            if (!wp && PF_GROUPS > 0) {
+                const uint8_t *ahead = w + (size_t)r * rb + (size_t)b * bs + (size_t)(PF_GROUPS * R) * rb;
+                PF(ahead);
+                PF(ahead + 64);
+            }
             q8_wblock w0 = wp ? wp[r * nb + b] : q8_load_block(w + (size_t)r * rb + (size_t)b * bs);
             q8_wblock w1 = wp ? wp[r * nb + b + 1]
                               : q8_load_block(w + (size_t)r * rb + (size_t)(b + 1) * bs);
@@ -387,6 +407,9 @@ AVX2_FN static INLINE_ALWAYS void rows_q4q8_r(const int R, const int wtype, int6
     }
     for (int64_t p = 0; p < np; p++) {
         q8_tok_pair t = tp ? tp[p] : tok_pair(a, nb, p);
+        if (!wp && PF_GROUPS > 0)
+            for (int r = 0; r < R; r++)
+                PF(w + (size_t)r * rb + (size_t)(2 * p) * bs + (size_t)(PF_GROUPS * R) * rb);
         if (2 * p + 1 < nb) /* two blocks: the loop's body, without a branch per row */
             for (int r = 0; r < R; r++) {
                 q4_wpair wv = wp ? wp[r * np + p]
