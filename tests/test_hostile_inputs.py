@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -819,10 +819,13 @@ def special_cases() -> list[Case]:
     def sock(name: str) -> Maker:
         def make(d: Path) -> Path:
             # AF_UNIX paths are limited to 107 bytes: use the case folder when it is short enough
-            short = d if len(str(d)) < 90 else Path(tempfile.mkdtemp(prefix="ert", dir="/tmp"))
+            short = d
+            if len(str(d)) >= 90:
+                short = Path(tempfile.mkdtemp(prefix="ert", dir="/tmp"))
+                _SOCKET_DIRS.append(short)
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.bind(str(short / name))
             _SOCKETS.append(s)
+            s.bind(str(short / name))
             return short / name
 
         return make
@@ -904,6 +907,17 @@ def special_cases() -> list[Case]:
 
 
 _SOCKETS: list[socket.socket] = []
+_SOCKET_DIRS: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    """Close the sockets a case bound (and remove the short folders made for them) after each test."""
+    yield
+    while _SOCKETS:
+        _SOCKETS.pop().close()
+    while _SOCKET_DIRS:
+        shutil.rmtree(_SOCKET_DIRS.pop(), ignore_errors=True)
 
 
 def pickle_maker(where: str) -> Maker:
