@@ -40,12 +40,13 @@
  * streamed weights of a decoded token ran well below what the memory gives: on the AMD EPYC this was
  * measured on (2 threads, q8 activations), 30 different SmolLM2 gate/up matrices took 2.60 ms
  * without and 1.72 ms with it (0 or 2 groups; 1 and 4 measured between), and whole-model q8 decode
- * went from 100-121 to 114-139 tok/s in alternating runs. Prefetches past the matrix's end are
- * harmless (they never fault). The one-row dots (rb 0) prefetch their own block: a no-op. */
+ * went from 100-121 to 114-139 tok/s in alternating runs. The address is computed as an integer
+ * (a pointer past the matrix's end would be undefined behaviour); a prefetch there is harmless (it
+ * never faults). The one-row dots (rb 0) prefetch their own block: a no-op. */
 #ifndef PF_GROUPS
 #define PF_GROUPS 2
 #endif
-#define PF(addr) _mm_prefetch((const char *)(addr), _MM_HINT_T0)
+#define PF(base, offset) _mm_prefetch((const char *)((uintptr_t)(base) + (size_t)(offset)), _MM_HINT_T0)
 
 AVX2_FN static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -122,7 +123,7 @@ AVX2_FN static INLINE_ALWAYS void rows_f32_r(const int R, const int wtype, int64
         const float *xb = x + b * EDGERT_QK;
         if (PF_GROUPS > 0)
             for (int r = 0; r < R; r++)
-                PF(w + (size_t)r * rb + (size_t)b * bs + (size_t)(PF_GROUPS * R) * rb);
+                PF(w, (size_t)(r + PF_GROUPS * R) * rb + (size_t)b * bs);
         for (int r = 0; r < R; r++) {
             __m256 wv[4];
             block_weights(wtype, w + (size_t)r * rb + (size_t)b * bs, wv);
@@ -254,9 +255,9 @@ AVX2_FN static INLINE_ALWAYS void rows_q8_r(const int R, int64_t nb, const uint8
     for (; b + 1 < nb; b += 2)
         for (int r = 0; r < R; r++) {
             if (!wp && PF_GROUPS > 0) {
-                const uint8_t *ahead = w + (size_t)r * rb + (size_t)b * bs + (size_t)(PF_GROUPS * R) * rb;
-                PF(ahead);
-                PF(ahead + 64);
+                size_t ahead = (size_t)(r + PF_GROUPS * R) * rb + (size_t)b * bs;
+                PF(w, ahead);
+                PF(w, ahead + 64);
             }
             q8_wblock w0 = wp ? wp[r * nb + b] : q8_load_block(w + (size_t)r * rb + (size_t)b * bs);
             q8_wblock w1 = wp ? wp[r * nb + b + 1]
@@ -409,7 +410,7 @@ AVX2_FN static INLINE_ALWAYS void rows_q4q8_r(const int R, const int wtype, int6
         q8_tok_pair t = tp ? tp[p] : tok_pair(a, nb, p);
         if (!wp && PF_GROUPS > 0)
             for (int r = 0; r < R; r++)
-                PF(w + (size_t)r * rb + (size_t)(2 * p) * bs + (size_t)(PF_GROUPS * R) * rb);
+                PF(w, (size_t)(r + PF_GROUPS * R) * rb + (size_t)(2 * p) * bs);
         if (2 * p + 1 < nb) /* two blocks: the loop's body, without a branch per row */
             for (int r = 0; r < R; r++) {
                 q4_wpair wv = wp ? wp[r * np + p]
