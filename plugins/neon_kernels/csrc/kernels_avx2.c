@@ -46,7 +46,17 @@
 #ifndef PF_GROUPS
 #define PF_GROUPS 2
 #endif
-#define PF(base, offset) _mm_prefetch((const char *)((uintptr_t)(base) + (size_t)(offset)), _MM_HINT_T0)
+
+/* Prefetch `lines` cache lines at byte `offset` of each of the R rows (rb bytes apart) PF_GROUPS
+ * groups on from w. */
+static INLINE_ALWAYS void prefetch_ahead(const uint8_t *w, size_t rb, const int R, size_t offset,
+                                         const int lines) {
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < lines; i++)
+            _mm_prefetch((const char *)((uintptr_t)w + (size_t)(r + PF_GROUPS * R) * rb + offset +
+                                        64 * (size_t)i),
+                         _MM_HINT_T0);
+}
 
 AVX2_FN static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -121,9 +131,7 @@ AVX2_FN static INLINE_ALWAYS void rows_f32_r(const int R, const int wtype, int64
     for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * EDGERT_QK;
-        if (PF_GROUPS > 0)
-            for (int r = 0; r < R; r++)
-                PF(w, (size_t)(r + PF_GROUPS * R) * rb + (size_t)b * bs);
+        if (PF_GROUPS > 0) prefetch_ahead(w, rb, R, (size_t)b * bs, 1);
         for (int r = 0; r < R; r++) {
             __m256 wv[4];
             block_weights(wtype, w + (size_t)r * rb + (size_t)b * bs, wv);
@@ -252,19 +260,16 @@ AVX2_FN static INLINE_ALWAYS void rows_q8_r(const int R, int64_t nb, const uint8
     __m256 acc0[ROWS], acc1[ROWS];
     for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
     int64_t b = 0;
-    for (; b + 1 < nb; b += 2)
+    for (; b + 1 < nb; b += 2) {
+        if (!wp && PF_GROUPS > 0) prefetch_ahead(w, rb, R, (size_t)b * bs, 2); /* 2 blocks: 68 B */
         for (int r = 0; r < R; r++) {
-            if (!wp && PF_GROUPS > 0) {
-                size_t ahead = (size_t)(r + PF_GROUPS * R) * rb + (size_t)b * bs;
-                PF(w, ahead);
-                PF(w, ahead + 64);
-            }
             q8_wblock w0 = wp ? wp[r * nb + b] : q8_load_block(w + (size_t)r * rb + (size_t)b * bs);
             q8_wblock w1 = wp ? wp[r * nb + b + 1]
                               : q8_load_block(w + (size_t)r * rb + (size_t)(b + 1) * bs);
             acc0[r] = q8_block_product(&w0, a + b, acc0[r]);
             acc1[r] = q8_block_product(&w1, a + b + 1, acc1[r]);
         }
+    }
     if (b < nb)
         for (int r = 0; r < R; r++) {
             q8_wblock w0 = wp ? wp[r * nb + b] : q8_load_block(w + (size_t)r * rb + (size_t)b * bs);
@@ -408,9 +413,7 @@ AVX2_FN static INLINE_ALWAYS void rows_q4q8_r(const int R, const int wtype, int6
     }
     for (int64_t p = 0; p < np; p++) {
         q8_tok_pair t = tp ? tp[p] : tok_pair(a, nb, p);
-        if (!wp && PF_GROUPS > 0)
-            for (int r = 0; r < R; r++)
-                PF(w, (size_t)(r + PF_GROUPS * R) * rb + (size_t)(2 * p) * bs);
+        if (!wp && PF_GROUPS > 0) prefetch_ahead(w, rb, R, (size_t)(2 * p) * bs, 1);
         if (2 * p + 1 < nb) /* two blocks: the loop's body, without a branch per row */
             for (int r = 0; r < R; r++) {
                 q4_wpair wv = wp ? wp[r * np + p]
